@@ -1,0 +1,244 @@
+"""A batching generation engine for local transformers models.
+
+Requests from many threads (collection workers, server handlers) are gathered for a few
+milliseconds and run through one `model.generate` call. transformers' generate takes one sampling
+configuration per call, so per-request temperature, top-p, seed, stop strings, max tokens,
+streaming and cancellation are plugged in through its own hooks (a logits processor that samples
+each row with the row's settings, a stopping criterion per row, a streamer that decodes per row)
+instead of a hand-written decoding loop.
+"""
+from __future__ import annotations
+
+import atexit
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class GenParams:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # stop | length | cancelled
+
+
+class Request:
+    def __init__(self, prompt_ids: list[int], params: GenParams, row_seed: int | None = None):
+        self.prompt_ids = prompt_ids
+        self.params = params
+        self.row_seed = row_seed
+        self.events: queue.Queue = queue.Queue()  # ("delta", str) ... then ("done", Completion) | ("error", exc)
+        self.cancelled = threading.Event()
+        # decoding state, touched only by the engine thread
+        self.tokens: list[int] = []
+        self.emitted = 0
+        self.text = ""
+        self.finish: str | None = None
+        self.eos = False
+
+    def cancel(self) -> None:
+        self.cancelled.set()
+
+    def result(self) -> Completion:
+        while True:
+            kind, value = self.events.get()
+            if kind == "done":
+                return value
+            if kind == "error":
+                raise value
+
+    def deltas(self):
+        """Yield text pieces as they are decoded; the final Completion is returned by the generator."""
+        try:
+            while True:
+                kind, value = self.events.get()
+                if kind == "delta":
+                    yield value
+                elif kind == "done":
+                    return value
+                else:
+                    raise value
+        finally:  # the consumer went away (client disconnected): stop generating for this row
+            self.cancel()
+
+
+def _held_back(text: str, stops: list[str]) -> int:
+    """Length of the longest suffix of text that could still grow into a stop string."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if s.startswith(text[-k:]):
+                best = k
+                break
+    return best
+
+
+class BatchEngine:
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, wait_s: float = 0.02, eos_ids=()):
+        self.model, self.tok = model, tokenizer
+        self.max_batch, self.wait_s = max_batch, wait_s
+        self.eos_ids = sorted({i for i in eos_ids if i is not None})
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
+        self._queue: queue.Queue[Request] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self.batches_run = 0
+        self.max_batch_seen = 0
+
+    def submit(self, prompt_ids: list[int], params: GenParams, row_seed: int | None = None) -> Request:
+        req = Request(prompt_ids, params, row_seed)
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="baize-engine", daemon=True)
+                self._thread.start()
+                atexit.register(self.close)
+        self._queue.put(req)
+        return req
+
+    def close(self) -> None:
+        """Stop the engine thread (a torch thread killed at interpreter exit aborts the process)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _loop(self):
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            deadline = time.monotonic() + self.wait_s
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)  # handled after this batch
+                    break
+                batch.append(nxt)
+            batch = [r for r in batch if not self._drop_cancelled(r)]
+            if not batch:
+                continue
+            try:
+                self._run(batch)
+            except Exception as e:  # report to every waiter instead of killing the engine thread
+                for r in batch:
+                    if r.finish is None:
+                        r.events.put(("error", e))
+
+    @staticmethod
+    def _drop_cancelled(r: Request) -> bool:
+        if r.cancelled.is_set():
+            r.events.put(("done", Completion("", len(r.prompt_ids), 0, "cancelled")))
+            return True
+        return False
+
+    def _run(self, batch: list[Request]) -> None:
+        import torch
+        from transformers import GenerationConfig, LogitsProcessor, StoppingCriteria
+        self.batches_run += 1
+        self.max_batch_seen = max(self.max_batch_seen, len(batch))
+        width = max(len(r.prompt_ids) for r in batch)
+        # left padding: every row's next token is at the same position
+        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for i, r in enumerate(batch):
+            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
+            mask[i, width - len(r.prompt_ids):] = 1
+        gens = []
+        for r in batch:
+            g = torch.Generator()
+            g.manual_seed(r.row_seed if r.row_seed is not None else random.getrandbits(63))
+            gens.append(g)
+        engine = self
+
+        class RowSampler(LogitsProcessor):
+            # Samples each row with its own temperature/top-p/generator, then leaves only the chosen
+            # token so generate's greedy step picks it.
+            def __call__(self, input_ids, scores):
+                scores = scores.float()
+                out = torch.full_like(scores, float("-inf"))
+                for i, r in enumerate(batch):
+                    p = r.params
+                    if p.temperature <= 0:
+                        choice = int(scores[i].argmax())
+                    else:
+                        probs = torch.softmax(scores[i] / p.temperature, dim=-1)
+                        if p.top_p < 1.0:
+                            sp, si = probs.sort(descending=True)
+                            keep = sp.cumsum(0) - sp < p.top_p
+                            probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
+                        choice = int(torch.multinomial(probs, 1, generator=gens[i]))
+                    out[i, choice] = 0.0
+                return out
+
+        class RowStop(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kw):
+                return torch.tensor([r.finish is not None for r in batch], dtype=torch.bool)
+
+        class RowStreamer:
+            first = True
+
+            def put(self, value):
+                if self.first:  # generate hands the prompt over first
+                    self.first = False
+                    return
+                for r, t in zip(batch, value.view(-1).tolist()):
+                    if r.finish is None:
+                        engine._advance(r, t)
+
+            def end(self):
+                pass
+
+        cfg = GenerationConfig(do_sample=False, max_new_tokens=max(r.params.max_tokens for r in batch),
+                               pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None)
+        with torch.inference_mode():
+            self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
+                                generation_config=cfg, logits_processor=[RowSampler()],
+                                stopping_criteria=[RowStop()], streamer=RowStreamer())
+        for r in batch:
+            if r.finish is None:
+                self._finish(r, "length")
+
+    def _advance(self, r: Request, token: int) -> None:
+        if token in self.eos_ids:
+            r.eos = True
+            return self._finish(r, "stop")
+        r.tokens.append(token)
+        text = self.tok.decode(r.tokens, skip_special_tokens=True)
+        hit = min((i for i in (text.find(s) for s in r.params.stop) if i != -1), default=-1)
+        if hit != -1:
+            r.text = text[:hit]
+            return self._finish(r, "stop")
+        r.text = text
+        if r.cancelled.is_set():
+            return self._finish(r, "cancelled")
+        if len(r.tokens) >= r.params.max_tokens:
+            return self._finish(r, "length")
+        if text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+            return
+        safe = len(text) - _held_back(text, r.params.stop)
+        if safe > r.emitted:
+            r.events.put(("delta", text[r.emitted:safe]))
+            r.emitted = safe
+
+    def _finish(self, r: Request, reason: str) -> None:
+        r.finish = reason
+        if len(r.text) > r.emitted:
+            r.events.put(("delta", r.text[r.emitted:]))
+            r.emitted = len(r.text)
+        r.events.put(("done", Completion(r.text, len(r.prompt_ids), len(r.tokens) + r.eos, reason)))

