@@ -58,6 +58,19 @@ class OpenAILLM:
         self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
         self.malformed_retries = malformed_retries
 
+    def check(self) -> None:
+        """Fail fast, in one line, when the endpoint is unreachable or the key is refused."""
+        import openai
+        where = f"openai:{self.model} at {self.base_url}"
+        try:
+            self.client.with_options(max_retries=1, timeout=15).models.list()
+        except openai.AuthenticationError:
+            raise LLMError(f"{where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
+        except openai.APIConnectionError:
+            raise LLMError(f"{where}: cannot connect: is the server running? (set --base-url or OPENAI_BASE_URL)") from None
+        except openai.APIError:
+            pass  # some servers have no /models; the first real call will tell
+
     def _call(self, **kw):
         import openai
         where = f"openai:{self.model} at {self.base_url}"

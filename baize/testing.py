@@ -1,0 +1,169 @@
+"""Test doubles shared by tests and benchmarks: a FakeLLM that replays canned replies, and a real
+OpenAI-compatible HTTP server with scripted latency and injected faults.
+
+    python -m baize.testing --port 8123 --latency 0.3     # a fake teacher for benchmarks
+"""
+
+import argparse
+import itertools
+import re
+import threading
+import time
+
+from .engine import Completion
+
+_TOPIC = re.compile(r"topic: '(.*?)'\.", re.DOTALL)
+
+
+def canned_transcript(topic: str) -> str:
+    """What a well-behaved teacher writes for the self-chat template (greeting already given)."""
+    return (f"[Human] Can you explain {topic}?\n"
+            f"[AI] Sure. Here is a detailed explanation of {topic}, with the main facts and a worked example.\n"
+            f"[Human] What should I read next about {topic}?\n"
+            f"[AI] Start with an introductory text on {topic}, then practise with small exercises.\n")
+
+
+def default_reply(messages: list[dict]) -> str:
+    """Deterministic replies for both collection modes, keyed on the topic in the prompt."""
+    text = "\n".join(m["content"] for m in messages)
+    m = _TOPIC.search(text)
+    topic = m.group(1) if m else "this"
+    if "Complete the transcript" in messages[-1]["content"]:
+        return canned_transcript(topic)
+    if messages[0]["role"] == "system" and "playing a curious human" in messages[0]["content"]:
+        if text.count("[AI]") >= 2:
+            return "[END]"
+        return f"Tell me more about {topic} (part {text.count('[AI]') + 1})?"
+    return f"Here is a thorough answer about {topic}: it has several parts, each explained in turn."
+
+
+class FakeLLM:
+    """Replays canned replies: a list (cycled), or a function of the messages."""
+
+    def __init__(self, replies=None, *, name="fake", prompt_tokens=10, completion_tokens=20, delay=0.0):
+        self.name = name
+        self._fn = replies if callable(replies) else None
+        self._cycle = itertools.cycle(replies) if isinstance(replies, (list, tuple)) else None
+        self.prompt_tokens, self.completion_tokens, self.delay = prompt_tokens, completion_tokens, delay
+        self.calls: list[list[dict]] = []
+        self._lock = threading.Lock()
+
+    def _reply(self, messages):
+        if self._fn:
+            return self._fn(messages)
+        if self._cycle:
+            with self._lock:
+                return next(self._cycle)
+        return default_reply(messages)
+
+    def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        with self._lock:
+            self.calls.append(messages)
+        if self.delay:
+            time.sleep(self.delay)
+        out = []
+        for _ in range(n):
+            r = self._reply(messages)
+            if isinstance(r, Completion):
+                out.append(r)
+                continue
+            if isinstance(r, Exception):
+                raise r
+            out.append(Completion(r, self.prompt_tokens, self.completion_tokens))
+        return out
+
+    def stream(self, messages, **kw):
+        text = self.chat(messages, **kw)[0].text
+        yield from re.findall(r"\S+\s*|\s+", text)
+
+
+def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, list[str]] | None = None,
+             model: str = "fake-teacher"):
+    """A FastAPI app speaking the OpenAI chat API. `faults` maps a substring of the prompt to the
+    faults its next requests get, in order: "429" (with Retry-After), "500", "timeout",
+    "malformed" (a 200 that is not JSON), "401"."""
+    import asyncio
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    app = FastAPI()
+    app.state.faults = {k: list(v) for k, v in (faults or {}).items()}
+    app.state.requests = 0
+    lock = threading.Lock()
+
+    def next_fault(text: str) -> str | None:
+        with lock:
+            for key, queue in app.state.faults.items():
+                if key in text and queue:
+                    return queue.pop(0)
+        return None
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "baize"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        app.state.requests += 1
+        msgs = body["messages"]
+        fault = next_fault("\n".join(m["content"] for m in msgs))
+        if fault == "401":
+            return JSONResponse({"error": {"message": "bad key", "type": "invalid_request_error"}}, 401)
+        if fault == "429":
+            return JSONResponse({"error": {"message": "slow down", "type": "rate_limit"}}, 429,
+                                headers={"retry-after": "0.2"})
+        if fault == "500":
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
+        if fault == "timeout":
+            await asyncio.sleep(5)
+        if fault == "malformed":
+            return PlainTextResponse("{not json", media_type="application/json")
+        if latency:
+            await asyncio.sleep(latency)
+        n = int(body.get("n") or 1)
+        text = reply(msgs)
+        pt, ct = sum(len(m["content"].split()) for m in msgs), len(text.split())
+        return {
+            "id": f"chatcmpl-{app.state.requests}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model", model),
+            "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                        for i in range(n)],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct * n, "total_tokens": pt + ct * n}}
+
+    return app
+
+
+class ServerThread:
+    """A real uvicorn on 127.0.0.1 in a background thread: `with ServerThread(app) as url: ...`."""
+
+    def __init__(self, app, port: int = 0):
+        import uvicorn
+        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        return f"http://127.0.0.1:{port}/v1"
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def main():
+    p = argparse.ArgumentParser(description="a fake OpenAI-compatible teacher for tests and benchmarks")
+    p.add_argument("--port", type=int, default=8123)
+    p.add_argument("--latency", type=float, default=0.3)
+    a = p.parse_args()
+    import uvicorn
+    uvicorn.run(make_app(latency=a.latency), host="127.0.0.1", port=a.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()
