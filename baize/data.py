@@ -1,0 +1,115 @@
+"""`baize data stats | export | import`: look at a dialogue file and move it between formats.
+
+The paper's released files ({"topic", "input"} with [|Human|]/[|AI|], JSON arrays of 50K+ items)
+import into our JSONL, so its 158K dialogues train directly; ShareGPT export feeds other trainers.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from .config import BaizeError
+from .schema import from_baize, read_jsonl, sidecar, to_baize, to_sharegpt, write_jsonl
+
+
+def stats(path: str | Path) -> dict:
+    path = Path(path)
+    turns, words, sources, modes, reasons = [], [], Counter(), Counter(), Counter()
+    pt = ct = 0
+    n = 0
+    for r in read_jsonl(path, validate=True):
+        n += 1
+        meta = r.get("meta", {})
+        turns.append(sum(m["role"] == "assistant" for m in r["messages"]))
+        words.append(sum(len(m["content"].split()) for m in r["messages"]))
+        sources[meta.get("source", "?")] += 1
+        modes[meta.get("mode", "?")] += 1
+        if meta.get("reject_reason"):
+            reasons[meta["reject_reason"]] += 1
+        u = meta.get("usage") or {}
+        pt += u.get("prompt_tokens", 0)
+        ct += u.get("completion_tokens", 0)
+    rej = sidecar(path, "rejected")
+    if rej.exists() and rej != path:
+        for r in read_jsonl(rej):
+            reasons[r.get("meta", {}).get("reject_reason", "?")] += 1
+    if n == 0:
+        raise BaizeError(f"{path}: no dialogues in the file")
+    return {
+        "file": str(path), "dialogues": n,
+        "turns_per_dialogue": {"mean": round(statistics.mean(turns), 2), "min": min(turns), "max": max(turns),
+                               "histogram": dict(sorted(Counter(turns).items()))},
+        "words_per_dialogue": {"mean": round(statistics.mean(words), 1), "median": statistics.median(words)},
+        "teacher_tokens": {"prompt": pt, "completion": ct},
+        "sources": dict(sources.most_common()), "modes": dict(modes), "reject_reasons": dict(reasons.most_common()),
+    }
+
+
+def print_stats(s: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    t = Table(title=f"data stats: {s['file']}", show_header=False)
+    t.add_row("dialogues", str(s["dialogues"]))
+    tp = s["turns_per_dialogue"]
+    t.add_row("exchanges per dialogue", f"mean {tp['mean']}, min {tp['min']}, max {tp['max']}; {tp['histogram']}")
+    t.add_row("words per dialogue", f"mean {s['words_per_dialogue']['mean']}, median {s['words_per_dialogue']['median']}")
+    t.add_row("teacher tokens in / out", f"{s['teacher_tokens']['prompt']} / {s['teacher_tokens']['completion']}")
+    t.add_row("sources", ", ".join(f"{k} {v}" for k, v in s["sources"].items()))
+    t.add_row("modes", ", ".join(f"{k} {v}" for k, v in s["modes"].items()))
+    t.add_row("rejected", ", ".join(f"{k} {v}" for k, v in s["reject_reasons"].items()) or "0")
+    Console().print(t)
+
+
+def export(path: str | Path, out: str | Path, fmt: str) -> int:
+    records = read_jsonl(path, validate=True)
+    if fmt == "baize":  # the paper's released files are one JSON array
+        items = [to_baize(r) for r in records]
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(items, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        return len(items)
+    if fmt == "sharegpt":
+        return write_jsonl(out, (to_sharegpt(r) for r in records))
+    raise BaizeError(f"unknown export format {fmt!r}: use baize or sharegpt")
+
+
+def import_baize(path: str | Path, out: str | Path, source: str | None = None) -> int:
+    """The paper's JSON array (or JSONL) of {"topic", "input"} -> our dialogue JSONL."""
+    path = Path(path)
+    if not path.exists():
+        raise BaizeError(f"{path}: no such file")
+    source = source or path.stem.replace("_chat_data", "")
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = [(f"{path}: item {i}", o) for i, o in enumerate(json.loads(text), 1)]
+        except json.JSONDecodeError as e:
+            raise BaizeError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    else:
+        items = [(f"{path}:{n}", o) for n, o in enumerate(read_jsonl(path), 1)]
+    return write_jsonl(out, (from_baize(o, where, i, source) for i, (where, o) in enumerate(items)))
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("data", help="dialogue files: stats, export, import")
+    dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    s = dsub.add_parser("stats", help="dialogues, turns, tokens, sources, reject reasons")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    s.set_defaults(func=_stats)
+    e = dsub.add_parser("export", help="write the paper's format (baize) or ShareGPT")
+    e.add_argument("file")
+    e.add_argument("--format", choices=["baize", "sharegpt"], default="baize")
+    e.add_argument("--out", required=True)
+    e.set_defaults(func=lambda a: print(f"wrote {export(a.file, a.out, a.format)} dialogues to {a.out}"))
+    i = dsub.add_parser("import", help="read the paper's released format into dialogue JSONL")
+    i.add_argument("file")
+    i.add_argument("--out", required=True)
+    i.add_argument("--source", default=None, help="meta.source for the records (default: from the file name)")
+    i.set_defaults(func=lambda a: print(f"imported {import_baize(a.file, a.out, a.source)} dialogues to {a.out}"))
+
+
+def _stats(a) -> None:
+    s = stats(a.file)
+    print(json.dumps(s, indent=2)) if a.json else print_stats(s)
