@@ -77,10 +77,14 @@ class CollectConfig:
 
 # --- parsing the one-shot transcript -----------------------------------------------------------
 
-_B = r"(?:\*\*|__)?"
+# A marker's own emphasis (**[Human]**, *[AI]:*, **Human:**) is consumed only when it opened with one,
+# so Markdown at the edges of a turn (**Note**, __init__, * bullets) is left intact.
+_E = r"(?:\*{1,2}|_{1,2})"
 _MARK = re.compile(
-    rf"{_B}[ \t]*\[[ \t]*\|?[ \t]*(?P<b>human|user|ai|assistant)[ \t]*\|?[ \t]*\][ \t]*{_B}[ \t]*:?[ \t]*{_B}"
-    rf"|^[ \t]*{_B}[ \t]*(?P<l>human|user|ai|assistant)[ \t]*{_B}[ \t]*:[ \t]*{_B}",
+    rf"(?P<ob>{_E})?[ \t]*\[[ \t]*\|?[ \t]*(?P<b>human|user|ai|assistant)[ \t]*\|?[ \t]*\][ \t]*"
+    rf"(?(ob)(?:{_E}[ \t]*:?|:[ \t]*{_E}|:?)|:?)[ \t]*"
+    rf"|^[ \t]*(?P<ol>{_E})?[ \t]*(?P<l>human|user|ai|assistant)[ \t]*"
+    rf"(?(ol)(?:{_E}[ \t]*:|:[ \t]*{_E}|:)|:)[ \t]*",
     re.IGNORECASE | re.MULTILINE)
 _GREETING = re.compile(r"^(hello|hi|hey)( there)?[!.,\s]*$", re.IGNORECASE)
 
@@ -95,7 +99,7 @@ def parse_transcript(text: str, truncated: bool = False) -> list[dict]:
         who = (m.group("b") or m.group("l")).lower()
         role = "user" if who in ("human", "user") else "assistant"
         end = marks[i + 1].start() if i + 1 < len(marks) else len(text)
-        content = text[m.end():end].strip().strip("*_").strip()
+        content = text[m.end():end].strip()
         if not content:
             continue
         if msgs and msgs[-1]["role"] == role:
