@@ -66,8 +66,8 @@ def _pick_field(row: dict, wanted: str | None, where: str) -> str:
 
 
 def _rows_jsonl(path: Path, wanted: str | None, source: str):
-    with path.open(encoding="utf-8") as f:
-        first = f.read(1)
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not data
+        first = f.read(4096).lstrip()[:1]
         f.seek(0)
         if first == "[":  # a JSON array (the paper's released files are arrays)
             try:
@@ -79,7 +79,7 @@ def _rows_jsonl(path: Path, wanted: str | None, source: str):
             items = ((n, line) for n, line in enumerate(f, 1) if line.strip())
         for n, raw in items:
             where = f"{path}:{n}"
-            if isinstance(raw, str):
+            if first != "[":  # a JSONL line (an array's items are already parsed, strings included)
                 try:
                     raw = json.loads(raw)
                 except json.JSONDecodeError as e:
@@ -97,7 +97,7 @@ def _rows_jsonl(path: Path, wanted: str | None, source: str):
 
 
 def _rows_csv(path: Path, wanted: str | None, source: str):
-    with path.open(encoding="utf-8", newline="") as f:
+    with path.open(encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
         if not reader.fieldnames:
             return
@@ -107,7 +107,7 @@ def _rows_csv(path: Path, wanted: str | None, source: str):
 
 
 def _rows_txt(path: Path, source: str):
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for line in f:
             yield line.rstrip("\n"), {"source": source}
 
