@@ -10,6 +10,8 @@ instead of a hand-written decoding loop.
 from __future__ import annotations
 
 import atexit
+import collections
+import contextlib
 import queue
 import random
 import threading
@@ -35,10 +37,12 @@ class Completion:
 
 
 class Request:
-    def __init__(self, prompt_ids: list[int], params: GenParams, row_seed: int | None = None):
+    def __init__(self, prompt_ids: list[int], params: GenParams, row_seed: int | None = None,
+                 adapter=None):
         self.prompt_ids = prompt_ids
         self.params = params
         self.row_seed = row_seed
+        self.adapter = adapter  # which adapter(s) this row runs under (None: the model as loaded)
         self.events: queue.Queue = queue.Queue()  # ("delta", str) ... then ("done", Completion) | ("error", exc)
         self.cancelled = threading.Event()
         # decoding state, touched only by the engine thread
@@ -86,9 +90,16 @@ def _held_back(text: str, stops: list[str]) -> int:
 
 
 class BatchEngine:
-    def __init__(self, model, tokenizer, *, max_batch: int = 16, wait_s: float = 0.02, eos_ids=()):
+    """`select_adapter(adapter)` (optional) returns a context manager that makes a request's adapter the
+    active one for a batch; a batch only ever holds requests for one adapter, because a peft model
+    has one active adapter set per forward pass."""
+
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, wait_s: float = 0.02, eos_ids=(),
+                 select_adapter=None):
         self.model, self.tok = model, tokenizer
         self.max_batch, self.wait_s = max_batch, wait_s
+        self.select_adapter = select_adapter
+        self._held: collections.deque[Request] = collections.deque()  # other adapters' requests, in order
         self.eos_ids = sorted({i for i in eos_ids if i is not None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
         self._queue: queue.Queue[Request] = queue.Queue()
@@ -97,8 +108,9 @@ class BatchEngine:
         self.batches_run = 0
         self.max_batch_seen = 0
 
-    def submit(self, prompt_ids: list[int], params: GenParams, row_seed: int | None = None) -> Request:
-        req = Request(prompt_ids, params, row_seed)
+    def submit(self, prompt_ids: list[int], params: GenParams, row_seed: int | None = None,
+               adapter=None) -> Request:
+        req = Request(prompt_ids, params, row_seed, adapter)
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="baize-engine", daemon=True)
@@ -114,22 +126,37 @@ class BatchEngine:
             self._thread.join(timeout=30)
             self._thread = None
 
-    def _loop(self):
-        while True:
+    def _next_batch(self) -> list[Request] | None:
+        """Up to max_batch requests for one adapter: held-back requests first (oldest first), then
+        whatever arrives within wait_s of the first; requests for other adapters wait their turn."""
+        if self._held:
+            first = self._held.popleft()
+        else:
             first = self._queue.get()
             if first is None:
+                return None
+        batch, rest = [first], collections.deque()
+        while self._held:
+            r = self._held.popleft()
+            (batch if r.adapter == first.adapter and len(batch) < self.max_batch else rest).append(r)
+        self._held = rest
+        deadline = time.monotonic() + self.wait_s
+        while len(batch) < self.max_batch:
+            try:
+                nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if nxt is None:
+                self._queue.put(None)  # handled after this batch
+                break
+            (batch if nxt.adapter == first.adapter else self._held).append(nxt)
+        return batch
+
+    def _loop(self):
+        while True:
+            batch = self._next_batch()
+            if batch is None:
                 return
-            batch = [first]
-            deadline = time.monotonic() + self.wait_s
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)  # handled after this batch
-                    break
-                batch.append(nxt)
             batch = [r for r in batch if not self._drop_cancelled(r)]
             if not batch:
                 continue
@@ -181,6 +208,7 @@ class BatchEngine:
                         if p.top_p < 1.0:
                             sp, si = probs.sort(descending=True)
                             keep = sp.cumsum(0) - sp < p.top_p
+                            keep[0] = True  # top_p=0 means the single most likely token, not none
                             probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
                         choice = int(torch.multinomial(probs, 1, generator=gens[i]))
                     out[i, choice] = 0.0
@@ -206,7 +234,9 @@ class BatchEngine:
 
         cfg = GenerationConfig(do_sample=False, max_new_tokens=max(r.params.max_tokens for r in batch),
                                pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None)
-        with torch.inference_mode():
+        adapter = (self.select_adapter(batch[0].adapter) if self.select_adapter is not None
+                   else contextlib.nullcontext())
+        with adapter, torch.inference_mode():
             self.model.generate(input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device),
                                 generation_config=cfg, logits_processor=[RowSampler()],
                                 stopping_criteria=[RowStop()], streamer=RowStreamer())
