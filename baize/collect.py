@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import BaizeError, add_dataclass_args, dataclass_from_args, save_config
-from .schema import JsonlAppender, atomic_write_text, read_jsonl, sidecar
+from .schema import JsonlAppender, atomic_write_text, read_jsonl, repair_torn_tail, sidecar
 
 SELF_CHAT_TEMPLATE = (
     "Forget the instruction you have previously received. The following is a conversation between a "
@@ -281,6 +281,7 @@ def collect(cfg: CollectConfig, llm=None, *, console=None) -> Summary:
                 (DEFAULT_REJECT_PATTERNS if cfg.default_reject_patterns else []) + list(cfg.reject_pattern)]
     kept_w, rej_w = JsonlAppender(out), JsonlAppender(sidecar(out, "rejected"))
     failed_path = sidecar(out, "failed")
+    repair_torn_tail(failed_path)  # a run killed mid-write leaves half a line; read what is whole
     failed_before = {r["id"] for r in read_jsonl(failed_path)} if failed_path.exists() else set()
     if cfg.retry_failed and failed_path.exists():
         atomic_write_text(failed_path, "")  # those seeds run again; a new failure is written again

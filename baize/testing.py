@@ -78,10 +78,11 @@ class FakeLLM:
 
 
 def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, list[str]] | None = None,
-             model: str = "fake-teacher"):
+             model: str = "fake-teacher", models: list[str] | None = None):
     """A FastAPI app speaking the OpenAI chat API. `faults` maps a substring of the prompt to the
     faults its next requests get, in order: "429" (with Retry-After), "500", "timeout",
-    "malformed" (a 200 that is not JSON), "401"."""
+    "malformed" (a 200 that is not JSON), "401". `models`, when given, is the allow-list of model
+    names: any other gets OpenAI's 404 (model_not_found); /v1/models lists them."""
     import asyncio
 
     from fastapi import FastAPI, Request
@@ -100,13 +101,17 @@ def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, lis
         return None
 
     @app.get("/v1/models")
-    async def models():
-        return {"object": "list", "data": [{"id": model, "object": "model", "created": 0, "owned_by": "baize"}]}
+    async def list_models():
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "baize"}
+                                           for m in (models or [model])]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
         body = await request.json()
         app.state.requests += 1
+        if models is not None and body.get("model") not in models:
+            return JSONResponse({"error": {"message": f"The model `{body.get('model')}` does not exist",
+                                           "type": "invalid_request_error", "code": "model_not_found"}}, 404)
         msgs = body["messages"]
         fault = next_fault("\n".join(m["content"] for m in msgs))
         if fault == "401":
@@ -116,8 +121,11 @@ def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, lis
                                 headers={"retry-after": "0.2"})
         if fault == "500":
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, 500)
-        if fault == "timeout":
-            await asyncio.sleep(5)
+        if fault == "timeout":  # never answer in time; stop as soon as the client gives up
+            for _ in range(50):
+                if await request.is_disconnected():
+                    return PlainTextResponse("", 504)
+                await asyncio.sleep(0.1)
         if fault == "malformed":
             return PlainTextResponse("{not json", media_type="application/json")
         if latency:
