@@ -193,25 +193,40 @@ class BatchEngine:
             gens.append(g)
         engine = self
 
+        temps = torch.tensor([r.params.temperature for r in batch], dtype=torch.float32)
+        top_ps = torch.tensor([r.params.top_p for r in batch], dtype=torch.float32)
+        greedy = (temps <= 0).to(self.model.device)
+        top_ps = torch.where(greedy.cpu(), 0.0, top_ps)  # a greedy row must not force the slow full sort
+        temps, top_ps = temps.clamp_min(1e-5).to(self.model.device)[:, None], top_ps.to(self.model.device)[:, None]
+
         class RowSampler(LogitsProcessor):
             # Samples each row with its own temperature/top-p/generator, then leaves only the chosen
-            # token so generate's greedy step picks it.
+            # token so generate's greedy step picks it. Batched, not one row at a time: with a 49k
+            # vocabulary the per-row softmax+sort loop was most of the step time on CPU. Each row draws
+            # its uniform number from its own generator, so a seed gives the same text in any batch.
             def __call__(self, input_ids, scores):
                 scores = scores.float()
-                out = torch.full_like(scores, float("-inf"))
-                for i, r in enumerate(batch):
-                    p = r.params
-                    if p.temperature <= 0:
-                        choice = int(scores[i].argmax())
+                choice = scores.argmax(-1)
+                if not bool(greedy.all()):
+                    probs = torch.softmax(scores / temps, dim=-1)
+                    if bool((top_ps >= 1.0).all()):  # no nucleus: sample from the whole distribution
+                        sp, si = probs, None
                     else:
-                        probs = torch.softmax(scores[i] / p.temperature, dim=-1)
-                        if p.top_p < 1.0:
-                            sp, si = probs.sort(descending=True)
-                            keep = sp.cumsum(0) - sp < p.top_p
-                            keep[0] = True  # top_p=0 means the single most likely token, not none
-                            probs = torch.zeros_like(probs).scatter(0, si[keep], sp[keep])
-                        choice = int(torch.multinomial(probs, 1, generator=gens[i]))
-                    out[i, choice] = 0.0
+                        # the nucleus is a prefix of the sorted probabilities: when the top k already hold
+                        # top_p of the mass in every row, they are all that needs sorting (~15x cheaper)
+                        sp, si = probs.topk(min(256, probs.shape[-1]), dim=-1)
+                        if not bool((sp.sum(-1, keepdim=True) >= top_ps).all()):
+                            sp, si = probs.sort(dim=-1, descending=True)
+                        keep = (sp.cumsum(-1) - sp < top_ps) | (top_ps >= 1.0)
+                        keep[:, 0] = True  # top_p=0 means the single most likely token, not none
+                        sp = sp * keep
+                    cum = sp.cumsum(-1)
+                    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(cum.device) * cum[:, -1]
+                    idx = torch.searchsorted(cum, u[:, None], right=True).clamp_max(cum.shape[-1] - 1)
+                    sampled = (idx if si is None else si.gather(1, idx)).squeeze(1)
+                    choice = torch.where(greedy, choice, sampled)
+                out = torch.full_like(scores, float("-inf"))
+                out[torch.arange(len(batch), device=out.device), choice] = 0.0
                 return out
 
         class RowStop(StoppingCriteria):

@@ -524,6 +524,32 @@ def _usage(done: list[Completion]) -> dict:
     return {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
 
 
+@contextlib.contextmanager
+def running(app, host: str = "127.0.0.1"):
+    """Run an app with uvicorn in a background thread on a free port; yields its base URL. For tests
+    and benchmarks: the socket is bound before the server starts, so there is no port race."""
+    import socket
+
+    import uvicorn
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
 # -- the command -------------------------------------------------------------------------------------
 
 def serve(specs: dict[str, str], cfg: ServeConfig) -> None:
