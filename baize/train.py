@@ -1,0 +1,659 @@
+"""LoRA tuning on dialogue JSONL (`baize train`) and merging a run into a standalone model (`baize merge`).
+
+    baize train --base default --data dialogues.jsonl --out runs/v1
+    baize train --from runs/v1 --data sdf.jsonl --out runs/v2          # SDF's v2 continues v1's adapter
+    accelerate launch --num_processes 2 -m baize train ...              # DDP (FSDP/DeepSpeed: examples/)
+    baize merge runs/v1 --out merged/
+
+transformers' Trainer runs the loop (accumulation, DDP/FSDP/DeepSpeed through accelerate, checkpoints,
+resume, eval); peft adds the adapters. What is ours: the labels (taken from chat_format's assistant
+character spans through the tokenizer's offsets, so both formats mask exactly), the choice of batching,
+and the checks the original lacked (empty adapters, truncation that leaves nothing to learn).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import sys
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from .config import BaizeError, add_dataclass_args, save_config
+
+CONFIG_FILE = "train_config.json"
+LOSS_FILE = "loss.jsonl"
+SUMMARY_FILE = "train_summary.json"
+IGNORE = -100
+
+
+@dataclass
+class TrainConfig:
+    data: str | list = field(default="", metadata={"help": "dialogue JSONL file(s), comma-separated"})
+    out: str = field(default="runs/v1", metadata={"help": "run directory to write (adapter, tokenizer, loss curve)"})
+    base: str | None = field(default=None, metadata={"help": "base model spec: default, hf:PATH_OR_ID, a local "
+                                                               "model or run directory (default: default)"})
+    from_run: str | None = field(default=None, metadata={"flags": ("--from",), "help": "continue training the "
+                                                                   "adapter of this run (its base, format, system)"})
+    format: str | None = field(default=None, metadata={"choices": ["baize", "template"], "help": "chat format "
+                               "(default: the --from run's, else baize, the paper's [|Human|]/[|AI|] transcript)"})
+    system: str | None = field(default=None, metadata={"help": "system prompt put before every dialogue that has "
+                                                               "none; recorded so chat/serve use the same"})
+    loss: str = field(default="assistant", metadata={"choices": ["assistant", "all"], "help": "tokens the loss is "
+                                                     "taken on: the assistant's turns, or every token (the paper)"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA alpha"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "LoRA dropout"})
+    target_modules: str = field(default="all-linear", metadata={"help": "modules to adapt, comma-separated; "
+                                                                "all-linear finds every linear layer but the head"})
+    epochs: float = field(default=1.0, metadata={"help": "passes over the data"})
+    max_steps: int = field(default=-1, metadata={"help": "stop after this many optimizer steps (-1: no cap)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per dialogue; longer ones are truncated"})
+    batch_size: int = field(default=64, metadata={"help": "dialogues per optimizer step, over all processes "
+                                                          "(reached by gradient accumulation)"})
+    micro_batch_size: int = field(default=8, metadata={"help": "dialogues per forward pass and process"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "peak learning rate"})
+    lr_scheduler: str = field(default="linear", metadata={"help": "transformers scheduler name"})
+    warmup: float = field(default=0.03, metadata={"help": "warmup: a fraction of the steps if < 1, else steps"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    batching: str = field(default="packed", metadata={"choices": ["packed", "grouped", "padded"], "help":
+                          "packed: dialogues concatenated without padding, attention kept within each; grouped: "
+                          "similar lengths padded together; padded: every dialogue padded to --max-length (paper)"})
+    precision: str = field(default="auto", metadata={"choices": ["auto", "fp32", "bf16", "fp16"], "help": "autocast "
+                           "precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older GPUs, else fp32"})
+    quantize: str | None = field(default=None, metadata={"choices": ["8bit", "4bit"], "help": "load the base with "
+                                 "bitsandbytes (CUDA only): int8, or 4-bit NF4 (QLoRA)"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for activation memory"})
+    val_size: float = field(default=0.0, metadata={"help": "held-out dialogues for eval loss: a fraction if < 1, "
+                                                           "else a count"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (default: --save-steps)"})
+    save_steps: int = field(default=100, metadata={"help": "checkpoint every N steps"})
+    save_total_limit: int = field(default=3, metadata={"help": "checkpoints kept"})
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in --out"})
+    drop_truncated: bool = field(default=False, metadata={"help": "skip dialogues that truncation leaves without "
+                                                                  "an assistant token instead of refusing the data"})
+    log_steps: int = field(default=1, metadata={"help": "log loss, tokens/s and ETA every N steps"})
+    seed: int = field(default=42, metadata={"help": "random seed (split, order, dropout)"})
+
+    def data_files(self) -> list[str]:
+        items = self.data if isinstance(self.data, list) else [self.data]
+        return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def read_dialogues(paths: list[str]) -> list[tuple[dict, str]]:
+    """Every record with its 'file:line', validated; a bad line raises an error naming file and line."""
+    from .schema import read_jsonl
+    if not paths:
+        raise BaizeError("no training data: pass --data dialogues.jsonl[,more.jsonl]")
+    out = []
+    for p in paths:
+        # read_jsonl skips blank lines, so count lines here to name them
+        lines = [n for n, line in enumerate(Path(p).open(encoding="utf-8"), 1) if line.strip()] \
+            if Path(p).exists() else []
+        for n, rec in zip(lines, read_jsonl(p, validate=True)):
+            out.append((rec, f"{p}:{n}"))
+    if not out:
+        raise BaizeError(f"no dialogues in {', '.join(paths)}")
+    return out
+
+
+def assistant_mask(offsets, spans) -> list[bool]:
+    """Tokens whose characters overlap an assistant span; special tokens have empty offsets."""
+    return [e > s and any(s < se and e > ss for ss, se in spans) for s, e in offsets]
+
+
+def tokenize(records: list[dict], fmt, tokenizer, *, max_length: int, loss: str = "assistant",
+             system: str | None = None) -> list[dict]:
+    """input_ids + labels (-100 outside the loss) per dialogue, truncated to max_length.
+
+    Each sample also reports `truncated` and `assistant_tokens` (left after truncation)."""
+    texts, spans = [], []
+    for rec in records:
+        msgs = rec["messages"]
+        if system and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": system}] + list(msgs)
+        t, s = fmt.render_spans(msgs)
+        texts.append(t)
+        spans.append(s)
+    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=fmt.add_special_tokens)
+    out = []
+    for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans):
+        mask = assistant_mask(offs, sp)
+        labels = [t if (m or loss == "all") else IGNORE for t, m in zip(ids, mask)]
+        out.append({"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length,
+                    "full_length": len(ids), "assistant_tokens": sum(mask[:max_length])})
+    return out
+
+
+def prepare_data(cfg: TrainConfig, fmt, tokenizer, log, items: list | None = None) -> tuple[list[dict], list[dict]]:
+    """Tokenized (train, val) samples; refuses dialogues left without an assistant token."""
+    items = items if items is not None else read_dialogues(cfg.data_files())
+    samples = tokenize([r for r, _ in items], fmt, tokenizer, max_length=cfg.max_length, loss=cfg.loss,
+                       system=cfg.system)
+    empty = [(where, s) for (_, where), s in zip(items, samples) if s["assistant_tokens"] == 0]
+    cut = sum(s["truncated"] for s in samples)
+    full = sum(s["full_length"] for s in samples)
+    kept = sum(len(s["input_ids"]) for s in samples)
+    log(f"data: {len(samples)} dialogues, {kept} tokens (mean {kept / len(samples):.0f}); {cut} truncated to "
+        f"{cfg.max_length} tokens ({full - kept} tokens cut)")
+    if empty:
+        where = ", ".join(w for w, _ in empty[:3]) + (" ..." if len(empty) > 3 else "")
+        why = ("no assistant message" if all(not s["truncated"] for _, s in empty)
+               else f"no assistant token left after truncation to {cfg.max_length} tokens")
+        if not cfg.drop_truncated:
+            raise BaizeError(f"{len(empty)} of {len(samples)} dialogues have {why} (at {where}): raise --max-length, "
+                             f"fix those records, or pass --drop-truncated to skip them")
+        log(f"dropping {len(empty)} dialogues with {why} (at {where})")
+        bad = {id(s) for _, s in empty}
+        samples = [s for s in samples if id(s) not in bad]
+    samples = [{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples]
+    n_val = int(cfg.val_size if cfg.val_size >= 1 else round(cfg.val_size * len(samples)))
+    if n_val >= len(samples):
+        raise BaizeError(f"--val-size {cfg.val_size} leaves no training data ({len(samples)} dialogues)")
+    order = list(range(len(samples)))
+    random.Random(cfg.seed).shuffle(order)
+    val = [samples[i] for i in sorted(order[:n_val])]
+    train = [samples[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+class Collator:
+    """The batching modes, each one of transformers' own collators; drops our bookkeeping columns.
+
+    With `trim`, a packed batch also carries `logits_to_keep` (the positions that predict a label) and
+    their `shift_labels`: the LM head and cross-entropy over a 49K vocabulary then run on the
+    assistant's tokens only, the same loss at a fraction of the cost (transformers' own hooks)."""
+
+    def __init__(self, tokenizer, batching: str, max_length: int, trim: bool = False):
+        from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
+        self.batching = batching
+        self.trim = trim and batching == "packed"
+        if batching == "packed":
+            # one row, position_ids restarting per dialogue: the model's mask code turns that into a
+            # block-diagonal causal mask, and the first token of each dialogue gets no label
+            self.inner = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
+        else:
+            self.inner = DataCollatorForSeq2Seq(tokenizer, padding="max_length" if batching == "padded" else "longest",
+                                                max_length=max_length, label_pad_token_id=IGNORE, return_tensors="pt")
+
+    def __call__(self, features):
+        import torch
+        batch = self.inner([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        if self.trim:
+            shift = torch.cat([batch["labels"][0, 1:], torch.tensor([IGNORE])])
+            keep = (shift != IGNORE).nonzero().squeeze(1)
+            if 0 < len(keep) < len(shift):
+                batch["logits_to_keep"] = keep
+                batch["shift_labels"] = shift[keep][None]
+        return batch
+
+
+def accepts_logits_to_keep(model) -> bool:
+    import inspect
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "logits_to_keep" in inspect.signature(base.forward).parameters
+
+
+def packing_leaks(model, vocab_size: int) -> float:
+    """Largest logit difference between two short sequences run packed and alone (0 when isolated).
+
+    Packing relies on the architecture's mask code reading position_ids; older or remote-code models
+    ignore them and would attend across dialogues, so we check the real model once before training."""
+    import torch
+    g = torch.Generator().manual_seed(0)
+    a, b = (torch.randint(3, vocab_size, (1, n), generator=g) for n in (7, 5))
+    dev = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        packed = model(input_ids=torch.cat([a, b], 1).to(dev), use_cache=False,
+                       position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None].to(dev)).logits.float()
+        alone = torch.cat([model(input_ids=x.to(dev), use_cache=False).logits.float() for x in (a, b)], 1)
+    model.train(was_training)
+    return ((packed - alone).abs().max() / alone.abs().max().clamp(min=1)).item()
+
+
+# --- model ---------------------------------------------------------------------------------------
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast beats fp32; elsewhere it is emulated."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    import torch
+    if device == "cuda":
+        best = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return best if precision == "auto" else precision
+    if precision == "fp16":
+        raise BaizeError("--precision fp16 needs a CUDA GPU; use bf16 or fp32 on CPU")
+    if precision == "auto":
+        return "bf16" if cpu_has_bf16() else "fp32"
+    return precision
+
+
+def load_for_training(cfg: TrainConfig, base_spec: str, device: str, log):
+    """Base model (earlier adapters of a run chain merged in), then a trainable LoRA adapter on top."""
+    import torch
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from . import models
+    ref = models.resolve(cfg.from_run) if cfg.from_run else models.resolve(base_spec)
+    below = ref.adapters[:-1] if cfg.from_run else ref.adapters
+    tok_dir = next((a for a in reversed(ref.adapters) if (Path(a) / "tokenizer_config.json").exists()), ref.base)
+    tok = AutoTokenizer.from_pretrained(tok_dir)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if cfg.quantize:
+        if device != "cuda":
+            raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
+        if below:
+            raise BaizeError("--quantize cannot merge earlier adapters into a quantized base: `baize merge` first")
+        try:
+            from transformers import BitsAndBytesConfig
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise BaizeError("--quantize needs bitsandbytes: pip install 'baize[cuda]'") from None
+        from peft import prepare_model_for_kbit_training
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        q = (BitsAndBytesConfig(load_in_8bit=True) if cfg.quantize == "8bit" else
+             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                                bnb_4bit_compute_dtype=dtype))
+        # each DDP process holds its own copy on its own GPU (models.load_model pins GPU 0)
+        model = AutoModelForCausalLM.from_pretrained(ref.base, quantization_config=q, dtype=dtype,
+                                                     device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    else:
+        # weights stay fp32 on CPU (autocast does the bf16 math); bf16 on GPUs halves their memory
+        dtype = None if device == "cpu" else ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
+        model, _ = models.load_model(models.ModelRef(ref.base, list(below)), device="cpu", dtype=dtype, merge=True)
+    model.config.use_cache = False  # a cache in training only costs memory, and hides packing from the mask code
+    if cfg.from_run:
+        model = PeftModel.from_pretrained(model, cfg.from_run, is_trainable=True)
+        lc = model.peft_config["default"]
+        log(f"continuing the adapter of {cfg.from_run} (r={lc.r}, alpha={lc.lora_alpha})")
+    else:
+        targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
+            [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
+                                                 lora_dropout=cfg.lora_dropout, target_modules=targets))
+    names = sorted({n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A." in n})
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    n_all = sum(p.numel() for p in model.parameters())
+    log(f"LoRA on {', '.join(names)}: {n_train:,} trainable of {n_all:,} "
+        f"parameters ({100 * n_train / n_all:.2f}%)")
+    return model, tok, ref
+
+
+# --- training ------------------------------------------------------------------------------------
+
+def _record_spec(spec: str) -> str:
+    """A spec to store in baize_run.json: local paths made absolute so the run loads from any directory."""
+    prefix, path = ("hf:", spec[3:]) if spec.startswith("hf:") else ("", spec)
+    if spec != "default" and "+" not in path and Path(path).exists():
+        return prefix + str(Path(path).resolve())
+    return spec
+
+
+def _progress(run_dir: Path, log, is_main: bool):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """One line per log (loss, lr, tokens/s, ETA), the loss curve as JSONL and PNG."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            self.t0 = self.last_t = time.perf_counter()
+            self.step0, self.tok0 = state.global_step, state.num_input_tokens_seen
+            self.last_tok, self.warm = self.tok0, None
+            path = run_dir / LOSS_FILE
+            if is_main and path.exists():  # a resumed run rewrites the steps after its checkpoint
+                keep = [ln for ln in path.read_text().splitlines() if ln.strip()
+                        and json.loads(ln)["step"] <= state.global_step]
+                path.write_text("".join(ln + "\n" for ln in keep))
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.warm is None:  # throughput is measured from the end of the first step (warm-up)
+                self.warm = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
+            self.end = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if not is_main or not logs:
+                return
+            now = time.perf_counter()
+            rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+            if "loss" in logs:
+                tps = (state.num_input_tokens_seen - self.last_tok) / max(now - self.last_t, 1e-9)
+                self.last_t, self.last_tok = now, state.num_input_tokens_seen
+                done = state.global_step - self.step0
+                eta = (state.max_steps - state.global_step) * (now - self.t0) / max(done, 1)
+                rec.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                           tokens=state.num_input_tokens_seen, tokens_per_s=round(tps, 1))
+                log(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
+                    f"lr {logs.get('learning_rate', 0):.2e}  {tps:.0f} tok/s  eta {_hms(eta)}")
+            elif "eval_loss" in logs:
+                rec["eval_loss"] = logs["eval_loss"]
+                log(f"step {state.global_step}  eval loss {logs['eval_loss']:.4f}")
+            else:
+                return
+            with (run_dir / LOSS_FILE).open("a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+        def on_save(self, args, state, control, **kw):
+            if is_main:
+                plot_loss(run_dir)
+
+    return Progress()
+
+
+def _hms(s: float) -> str:
+    s = int(s)
+    return f"{s // 3600}h{s // 60 % 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def plot_loss(run_dir: str | Path) -> Path | None:
+    """loss.png next to loss.jsonl; the Agg canvas directly, so no global matplotlib backend is touched."""
+    run_dir = Path(run_dir)
+    path = run_dir / LOSS_FILE
+    if not path.exists():
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    fig = Figure(figsize=(7, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    tr = [(r["step"], r["loss"]) for r in recs if "loss" in r]
+    ev = [(r["step"], r["eval_loss"]) for r in recs if "eval_loss" in r]
+    if tr:
+        ax.plot(*zip(*tr), label="train")
+    if ev:
+        ax.plot(*zip(*ev), "o-", label="eval")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_title(run_dir.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(run_dir / "loss.png", dpi=100, bbox_inches="tight")
+    return run_dir / "loss.png"
+
+
+def check_adapter(run_dir: str | Path, before: dict | None = None) -> int:
+    """The saved adapter has LoRA tensors and they trained (lora_B starts at zero, or at --from's values):
+    the original shipped empty adapters and nobody noticed."""
+    import torch
+    from safetensors.torch import load_file
+    f = Path(run_dir) / "adapter_model.safetensors"
+    if not f.exists() or f.stat().st_size == 0:
+        raise BaizeError(f"{f} was not written: the adapter is empty")
+    sd = load_file(f)
+    b = [k for k in sd if "lora_B" in k]
+    if not b or len(b) != sum("lora_A" in k for k in sd):
+        raise BaizeError(f"{f} holds no LoRA A/B pairs ({len(sd)} tensors): the adapter is empty")
+    if before is None:
+        before = {k: torch.zeros_like(sd[k]) for k in b}
+    if all(torch.equal(sd[k], before[k]) for k in b if k in before):
+        raise BaizeError(f"{f}: every lora_B equals its starting value: the adapter did not train "
+                         f"(no steps, or a learning rate of 0?)")
+    return len(sd)
+
+
+def _lora_record(model) -> dict:
+    lc = model.peft_config["default"]
+    t = lc.target_modules
+    return {"r": lc.r, "lora_alpha": lc.lora_alpha, "lora_dropout": lc.lora_dropout,
+            "target_modules": sorted(t) if isinstance(t, (set, list, tuple)) else t}
+
+
+def _adapter_b(model) -> dict:
+    # keys as peft saves them: without the adapter name
+    return {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+
+
+def _resolve_run_settings(cfg: TrainConfig) -> TrainConfig:
+    """Base, format and system: from --from's run when given, which must not contradict the flags."""
+    from dataclasses import replace
+
+    from . import models
+    if not cfg.from_run:
+        return replace(cfg, base=_record_spec(cfg.base or "default"), format=cfg.format or "baize")
+    rec = models.read_run(cfg.from_run)
+    if rec is None:
+        raise BaizeError(f"--from {cfg.from_run}: not a run directory (no {models.RUN_FILE}); give a run of `baize train`")
+    if cfg.base and _record_spec(cfg.base) != rec["base"]:
+        raise BaizeError(f"--base {cfg.base} differs from the base of {cfg.from_run} ({rec['base']}): drop --base")
+    if cfg.format and cfg.format != rec.get("format"):
+        raise BaizeError(f"--format {cfg.format} differs from {cfg.from_run}'s format ({rec.get('format')}): "
+                         f"a continued adapter keeps its format")
+    return replace(cfg, base=rec["base"], format=rec.get("format") or "baize", from_run=str(Path(cfg.from_run).resolve()),
+                   system=cfg.system if cfg.system is not None else rec.get("system"))
+
+
+def _compat_args(cfg: TrainConfig, batching: str) -> dict:
+    # transformers 5 renamed these; the old names still work there but warn
+    from transformers import TrainingArguments
+    names = TrainingArguments.__dataclass_fields__
+    kw = {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing":
+          cfg.gradient_checkpointing}
+    if "train_sampling_strategy" in names:
+        kw["train_sampling_strategy"] = "group_by_length" if batching == "grouped" else "random"
+    else:
+        kw["group_by_length"] = batching == "grouped"
+    return kw
+
+
+def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
+    """Train (or resume, or continue --from) a LoRA run; returns the run directory."""
+    import resource
+
+    import torch
+    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from . import models
+    from .chat_format import get_format
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    is_main = rank == 0
+
+    def log(msg):
+        if is_main:
+            print(f"[train] {msg}", flush=True)
+
+    run_dir = Path(cfg.out)
+    ckpt_dir = run_dir / "checkpoints"
+    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+    if not cfg.resume and (last or (run_dir / "adapter_model.safetensors").exists()):
+        raise BaizeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
+    if cfg.resume and not last:
+        log(f"no checkpoint in {ckpt_dir}: starting from step 0")
+    cfg = _resolve_run_settings(cfg)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.quantize and device != "cuda":
+        raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
+    precision = resolve_precision(cfg.precision, device)
+    items = read_dialogues(cfg.data_files())  # a bad line fails here, before minutes of model loading
+    set_seed(cfg.seed)
+    model, tok, _ = load_for_training(cfg, cfg.base, device, log)
+    fmt = get_format(cfg.format, tok)
+    train_set, val_set = prepare_data(cfg, fmt, tok, log, items)
+
+    batching = cfg.batching
+    if batching == "packed":
+        leak = packing_leaks(model, len(tok))
+        tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+        if leak > tol:
+            log(f"this architecture attends across packed dialogues (difference {leak:.2g}): using --batching grouped")
+            batching = "grouped"
+    micro = min(cfg.micro_batch_size, max(1, cfg.batch_size // world))
+    accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
+    if micro * accum * world != cfg.batch_size:
+        log(f"batch: {micro} x {accum} accumulation x {world} processes = {micro * accum * world} dialogues per step "
+            f"(asked {cfg.batch_size})")
+    per_epoch = math.ceil(len(train_set) / (micro * world * accum))
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
+    warmup = int(cfg.warmup) if cfg.warmup >= 1 else int(cfg.warmup * total)  # floor: a short run keeps its first step
+    log(f"{len(train_set)} train / {len(val_set)} val dialogues; {total} steps of {micro * accum * world} dialogues "
+        f"({micro} per pass, {accum} accumulated, {world} process{'es' if world > 1 else ''}); "
+        f"{batching} batches, {precision}, loss on {'assistant turns' if cfg.loss == 'assistant' else 'all tokens'}")
+    if is_main:
+        save_config(cfg, run_dir / CONFIG_FILE, world_size=world, effective_batch=micro * accum * world,
+                    batching_used=batching, precision_used=precision)
+    args = TrainingArguments(
+        output_dir=str(ckpt_dir), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=warmup,
+        weight_decay=cfg.weight_decay, logging_steps=cfg.log_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, eval_strategy="steps" if val_set else "no",
+        eval_steps=cfg.eval_steps or cfg.save_steps, bf16=precision == "bf16", fp16=precision == "fp16",
+        use_cpu=device == "cpu", seed=cfg.seed, report_to=[], disable_tqdm=True, remove_unused_columns=False,
+        label_names=["labels"], ddp_find_unused_parameters=False, **_compat_args(cfg, batching),
+        # packed rows hold no padding at all; padded ones are counted through their attention mask
+        include_num_input_tokens_seen="all" if batching == "packed" else "non_padding",
+        dataloader_num_workers=0, log_level="warning", prediction_loss_only=True)
+    progress = _progress(run_dir, log, is_main)
+    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+                      data_collator=Collator(tok, batching, cfg.max_length, trim=accepts_logits_to_keep(model)), processing_class=tok,
+                      callbacks=[progress, *callbacks])
+    trainer.remove_callback(PrinterCallback)  # our Progress prints the same, one line per step
+    before = _adapter_b(model) if cfg.from_run else None
+    t0 = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=last if cfg.resume else None)
+    except KeyboardInterrupt:
+        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+        if last:
+            log(f"interrupted: `baize train --out {run_dir} --resume` continues from {Path(last).name}")
+        raise
+    if val_set and trainer.state.global_step % args.eval_steps:
+        trainer.evaluate()
+    checksums = None
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        # proof that DDP synchronised the gradients: every process must hold the very same adapter
+        local = sum(p.detach().double().sum() + p.detach().double().abs().sum()
+                    for n, p in model.named_parameters() if "lora_" in n)
+        checksums = trainer.accelerator.gather(local.reshape(1).to(args.device)).tolist()
+        log(f"DDP: {world} processes, adapter checksums {checksums}")
+    trainer.save_model(str(run_dir))  # every process: FSDP/DeepSpeed gather the weights together
+    trainer.accelerator.wait_for_everyone()
+    if not is_main:
+        return run_dir
+    n = check_adapter(run_dir, before)
+    tok.save_pretrained(run_dir)
+    models.write_run(run_dir, base=cfg.base, format=cfg.format, system=cfg.system, from_run=cfg.from_run,
+                     data=[str(Path(p).resolve()) for p in cfg.data_files()], steps=trainer.state.global_step,
+                     lora=_lora_record(model))
+    t1, tok1, s1 = getattr(progress, "end", (time.perf_counter(), trainer.state.num_input_tokens_seen, 0))
+    tw, tokw, sw = progress.warm or (t0, 0, 0)
+    summary = {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - t0, 1),
+               "tokens": trainer.state.num_input_tokens_seen,
+               # after the first step, which pays for warm-up (allocations, kernel selection)
+               "tokens_per_s": round((tok1 - tokw) / (t1 - tw), 1) if s1 > sw else None,
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+               "batching": batching, "precision": precision, "world_size": world, "ddp_adapter_checksums": checksums,
+               "adapter_tensors": n}
+    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    plot_loss(run_dir)
+    log(f"saved {run_dir} ({n} adapter tensors, {summary['steps']} steps, {summary['seconds']}s); "
+        f"chat with: baize chat {run_dir}")
+    return run_dir
+
+
+# --- merge ---------------------------------------------------------------------------------------
+
+MERGED_FILE = "baize_merged.json"
+
+
+def baize_chat_template(system: str | None, bos: str = "") -> str:
+    """The baize format as a Jinja chat template, so tools that only read the tokenizer (vLLM, TGI,
+    llama.cpp converters) prompt a merged model as it was trained; chat_format.BaizeFormat is the reference."""
+    from .chat_format import BAIZE_HEADER
+    header = json.dumps(system or BAIZE_HEADER)
+    return (
+        "{%- if messages and messages[0]['role'] == 'system' %}{%- set header = messages[0]['content'] %}"
+        "{%- else %}{%- set header = " + header + " %}{%- endif %}"
+        "{{- " + json.dumps(bos) + " + header + '\\n' }}"
+        "{%- for m in messages %}"
+        # the common spellings of the role markers; BaizeFormat.sanitize is the full rule
+        "{%- set c = m['content'] | replace('[|Human|]', '[Human]') | replace('[|AI|]', '[AI]') | trim %}"
+        "{%- if m['role'] == 'user' %}{{- '[|Human|] ' + c + '\\n' }}"
+        "{%- elif m['role'] == 'assistant' %}{{- '[|AI|] ' + c + '\\n' }}{%- endif %}"
+        "{%- endfor %}"
+        "{%- if add_generation_prompt %}{{- '[|AI|]' }}{%- endif %}")
+
+
+def _with_default_system(template: str, system: str) -> str:
+    return ("{%- if not (messages and messages[0]['role'] == 'system') %}{%- set messages = [{'role': 'system', "
+            "'content': " + json.dumps(system) + "}] + messages %}{%- endif %}" + template)
+
+
+def merge(run_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> Path:
+    """Fold the run's adapters into the base: a plain transformers model directory, no peft needed."""
+    import torch
+    from transformers import AutoConfig
+
+    from . import models
+    ref = models.resolve(str(run_dir))
+    if not ref.adapters:
+        raise BaizeError(f"{run_dir} has no adapter: give a run directory written by `baize train`")
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / MERGED_FILE).exists():
+        raise BaizeError(f"{out} exists and is not an earlier merge: choose an empty --out")
+    # merge in fp32, then store in the base's own dtype (a bf16 merge would round the LoRA delta)
+    model, tok = models.load_model(ref, device="cpu", dtype="float32", merge=True)
+    target = dtype or str(getattr(AutoConfig.from_pretrained(ref.base), "dtype", None) or "float32").replace("torch.", "")
+    model = model.to(getattr(torch, target))
+    fmt = ref.format or "baize"
+    if fmt == "baize":
+        ids = tok("a")["input_ids"]
+        bos = tok.bos_token if tok.bos_token_id is not None and ids and ids[0] == tok.bos_token_id else ""
+        tok.chat_template = baize_chat_template(ref.system, bos)
+        model.generation_config.stop_strings = ["[|Human|]", "[|AI|]"]
+    elif ref.system:
+        tok.chat_template = _with_default_system(tok.chat_template, ref.system)
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / MERGED_FILE).write_text(json.dumps({"format": fmt, "system": ref.system, "merged_from": str(Path(run_dir).resolve()),
+                                               "base": ref.run.get("base") if ref.run else ref.base,
+                                               "dtype": target}, indent=2, ensure_ascii=False) + "\n")
+    return out
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def _cli_train(args) -> int:
+    names = {f.name for f in fields(TrainConfig)}
+    given = {k: v for k, v in vars(args).items() if k in names}
+    saved = Path(given.get("out", TrainConfig.out)) / CONFIG_FILE
+    values = {}
+    if given.get("resume") and saved.exists():  # `--out runs/v1 --resume` alone continues with the saved flags
+        values = {k: v for k, v in json.loads(saved.read_text()).items() if k in names}
+    values.update(given)
+    train(TrainConfig(**values))
+    return 0
+
+
+def _cli_merge(args) -> int:
+    out = merge(args.run, args.out, dtype=args.dtype)
+    print(f"merged {args.run} into {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
+    return 0
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("train", help="LoRA-tune a model on dialogue JSONL (resume, DDP, --from a run)",
+                       description="LoRA on all linear layers with the paper's defaults; runs under "
+                                   "`accelerate launch` for DDP/FSDP/DeepSpeed.")
+    add_dataclass_args(p, TrainConfig)
+    p.set_defaults(func=_cli_train)
+    m = sub.add_parser("merge", help="merge a run's adapter into a standalone transformers model")
+    m.add_argument("run", help="run directory written by `baize train`")
+    m.add_argument("--out", required=True, help="directory for the merged model")
+    m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="stored dtype (default: the base's)")
+    m.set_defaults(func=_cli_merge)
