@@ -147,14 +147,15 @@ class NearDup:
     def __init__(self, threshold: float):
         self.lsh = None
         if threshold > 0:
-            from datasketch import MinHashLSH
+            from datasketch import MinHash, MinHashLSH
             self.lsh = MinHashLSH(threshold=threshold, num_perm=64)
+            # every MinHash uses the same permutations; drawing them (numpy RNG) per dialogue cost more
+            # than hashing the dialogue, on the collector's main thread
+            self._empty = MinHash(num_perm=64)
 
-    @staticmethod
-    def _minhash(msgs):
-        from datasketch import MinHash
+    def _minhash(self, msgs):
         words = re.findall(r"\w+", " ".join(m["content"] for m in msgs).lower())
-        mh = MinHash(num_perm=64)
+        mh = self._empty.copy()
         mh.update_batch([" ".join(words[i:i + 3]).encode() for i in range(max(1, len(words) - 2))])
         return mh
 
