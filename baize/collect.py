@@ -345,6 +345,11 @@ def collect(cfg: CollectConfig, llm=None, *, console=None) -> Summary:
                         raise BaizeError(f"{consecutive_failures} seeds failed in a row, last: {e}") from None
                     continue
                 consecutive_failures = 0
+                if not msgs and not usage["calls"]:
+                    # the budget ran out between submitting this seed and its first call: record
+                    # nothing, so the next run (with more budget) does it instead of skipping it forever
+                    summary.stopped = summary.stopped or "budget"
+                    continue
                 base["meta"]["usage"] = usage
                 rec = {"id": seed.id, "messages": msgs, "meta": base["meta"]}
                 reason = reject_reason(msgs, cfg, patterns)

@@ -89,6 +89,18 @@ def test_oneshot_records(tmp_path):
     assert s.prompt_tokens == 88 and s.completion_tokens == 184
 
 
+def test_oneshot_cut_by_max_tokens_drops_the_cut_answer(tmp_path):
+    from baize.engine import Completion
+    text = "[Human] Q one?\n[AI] A full first answer.\n[Human] Q two?\n[AI] A second answer that was cut in the mi"
+    cfg = cfg_for(tmp_path, limit=2)
+    collect(cfg, FakeLLM(lambda m: Completion(text, 5, 7, "length")))
+    for r in records(cfg.out):
+        assert r["messages"] == [{"role": "user", "content": "Q one?"}, {"role": "assistant", "content": "A full first answer."}]
+    cfg2 = cfg_for(tmp_path / "stop", limit=1)
+    collect(cfg2, FakeLLM(lambda m: Completion(text, 5, 7, "stop")))
+    assert len(records(cfg2.out)[0]["messages"]) == 4
+
+
 def test_cost_ledger(tmp_path):
     cfg = cfg_for(tmp_path, limit=4, price_in=1.0, price_out=2.0)
     s = collect(cfg, FakeLLM(prompt_tokens=100, completion_tokens=50))
@@ -243,6 +255,24 @@ def test_budget_stops_cleanly(tmp_path, mode, calls_per_seed):
     s2 = collect(cfg, FakeLLM())
     ids = [r["id"] for r in records(cfg.out)]
     assert s2.skipped == len(kept) and len(ids) == len(set(ids)) == 60 and s2.stopped == ""
+
+
+def test_budget_spent_before_a_dialogue_starts_leaves_the_seed_for_later(tmp_path, monkeypatch):
+    # the race: a seed is submitted while budget remains, the calls in flight spend it before this
+    # dialogue's worker starts. Simulated deterministically: the budget looks spent to workers only.
+    import threading
+
+    import baize.collect as bc
+    monkeypatch.setattr(bc.Ledger, "exhausted", lambda self: threading.current_thread() is not threading.main_thread())
+    cfg = cfg_for(tmp_path, mode="turns", limit=6, max_tokens_total=1000)
+    llm = FakeLLM()
+    s = collect(cfg, llm)
+    assert llm.calls == [] and s.kept == 0 and s.rejected == {} and s.stopped == "budget"
+    assert records(cfg.out) == [] and records(sidecar(cfg.out, "rejected")) == []  # not "unparseable" forever
+    monkeypatch.undo()
+    cfg.max_tokens_total = None
+    s2 = collect(cfg, FakeLLM())
+    assert s2.kept == 6 and s2.skipped == 0
 
 
 def test_resume_skips_done(tmp_path):
