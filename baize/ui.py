@@ -89,7 +89,8 @@ def build_ui(models: dict[str, object], cfg=None):
     with gr.Blocks(title="Baize", analytics_enabled=False) as demo:
         gr.Markdown("## Baize")
         history = gr.State([])
-        model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True)
+        model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1, interactive=True,
+                            elem_id="baize-model")
         chatbot = gr.Chatbot(elem_id="baize-chat", height=480, sanitize_html=True, render_markdown=True,
                              allow_tags=False, buttons=[], feedback_options=None, label="Conversation")
         with gr.Row():
