@@ -198,11 +198,34 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(base.forward).parameters
 
 
-def packing_leaks(model, vocab_size: int) -> float:
+PACKED_ATTN = "baize_packed_sdpa"
+
+
+def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None, **kw):
+    """sdpa run dialogue by dialogue inside a packed row (cut where position_ids restart at 0).
+
+    CPUs have no varlen attention kernel: sdpa with transformers' block-diagonal mask computes the
+    whole (sum of lengths)^2 square, most of it masked; per-dialogue causal calls skip it and the
+    mask building. Registered through transformers' AttentionInterface; anything else falls back."""
+    import torch
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    if (attention_mask is not None or position_ids is None or query.shape[0] != 1
+            or key.shape[2] != query.shape[2] or kw.get("softcap") is not None):
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
+    cuts = (position_ids[0] == 0).nonzero().flatten().tolist()
+    cuts = ([0] if not cuts or cuts[0] != 0 else []) + cuts + [query.shape[2]]
+    outs = [torch.nn.functional.scaled_dot_product_attention(
+        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True,
+        enable_gqa=query.shape[1] != key.shape[1]) for a, b in zip(cuts, cuts[1:]) if b > a]
+    return torch.cat(outs, 2).transpose(1, 2).contiguous(), None
+
+
+def packing_leaks(model, vocab_size: int, attn: str | None = None) -> float:
     """Largest logit difference between two short sequences run packed and alone (0 when isolated).
 
     Packing relies on the architecture's mask code reading position_ids; older or remote-code models
-    ignore them and would attend across dialogues, so we check the real model once before training."""
+    ignore them and would attend across dialogues, so we check the real model once before training.
+    With `attn`, the packed run uses that attention implementation and is compared with the model's own."""
     import torch
     g = torch.Generator().manual_seed(0)
     a, b = (torch.randint(3, vocab_size, (1, n), generator=g) for n in (7, 5))
@@ -210,11 +233,33 @@ def packing_leaks(model, vocab_size: int) -> float:
     was_training = model.training
     model.eval()
     with torch.no_grad():
+        alone = torch.cat([model(input_ids=x.to(dev), use_cache=False).logits.float() for x in (a, b)], 1)
+        if attn:
+            model.set_attn_implementation(attn)
         packed = model(input_ids=torch.cat([a, b], 1).to(dev), use_cache=False,
                        position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None].to(dev)).logits.float()
-        alone = torch.cat([model(input_ids=x.to(dev), use_cache=False).logits.float() for x in (a, b)], 1)
     model.train(was_training)
     return ((packed - alone).abs().max() / alone.abs().max().clamp(min=1)).item()
+
+
+def choose_packing(model, vocab_size: int, max_length: int, log) -> str:
+    """'packed' (with per-dialogue sdpa where the model allows it) or 'grouped' when packing would leak."""
+    import torch
+    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg, impl = base.config, base.config._attn_implementation
+    window = getattr(cfg, "sliding_window", None)
+    if impl == "sdpa" and not getattr(cfg, "attn_logit_softcapping", None) and (not window or window >= max_length):
+        from transformers import AttentionInterface
+        AttentionInterface.register(PACKED_ATTN, packed_sdpa)
+        if packing_leaks(base, vocab_size, PACKED_ATTN) <= tol:
+            return "packed"
+        base.set_attn_implementation(impl)
+    leak = packing_leaks(base, vocab_size)
+    if leak <= tol:
+        return "packed"
+    log(f"this architecture attends across packed dialogues (difference {leak:.2g}): using --batching grouped")
+    return "grouped"
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -485,13 +530,8 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     fmt = get_format(cfg.format, tok)
     train_set, val_set = prepare_data(cfg, fmt, tok, log, items)
 
-    batching = cfg.batching
-    if batching == "packed":
-        leak = packing_leaks(model, len(tok))
-        tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
-        if leak > tol:
-            log(f"this architecture attends across packed dialogues (difference {leak:.2g}): using --batching grouped")
-            batching = "grouped"
+    batching = choose_packing(model, len(tok), cfg.max_length, log) if cfg.batching == "packed" else cfg.batching
+    attn = model.get_base_model().config._attn_implementation
     micro = min(cfg.micro_batch_size, max(1, cfg.batch_size // world))
     accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
     if micro * accum * world != cfg.batch_size:
@@ -502,7 +542,7 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     warmup = int(cfg.warmup) if cfg.warmup >= 1 else int(cfg.warmup * total)  # floor: a short run keeps its first step
     log(f"{len(train_set)} train / {len(val_set)} val dialogues; {total} steps of {micro * accum * world} dialogues "
         f"({micro} per pass, {accum} accumulated, {world} process{'es' if world > 1 else ''}); "
-        f"{batching} batches, {precision}, loss on {'assistant turns' if cfg.loss == 'assistant' else 'all tokens'}")
+        f"{batching} batches ({attn} attention), {precision}, loss on {'assistant turns' if cfg.loss == 'assistant' else 'all tokens'}")
     if is_main:
         save_config(cfg, run_dir / CONFIG_FILE, world_size=world, effective_batch=micro * accum * world,
                     batching_used=batching, precision_used=precision)
@@ -557,7 +597,7 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
                # after the first step, which pays for warm-up (allocations, kernel selection)
                "tokens_per_s": round((tok1 - tokw) / (t1 - tw), 1) if s1 > sw else None,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-               "batching": batching, "precision": precision, "world_size": world, "ddp_adapter_checksums": checksums,
+               "batching": batching, "attention": attn, "precision": precision, "world_size": world, "ddp_adapter_checksums": checksums,
                "adapter_tensors": n}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     plot_loss(run_dir)

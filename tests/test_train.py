@@ -156,14 +156,17 @@ def test_quantize_on_cpu_is_a_clear_error(tiny_model_dir, data, tmp_path):
 
 # --- packing -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+@pytest.mark.parametrize("attn", ["sdpa", "eager", "baize_packed_sdpa"])
 def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn):
+    """transformers' masks from position_ids (sdpa, eager) and our per-dialogue sdpa all isolate dialogues."""
     import torch
-    from transformers import AutoModelForCausalLM
+    from transformers import AttentionInterface, AutoModelForCausalLM
 
     from baize.chat_format import get_format
-    from baize.train import Collator, packing_leaks, tokenize
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, attn_implementation=attn).eval()
+    from baize.train import PACKED_ATTN, Collator, packed_sdpa, packing_leaks, tokenize
+    AttentionInterface.register(PACKED_ATTN, packed_sdpa)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    model.set_attn_implementation(attn)
     model.config.use_cache = False  # as in training: a KV cache turns off transformers' packed-sequence masks
     fmt = get_format("baize", tok)
     recs = [{"messages": MSGS[1:3]}, {"messages": MSGS[1:]}, {"messages": MSGS[3:]}]
@@ -231,6 +234,7 @@ def test_run_directory_records_format_and_loads_with_plain_peft(v1, tiny_model_d
     bs = [p for n, p in model.named_parameters() if "lora_B" in n]
     assert len(bs) == 14 and all(p.abs().sum() > 0 for p in bs)
     summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["batching"] == "packed" and summary["attention"] == "baize_packed_sdpa"
     assert summary["steps"] == 4 and summary["tokens"] > 0 and summary["peak_rss_mb"] > 0
     losses = [json.loads(ln) for ln in (run / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3, 4]
