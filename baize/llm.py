@@ -103,13 +103,17 @@ class OpenAILLM:
                 if attempt == self.malformed_retries:
                     raise TransientLLMError(f"{where}: malformed reply ({type(e).__name__}) after retries") from None
 
-    def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
-        kw = dict(messages=messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens)
+    @staticmethod
+    def _request(messages, temperature, top_p, max_tokens, stop, seed, **extra) -> dict:
+        kw = dict(messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, **extra)
         if stop:
             kw["stop"] = stop[:4]  # OpenAI allows at most four
         if seed is not None:
             kw["seed"] = seed
-        resp = self._call(**kw)
+        return kw
+
+    def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        resp = self._call(**self._request(messages, temperature, top_p, max_tokens, stop, seed, n=n))
         usage = resp.usage
         pt = usage.prompt_tokens if usage else 0
         ct = usage.completion_tokens if usage else 0
@@ -121,12 +125,7 @@ class OpenAILLM:
         return out
 
     def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
-        kw = dict(messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stream=True)
-        if stop:
-            kw["stop"] = stop[:4]
-        if seed is not None:
-            kw["seed"] = seed
-        resp = self._call(**kw)
+        resp = self._call(**self._request(messages, temperature, top_p, max_tokens, stop, seed, stream=True))
         try:
             for chunk in resp:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
