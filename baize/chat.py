@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .chat_format import BaizeFormat
 from .config import BaizeError, add_dataclass_args, dataclass_from_args
 
 HELP = """commands:
@@ -130,8 +131,9 @@ class ChatSession:
 
     def generate(self) -> str:
         """Stream an answer to the current history; Ctrl-C keeps what was written so far."""
+        # the guardrail describes [|Human|]/[|AI|] turns whatever the model's format: stop at them too
         kw = dict(temperature=self.cfg.temperature, top_p=self.cfg.top_p, max_tokens=self.cfg.max_tokens,
-                  seed=self.cfg.seed)
+                  seed=self.cfg.seed, stop=list(BaizeFormat.stop))
         text, stream = "", self.llm.stream(self.prompt(), **kw)
         live = self._live()
         try:

@@ -21,6 +21,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .chat_format import BaizeFormat
 from .config import BaizeError, add_dataclass_args, dataclass_from_args
 from .engine import Completion, GenParams
 from .llm import HFLLM
@@ -57,7 +58,10 @@ class ServedLLM(HFLLM):
     def submit(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None,
                prompt_ids=None):
         ids = prompt_ids if prompt_ids is not None else self.prompt_ids(messages)
-        params = GenParams(temperature, top_p, max_tokens, list(self.format.stop) + list(stop or []), seed)
+        # the guardrail prompt describes [|Human|]/[|AI|] turns even under a template format, and
+        # small models copy them: stop there too, whatever the format
+        stops = list(dict.fromkeys([*self.format.stop, *BaizeFormat.stop, *(stop or [])]))
+        params = GenParams(temperature, top_p, max_tokens, stops, seed)
         return [self.engine.submit(ids, params, None if seed is None else seed + i, adapter=self.adapter)
                 for i in range(n)]
 
@@ -312,7 +316,7 @@ def _error_body(message, type="invalid_request_error", param=None, code=None) ->
 
 def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui: bool | None = None):
     """The FastAPI app over already-loaded models ({served name: LLM})."""
-    from fastapi import Depends, FastAPI, Request
+    from fastapi import FastAPI, Request
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
     from starlette.concurrency import run_in_threadpool
@@ -352,18 +356,7 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
     async def _internal(request, e: Exception):
         return JSONResponse(_error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
 
-    app.add_middleware(_BodyLimit)
-
-    key = cfg.api_key
-
-    def check_key(request: Request):
-        if not key:
-            return
-        auth = request.headers.get("authorization", "")
-        scheme, _, given = auth.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), key.encode()):
-            raise APIError(401, "Incorrect or missing API key: send 'Authorization: Bearer KEY'",
-                           code="invalid_api_key")
+    app.add_middleware(_Guard, api_key=cfg.api_key)
 
     def model_card(name):
         return {"id": name, "object": "model", "created": created, "owned_by": "baize"}
@@ -372,17 +365,17 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
     async def health():
         return {"status": "ok", "models": list(models)}
 
-    @app.get("/v1/models", dependencies=[Depends(check_key)])
+    @app.get("/v1/models")
     async def list_models():
         return {"object": "list", "data": [model_card(n) for n in models]}
 
-    @app.get("/v1/models/{name:path}", dependencies=[Depends(check_key)])
+    @app.get("/v1/models/{name:path}")
     async def get_model(name: str):
         if name not in models:
             raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
         return model_card(name)
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(check_key)])
+    @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
         llm = models.get(body.model)
         if llm is None:
@@ -492,19 +485,29 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
     return app
 
 
-class _BodyLimit:
-    """Refuse a declared body over the limit before reading it (plain ASGI: BaseHTTPMiddleware would
-    get between a streaming response and the client's disconnect)."""
+class _Guard:
+    """API key and body size, checked before anything reads the request (so a request without the key
+    gets 401 whatever its body). Plain ASGI: BaseHTTPMiddleware would get between a streaming response
+    and the client's disconnect. /health stays open for probes; the UI has its own login."""
     limit = 16 * 2 ** 20
 
-    def __init__(self, app):
-        self.app = app
+    def __init__(self, app, api_key: str | None = None):
+        self.app, self.key = app, api_key
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http":
-            size = dict(scope["headers"]).get(b"content-length", b"0")
+            from fastapi.responses import JSONResponse
+            headers = dict(scope["headers"])
+            path = scope["path"]
+            if self.key and path != "/health" and not (path == "/ui" or path.startswith("/ui/")):
+                scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+                if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.key.encode()):
+                    resp = JSONResponse(_error_body("Incorrect or missing API key: send 'Authorization: Bearer KEY'",
+                                                    code="invalid_api_key"),
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                    return await resp(scope, receive, send)
+            size = headers.get(b"content-length", b"0")
             if not size.isdigit() or int(size) > self.limit:
-                from fastapi.responses import JSONResponse
                 big = size.isdigit()
                 resp = JSONResponse(_error_body("request body over 16 MiB" if big else "bad Content-Length header",
                                                 code="request_too_large" if big else None),

@@ -63,7 +63,8 @@ def test_commands():
     s, out = session(llm)
     assert s.ask("Hello?") == "First answer."
     assert llm.calls[0][0][0] == {"role": "system", "content": guardrail_prompt("Baize")}
-    assert llm.calls[0][1] == {"temperature": 1.0, "top_p": 0.95, "max_tokens": 512, "seed": None}
+    assert llm.calls[0][1] == {"temperature": 1.0, "top_p": 0.95, "max_tokens": 512, "seed": None,
+                               "stop": ["[|Human|]", "[|AI|]"]}
     s.command("/retry")
     assert [m["content"] for m in s.turns] == ["Hello?", "Second answer."]
     s.ask("More?")
@@ -76,7 +77,7 @@ def test_commands():
     s.command("/system You are terse.")
     s.ask("Again")
     msgs, kw = llm.calls[-1]
-    assert kw == {"temperature": 0.3, "top_p": 0.95, "max_tokens": 64, "seed": 9}
+    assert kw == {"temperature": 0.3, "top_p": 0.95, "max_tokens": 64, "seed": 9, "stop": ["[|Human|]", "[|AI|]"]}
     assert msgs[0]["content"] == "You are terse." and msgs[-1] == {"role": "user", "content": "Again"}
     s.command("/system none")
     s.ask("No system")

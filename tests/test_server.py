@@ -244,6 +244,7 @@ def test_disconnect_stops_generation(url, models, monkeypatch):
         for _ in range(6):
             next(lines)
     assert _wait_finished(reqs[0]) == "cancelled" and len(reqs[0].tokens) < 600
+    assert {"<|im_end|>", "[|Human|]", "[|AI|]"} <= set(reqs[0].params.stop)  # the format's and Baize's markers
     with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up
         httpx.post(url + "/v1/chat/completions", json=dict(body, stream=False), timeout=1.0)
     assert _wait_finished(reqs[1]) == "cancelled" and len(reqs[1].tokens) < 600
