@@ -89,6 +89,20 @@ def _held_back(text: str, stops: list[str]) -> int:
     return best
 
 
+def _draw(sp, si, u, top_ps=None):
+    """Inverse-CDF sampling per row: sp are probabilities (sorted descending when top_ps is given, and
+    then cut to the nucleus), si their token ids (None: sp is the whole vocabulary in order), u one
+    uniform number per row from the row's own generator."""
+    import torch
+    if top_ps is not None:
+        keep = sp.cumsum(-1) - sp < top_ps
+        keep[:, 0] = True  # top_p=0 means the single most likely token, not none
+        sp = sp * keep
+    cum = sp.cumsum(-1)
+    idx = torch.searchsorted(cum, (u * cum[:, -1])[:, None], right=True).clamp_max(cum.shape[-1] - 1)
+    return (idx if si is None else si.gather(1, idx)).squeeze(1)
+
+
 class BatchEngine:
     """`select_adapter(adapter)` (optional) returns a context manager that makes a request's adapter the
     active one for a batch; a batch only ever holds requests for one adapter, because a peft model
@@ -202,28 +216,31 @@ class BatchEngine:
         class RowSampler(LogitsProcessor):
             # Samples each row with its own temperature/top-p/generator, then leaves only the chosen
             # token so generate's greedy step picks it. Batched, not one row at a time: with a 49k
-            # vocabulary the per-row softmax+sort loop was most of the step time on CPU. Each row draws
+            # vocabulary a per-row softmax+sort loop was most of the step time on CPU. Each row draws
             # its uniform number from its own generator, so a seed gives the same text in any batch.
             def __call__(self, input_ids, scores):
                 scores = scores.float()
                 choice = scores.argmax(-1)
                 if not bool(greedy.all()):
                     probs = torch.softmax(scores / temps, dim=-1)
-                    if bool((top_ps >= 1.0).all()):  # no nucleus: sample from the whole distribution
-                        sp, si = probs, None
-                    else:
-                        # the nucleus is a prefix of the sorted probabilities: when the top k already hold
-                        # top_p of the mass in every row, they are all that needs sorting (~15x cheaper)
-                        sp, si = probs.topk(min(256, probs.shape[-1]), dim=-1)
-                        if not bool((sp.sum(-1, keepdim=True) >= top_ps).all()):
-                            sp, si = probs.sort(dim=-1, descending=True)
-                        keep = (sp.cumsum(-1) - sp < top_ps) | (top_ps >= 1.0)
-                        keep[:, 0] = True  # top_p=0 means the single most likely token, not none
-                        sp = sp * keep
-                    cum = sp.cumsum(-1)
-                    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(cum.device) * cum[:, -1]
-                    idx = torch.searchsorted(cum, u[:, None], right=True).clamp_max(cum.shape[-1] - 1)
-                    sampled = (idx if si is None else si.gather(1, idx)).squeeze(1)
+                    u = torch.stack([torch.rand((), generator=g) for g in gens]).to(probs.device)
+                    sampled = torch.empty_like(choice)
+                    whole = (top_ps >= 1.0).squeeze(1)  # no nucleus: sample from the whole distribution
+                    if bool(whole.any()):
+                        sampled[whole] = _draw(probs[whole], None, u[whole])
+                    rest = ~whole
+                    if bool(rest.any()):
+                        # the nucleus is a prefix of the sorted probabilities: when the top k hold top_p of
+                        # the mass, only they need sorting (~10x cheaper); rows with flatter distributions
+                        # are sorted whole, on their own
+                        sp, si = probs[rest].topk(min(256, probs.shape[-1]), dim=-1)
+                        short = (sp.sum(-1, keepdim=True) < top_ps[rest]).squeeze(1)
+                        part = _draw(sp, si, u[rest], top_ps[rest])
+                        if bool(short.any()):
+                            rows = rest.nonzero().squeeze(1)[short]
+                            fp, fi = probs[rows].sort(dim=-1, descending=True)
+                            part[short] = _draw(fp, fi, u[rows], top_ps[rows])
+                        sampled[rest] = part
                     choice = torch.where(greedy, choice, sampled)
                 out = torch.full_like(scores, float("-inf"))
                 out[torch.arange(len(batch), device=out.device), choice] = 0.0

@@ -354,3 +354,20 @@ def test_serve_command(tiny_model_dir):
         proc.terminate()
         proc.wait(timeout=20)
     assert any(f"serving tiny at http://127.0.0.1:{port}/v1" in line for line in out), out
+
+
+def test_nucleus_sampling_draws_from_the_right_distribution():
+    import torch
+
+    from baize.engine import _draw
+    probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
+    g = torch.Generator().manual_seed(0)
+    u = torch.rand(20000, generator=g)
+    sp, si = probs.sort(dim=-1, descending=True)
+    nucleus = _draw(sp.expand(20000, -1), si.expand(20000, -1), u, torch.full((20000, 1), 0.8))
+    whole = _draw(probs.expand(20000, -1), None, u)
+    freq = lambda t: torch.bincount(t, minlength=4).float() / len(t)  # noqa: E731
+    torch.testing.assert_close(freq(nucleus), torch.tensor([0, 0.625, 0, 0.375]), atol=0.015, rtol=0)
+    torch.testing.assert_close(freq(whole), probs[0], atol=0.015, rtol=0)
+    zero = _draw(sp, si, torch.tensor([0.99]), torch.tensor([[0.0]]))
+    assert zero.tolist() == [1]  # top_p=0: the most likely token
