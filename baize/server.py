@@ -175,19 +175,28 @@ def _view(spec, model, tok, ref, cfg, guardrail) -> ServedLLM:
 # -- generation, shared by the API and the web UI --------------------------------------------------
 
 class ThreadJob:
-    """A backend without the batching engine (OpenAI proxy, llama.cpp, test stubs) streamed from a
-    thread, with the engine Request's events/cancel interface."""
+    """A backend without the batching engine (OpenAI proxy, llama.cpp, test stubs) run in a thread,
+    with the engine Request's events/cancel interface. Streaming uses llm.stream (cancelled between
+    pieces); otherwise llm.chat, whose Completion carries the backend's real token usage."""
 
-    def __init__(self, llm, messages, kw):
+    def __init__(self, llm, messages, kw, stream: bool = True):
         import queue
         self.events: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
-        threading.Thread(target=self._run, args=(llm, messages, kw), daemon=True).start()
+        threading.Thread(target=self._stream if stream else self._chat, args=(llm, messages, kw), daemon=True).start()
 
     def cancel(self):
         self.cancelled.set()
 
-    def _run(self, llm, messages, kw):
+    def _chat(self, llm, messages, kw):
+        try:
+            (c,) = llm.chat(messages, n=1, **kw)
+            self.events.put(("delta", c.text))
+            self.events.put(("done", c))
+        except Exception as e:
+            self.events.put(("error", e))
+
+    def _stream(self, llm, messages, kw):
         text, pieces, gen = "", 0, None
         try:
             gen = llm.stream(messages, **kw)
@@ -197,6 +206,7 @@ class ThreadJob:
                 text += piece
                 pieces += 1
                 self.events.put(("delta", piece))
+            # the backend does not say how many tokens it streamed: count pieces
             self.events.put(("done", Completion(text, 0, pieces, "cancelled" if self.cancelled.is_set() else "stop")))
         except Exception as e:
             self.events.put(("error", e))
@@ -206,14 +216,14 @@ class ThreadJob:
 
 
 def start(llm, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None,
-          prompt_ids=None) -> list:
+          prompt_ids=None, stream=True) -> list:
     """Start n generations; each returned job has .events (("delta", str)..., ("done", Completion)) and .cancel()."""
     kw = dict(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop, seed=seed)
     if isinstance(llm, ServedLLM):
         return llm.submit(messages, n=n, prompt_ids=prompt_ids, **kw)
     if hasattr(llm, "submit"):
         return llm.submit(messages, n=n, **kw)
-    return [ThreadJob(llm, messages, dict(kw, seed=None if seed is None else seed + i)) for i in range(n)]
+    return [ThreadJob(llm, messages, dict(kw, seed=None if seed is None else seed + i), stream) for i in range(n)]
 
 
 async def events(jobs):
@@ -411,7 +421,7 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
         jobs = start(llm, messages, n=body.n,
                      temperature=cfg.temperature if body.temperature is None else body.temperature,
                      top_p=cfg.top_p if body.top_p is None else body.top_p, max_tokens=max_tokens, stop=stop,
-                     seed=body.seed, prompt_ids=ids)
+                     seed=body.seed, prompt_ids=ids, stream=body.stream)
         cid = f"chatcmpl-{uuid.uuid4().hex}"
         now = int(time.time())
         if body.stream:

@@ -371,3 +371,25 @@ def test_nucleus_sampling_draws_from_the_right_distribution():
     torch.testing.assert_close(freq(whole), probs[0], atol=0.015, rtol=0)
     zero = _draw(sp, si, torch.tensor([0.99]), torch.tensor([[0.0]]))
     assert zero.tolist() == [1]  # top_p=0: the most likely token
+
+
+def test_backends_without_the_engine_are_served_too():
+    """openai: and gguf: specs (here a stub) go through a thread: real usage when not streaming."""
+    from baize.engine import Completion
+
+    class Remote:
+        name = "remote"
+
+        def chat(self, messages, n=1, **kw):
+            return [Completion("Hello from afar.", 5, 4)]
+
+        def stream(self, messages, **kw):
+            yield from ("Hello ", "from ", "afar.")
+
+    with running(create_app({"remote": Remote()})) as u:
+        client = openai.OpenAI(base_url=u + "/v1", api_key="none", max_retries=0)
+        r = client.chat.completions.create(model="remote", messages=HELLO, n=2)
+        assert [c.message.content for c in r.choices] == ["Hello from afar."] * 2
+        assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (5, 8)
+        chunks = client.chat.completions.create(model="remote", messages=HELLO, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from afar."
