@@ -284,8 +284,10 @@ def run_chat(llm, cfg: ChatConfig, *, console=None, read=None) -> ChatSession:
 
 
 def add_cli(sub) -> None:
+    import argparse
     p = sub.add_parser("chat", help="chat with a model in the terminal (streams tokens)",
-                       description="Chat in the terminal. " + HELP.replace("\n", " "))
+                       description="Chat with a model in the terminal; answers stream as they are written.\n\n"
+                       + HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", nargs="?", default="default",
                    help="model spec: default, a run directory, hf:PATH[+ADAPTER], openai:MODEL, gguf:PATH")
     add_dataclass_args(p, ChatConfig)
