@@ -2,7 +2,7 @@
 
     baize train --base default --data dialogues.jsonl --out runs/v1
     baize train --from runs/v1 --data sdf.jsonl --out runs/v2          # SDF's v2 continues v1's adapter
-    accelerate launch --num_processes 2 -m baize train ...              # DDP (FSDP/DeepSpeed: examples/)
+    accelerate launch --config_file examples/accelerate_ddp.yaml -m baize train ...   # DDP; FSDP, ZeRO-3 too
     baize merge runs/v1 --out merged/
 
 transformers' Trainer runs the loop (accumulation, DDP/FSDP/DeepSpeed through accelerate, checkpoints,
@@ -16,9 +16,8 @@ import json
 import math
 import os
 import random
-import sys
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .config import BaizeError, add_dataclass_args, save_config
@@ -357,6 +356,7 @@ def _progress(run_dir: Path, log, is_main: bool):
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = self.last_t = time.perf_counter()
+            self.last_c = time.process_time()
             self.step0, self.tok0 = state.global_step, state.num_input_tokens_seen
             self.last_tok, self.warm = self.tok0, None
             path = run_dir / LOSS_FILE
@@ -366,9 +366,11 @@ def _progress(run_dir: Path, log, is_main: bool):
                 path.write_text("".join(ln + "\n" for ln in keep))
 
         def on_step_end(self, args, state, control, **kw):
-            if self.warm is None:  # throughput is measured from the end of the first step (warm-up)
-                self.warm = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
-            self.end = (time.perf_counter(), state.num_input_tokens_seen, state.global_step)
+            # throughput is measured from the end of the first step (warm-up); CPU time too, which a
+            # neighbour on a shared machine disturbs less than wall time
+            now = (time.perf_counter(), time.process_time(), state.num_input_tokens_seen, state.global_step)
+            self.warm = self.warm or now
+            self.end = now
 
         def on_log(self, args, state, control, logs=None, **kw):
             if not is_main or not logs:
@@ -377,11 +379,13 @@ def _progress(run_dir: Path, log, is_main: bool):
             rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             if "loss" in logs:
                 tps = (state.num_input_tokens_seen - self.last_tok) / max(now - self.last_t, 1e-9)
-                self.last_t, self.last_tok = now, state.num_input_tokens_seen
+                cps = (state.num_input_tokens_seen - self.last_tok) / max(time.process_time() - self.last_c, 1e-9)
+                self.last_t, self.last_c, self.last_tok = now, time.process_time(), state.num_input_tokens_seen
                 done = state.global_step - self.step0
                 eta = (state.max_steps - state.global_step) * (now - self.t0) / max(done, 1)
                 rec.update(loss=logs["loss"], lr=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
-                           tokens=state.num_input_tokens_seen, tokens_per_s=round(tps, 1))
+                           tokens=state.num_input_tokens_seen, tokens_per_s=round(tps, 1),
+                           tokens_per_cpu_s=round(cps, 1))
                 log(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
                     f"lr {logs.get('learning_rate', 0):.2e}  {tps:.0f} tok/s  eta {_hms(eta)}")
             elif "eval_loss" in logs:
@@ -468,8 +472,11 @@ def _resolve_run_settings(cfg: TrainConfig) -> TrainConfig:
     from dataclasses import replace
 
     from . import models
-    if not cfg.from_run:
-        return replace(cfg, base=_record_spec(cfg.base or "default"), format=cfg.format or "baize")
+    if not cfg.from_run:  # a run as the base (its adapters merged in) lends its format and system
+        base = _record_spec(cfg.base or "default")
+        rec = models.read_run(base) if not base.startswith("hf:") else None
+        return replace(cfg, base=base, format=cfg.format or (rec or {}).get("format") or "baize",
+                       system=cfg.system if cfg.system is not None else (rec or {}).get("system"))
     rec = models.read_run(cfg.from_run)
     if rec is None:
         raise BaizeError(f"--from {cfg.from_run}: not a run directory (no {models.RUN_FILE}); give a run of `baize train`")
@@ -483,16 +490,11 @@ def _resolve_run_settings(cfg: TrainConfig) -> TrainConfig:
 
 
 def _compat_args(cfg: TrainConfig, batching: str) -> dict:
-    # transformers 5 renamed these; the old names still work there but warn
-    from transformers import TrainingArguments
-    names = TrainingArguments.__dataclass_fields__
-    kw = {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing":
-          cfg.gradient_checkpointing}
-    if "train_sampling_strategy" in names:
-        kw["train_sampling_strategy"] = "group_by_length" if batching == "grouped" else "random"
-    else:
-        kw["group_by_length"] = batching == "grouped"
-    return kw
+    from transformers import TrainingArguments  # transformers 5 renamed these (the old names warn there)
+    v5 = "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if v5 else "gradient_checkpointing": cfg.gradient_checkpointing,
+            **({"train_sampling_strategy": "group_by_length" if batching == "grouped" else "random"} if v5
+               else {"group_by_length": batching == "grouped"})}
 
 
 def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
@@ -575,7 +577,7 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     if val_set and trainer.state.global_step % args.eval_steps:
         trainer.evaluate()
     checksums = None
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    if world > 1 and torch.distributed.is_initialized() and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
         # proof that DDP synchronised the gradients: every process must hold the very same adapter
         local = sum(p.detach().double().sum() + p.detach().double().abs().sum()
                     for n, p in model.named_parameters() if "lora_" in n)
@@ -590,12 +592,12 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     models.write_run(run_dir, base=cfg.base, format=cfg.format, system=cfg.system, from_run=cfg.from_run,
                      data=[str(Path(p).resolve()) for p in cfg.data_files()], steps=trainer.state.global_step,
                      lora=_lora_record(model))
-    t1, tok1, s1 = getattr(progress, "end", (time.perf_counter(), trainer.state.num_input_tokens_seen, 0))
-    tw, tokw, sw = progress.warm or (t0, 0, 0)
+    (tw, cw, kw, sw), (t1, c1, k1, s1) = progress.warm or (0, 0, 0, 0), getattr(progress, "end", (0, 0, 0, 0))
     summary = {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - t0, 1),
                "tokens": trainer.state.num_input_tokens_seen,
                # after the first step, which pays for warm-up (allocations, kernel selection)
-               "tokens_per_s": round((tok1 - tokw) / (t1 - tw), 1) if s1 > sw else None,
+               "tokens_per_s": round((k1 - kw) / (t1 - tw), 1) if s1 > sw else None,
+               "tokens_per_cpu_s": round((k1 - kw) / (c1 - cw), 1) if s1 > sw else None,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                "batching": batching, "attention": attn, "precision": precision, "world_size": world, "ddp_adapter_checksums": checksums,
                "adapter_tensors": n}
@@ -640,6 +642,7 @@ def merge(run_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> 
     from transformers import AutoConfig
 
     from . import models
+    from .chat_format import get_format
     ref = models.resolve(str(run_dir))
     if not ref.adapters:
         raise BaizeError(f"{run_dir} has no adapter: give a run directory written by `baize train`")
@@ -655,14 +658,14 @@ def merge(run_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> 
         ids = tok("a")["input_ids"]
         bos = tok.bos_token if tok.bos_token_id is not None and ids and ids[0] == tok.bos_token_id else ""
         tok.chat_template = baize_chat_template(ref.system, bos)
-        model.generation_config.stop_strings = ["[|Human|]", "[|AI|]"]
     elif ref.system:
         tok.chat_template = _with_default_system(tok.chat_template, ref.system)
     model.save_pretrained(out)
     tok.save_pretrained(out)
-    (out / MERGED_FILE).write_text(json.dumps({"format": fmt, "system": ref.system, "merged_from": str(Path(run_dir).resolve()),
-                                               "base": ref.run.get("base") if ref.run else ref.base,
-                                               "dtype": target}, indent=2, ensure_ascii=False) + "\n")
+    # the stop strings stay out of generation_config: generate() refuses them without a tokenizer
+    rec = {"format": fmt, "system": ref.system, "stop": get_format(fmt, tok).stop, "dtype": target,
+           "merged_from": str(Path(run_dir).resolve()), "base": ref.run.get("base") if ref.run else ref.base}
+    (out / MERGED_FILE).write_text(json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
     return out
 
 
