@@ -284,6 +284,18 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
+def frozen_linears_to_bf16(model) -> None:
+    """Under bf16 autocast every linear casts its fp32 weight to bf16 on each forward; casting the frozen
+    base weights once gives bit-identical results without that traffic (norms, embeddings stay fp32)."""
+    import torch
+    for m in model.modules():
+        base = getattr(m, "base_layer", None)
+        if isinstance(base, torch.nn.Linear) and not base.weight.requires_grad:
+            base.weight.data = base.weight.data.to(torch.bfloat16)
+            if base.bias is not None:
+                base.bias.data = base.bias.data.to(torch.bfloat16)
+
+
 def load_for_training(cfg: TrainConfig, base_spec: str, device: str, log):
     """Base model (earlier adapters of a run chain merged in), then a trainable LoRA adapter on top."""
     import torch
@@ -534,6 +546,8 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
 
     batching = choose_packing(model, len(tok), cfg.max_length, log) if cfg.batching == "packed" else cfg.batching
     attn = model.get_base_model().config._attn_implementation
+    if precision == "bf16" and device == "cpu":
+        frozen_linears_to_bf16(model)
     micro = min(cfg.micro_batch_size, max(1, cfg.batch_size // world))
     accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
     if micro * accum * world != cfg.batch_size:

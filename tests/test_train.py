@@ -204,6 +204,29 @@ def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn):
     assert packing_leaks(model, len(tok)) < 1e-5
 
 
+def test_bf16_frozen_weights_change_nothing_under_autocast(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from baize.train import frozen_linears_to_bf16
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
+    ids = torch.randint(3, 40000, (1, 40), generator=torch.Generator().manual_seed(0))
+
+    def loss_and_grads():
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    ref = loss_and_grads()
+    frozen_linears_to_bf16(model)
+    got = loss_and_grads()
+    assert ref[0] == got[0] and all(torch.equal(a, b) for a, b in zip(ref[1], got[1]))
+    assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
+
+
 # --- training ------------------------------------------------------------------------------------
 
 def test_only_lora_parameters_change(v1):
@@ -287,8 +310,9 @@ def test_from_run_continues_the_adapter(v1, data, tmp_path):
     run, _ = v1
     with pytest.raises(BaizeError, match="format"):
         train(TrainConfig(from_run=str(run), data=str(data), out=str(tmp_path / "x"), format="template"))
+    # precision left on auto: bf16 autocast where the CPU has native bf16, so that path is covered too
     v2 = train(TrainConfig(from_run=str(run), data=str(data), out=str(tmp_path / "v2"), batch_size=4,
-                           micro_batch_size=4, max_steps=2, precision="fp32", learning_rate=1e-3))
+                           micro_batch_size=4, max_steps=2, learning_rate=1e-3))
     rec, rec1 = models.read_run(v2), models.read_run(run)
     assert rec["base"] == rec1["base"] and rec["format"] == "baize" and rec["system"] == "Be helpful."
     assert rec["from_run"] == str(run.resolve())
