@@ -44,7 +44,7 @@ def tok(tiny_model_dir):
 def config(base, data, out, **kw):
     from baize.train import TrainConfig
     kw = {"batch_size": 4, "micro_batch_size": 2, "max_steps": 4, "save_steps": 2, "precision": "fp32",
-          "learning_rate": 1e-3, **kw}
+          "learning_rate": 1e-3, "val_size": 4, **kw}
     return TrainConfig(base=str(base), data=str(data), out=str(out), **kw)
 
 
@@ -261,6 +261,7 @@ def test_run_directory_records_format_and_loads_with_plain_peft(v1, tiny_model_d
     assert summary["steps"] == 4 and summary["tokens"] > 0 and summary["peak_rss_mb"] > 0
     losses = [json.loads(ln) for ln in (run / "loss.jsonl").read_text().splitlines()]
     assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3, 4]
+    assert [r["step"] for r in losses if "eval_loss" in r] == [2, 4]  # --val-size 4, evaluated every --save-steps
     assert all(r["tokens_per_s"] > 0 for r in losses if "loss" in r)
     assert (run / "loss.png").stat().st_size > 1000
     # the checkpoints hold optimizer and scheduler state for --resume
@@ -291,10 +292,10 @@ def test_resume_continues_at_the_right_step(v1, tiny_model_dir, data, tmp_path, 
         train(config(tiny_model_dir, data, out))
     capsys.readouterr()
     assert main(["train", "--out", str(out), "--resume"]) == 0  # the saved flags, continued
-    steps = [ln for ln in capsys.readouterr().out.splitlines() if "] step " in ln and "loss" in ln]
+    steps = [ln for ln in capsys.readouterr().out.splitlines() if "] step " in ln and "tok/s" in ln]
     assert steps[0].startswith("[train] step 3/4") and steps[-1].startswith("[train] step 4/4")
     losses = [json.loads(ln) for ln in (out / "loss.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in losses] == [1, 2, 3, 4]
+    assert [r["step"] for r in losses if "loss" in r] == [1, 2, 3, 4]
     # optimizer, scheduler, data order and RNG all restored: the same adapter as the uninterrupted run
     ref, got = load_file(v1[0] / "adapter_model.safetensors"), load_file(out / "adapter_model.safetensors")
     assert ref.keys() == got.keys()
