@@ -4,7 +4,8 @@
 
 (a) the paper's recipe: every dialogue padded to 512 tokens, loss on every token, fp32
     (`--batching padded --loss all --precision fp32 --micro-batch-size 4`);
-(b) baize's defaults on this machine (only --batch-size and --max-steps are set, for time).
+(b) baize's defaults on this machine (only --batch-size and --max-steps are set, for time);
+(c) with --no-dropout: (b) with --lora-dropout 0, for information.
 Both train the embedded default (SmolLM2-135M) on dialogues built from real MedQuAD answers with
 realistic lengths (60 to 512 tokens, mean about 250). Each runs in its own process, so its peak RSS
 is its own. Tokens/s counts real (non-padding) tokens; the figure compared is the median over the
@@ -90,6 +91,7 @@ def main() -> None:
     p.add_argument("--dialogues", type=int, default=256)
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per run; the first is warm-up")
     p.add_argument("--batch-size", type=int, default=8, help="dialogues per step, the same for both")
+    p.add_argument("--no-dropout", action="store_true", help="also run (c): baize's defaults with --lora-dropout 0")
     p.add_argument("--keep", help="directory to keep the data and runs in (default: a temporary one)")
     args = p.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="baize-bench-"))
@@ -102,14 +104,18 @@ def main() -> None:
     paper = run("(a) paper", data, work / "a", common + ["--batching", "padded", "--loss", "all", "--precision", "fp32",
                                                           "--micro-batch-size", "4"])
     ours = run("(b) baize", data, work / "b", common)
+    nodrop = run("(c) baize, no dropout", data, work / "c", common + ["--lora-dropout", "0"]) if args.no_dropout else None
     print(f"\n{'real (non-padding) tokens/s':30}{'median':>8}{'mean':>8}{'per CPU-s':>11}{'peak RSS MB':>13}"
           f"{'wall s':>8}  per step")
-    for name, s in (("(a) paper: padded, all, fp32", paper), (f"(b) baize: {ours['batching']}, {ours['precision']}", ours)):
+    rows = [("(a) paper: padded, all, fp32", paper), (f"(b) baize: {ours['batching']}, {ours['precision']}", ours)]
+    for name, s in rows + ([("(c) = (b), --lora-dropout 0", nodrop)] if nodrop else []):
         print(f"{name:30}{s['median']:>8.1f}{s['tokens_per_s']:>8.1f}{s['cpu_median']:>11.1f}{s['peak_rss_mb']:>13}"
               f"{s['wall_s']:>8}  {s['step_rates']}")
     print(f"speed-up (b)/(a): {ours['median'] / paper['median']:.2f}x (median tokens/s), "
           f"{ours['tokens_per_s'] / paper['tokens_per_s']:.2f}x (mean), "
           f"{ours['cpu_median'] / paper['cpu_median']:.2f}x (per CPU-second)  target >= 3x")
+    if nodrop:
+        print(f"without LoRA dropout (c)/(a): {nodrop['median'] / paper['median']:.2f}x (median tokens/s)")
     if not args.keep:
         import shutil
         shutil.rmtree(work, ignore_errors=True)
