@@ -234,14 +234,24 @@ async def events(jobs):
     q: asyncio.Queue = asyncio.Queue()
 
     def pump(i, job):  # one thread per job: the engine's queues are blocking
+        import queue
         while True:
-            kind, value = job.events.get()
+            items = [job.events.get()]
+            while items[-1][0] == "delta":  # coalesce what is already waiting: one wake-up, one chunk
+                try:
+                    kind, value = job.events.get_nowait()
+                except queue.Empty:
+                    break
+                if kind == "delta":
+                    items[-1] = ("delta", items[-1][1] + value)
+                else:
+                    items.append((kind, value))
             try:
-                loop.call_soon_threadsafe(q.put_nowait, (i, kind, value))
+                loop.call_soon_threadsafe(lambda items=items: [q.put_nowait((i, *it)) for it in items])
             except RuntimeError:  # the loop is gone
                 job.cancel()
                 return
-            if kind != "delta":
+            if items[-1][0] != "delta":
                 return
 
     for i, job in enumerate(jobs):
