@@ -365,3 +365,33 @@ def test_ddp_two_cpu_processes(tiny_model_dir, data, tmp_path):
     # gradients were all-reduced: both processes end with the same adapter
     assert len(summary["ddp_adapter_checksums"]) == 2
     assert len(set(summary["ddp_adapter_checksums"])) == 1
+
+
+# --- CUDA (skipped here and in CI: no GPU; a lent GPU runs `pytest tests/test_train.py -k cuda`) ---
+
+@pytest.mark.parametrize("quantize", [None, "8bit", "4bit"])
+def test_cuda_quantized_base_bf16(tiny_model_dir, data, tmp_path, quantize):
+    import torch
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    if quantize:
+        pytest.importorskip("bitsandbytes")
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from baize.train import train
+    snap = Snapshots()
+    run = train(config(tiny_model_dir, data, tmp_path / "q", quantize=quantize, precision="auto", val_size=0),
+                callbacks=[snap])
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    # the frozen base really is held by bitsandbytes (int8 or packed 4-bit), the LoRA weights stay trainable
+    base = {n: p for n, p in snap.start.items() if n.endswith("q_proj.base_layer.weight")}
+    want = {None: (torch.bfloat16, torch.float16), "8bit": (torch.int8,), "4bit": (torch.uint8,)}[quantize]
+    assert base and all(p.dtype in want for p in base.values()), {n: p.dtype for n, p in base.items()}
+    lora = [n for n in snap.start if "lora_" in n]
+    assert lora and all(not torch.equal(snap.start[n], snap.end[n]) for n in lora)
+    assert all(torch.equal(snap.start[n], snap.end[n]) for n in snap.start if "lora_" not in n)
+    # the adapter loads with plain peft on a full-precision base
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), run)
+    assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)
