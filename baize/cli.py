@@ -13,7 +13,8 @@ import sys
 STAGES = [
     "baize.collect",   # collect
     "baize.data",      # data stats | export | import
-    "baize.train",     # train, merge
+    "baize.train",     # train
+    "baize.merge",     # merge
     "baize.chat",      # chat
     "baize.server",    # serve
     "baize.ui",        # ui

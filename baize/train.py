@@ -1,4 +1,4 @@
-"""LoRA tuning on dialogue JSONL (`baize train`) and merging a run into a standalone model (`baize merge`).
+"""LoRA tuning on dialogue JSONL (`baize train`); merge.py folds a run into a standalone model.
 
     baize train --base default --data dialogues.jsonl --out runs/v1
     baize train --from runs/v1 --data sdf.jsonl --out runs/v2          # SDF's v2 continues v1's adapter
@@ -21,11 +21,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .config import BaizeError, add_dataclass_args, save_config
+from .packing import IGNORE, Collator, accepts_logits_to_keep, choose_packing
+from .speedups import cheap_cpu_dropout, chunked_causal_lm_loss, frozen_linears_to_bf16
 
 CONFIG_FILE = "train_config.json"
 LOSS_FILE = "loss.jsonl"
 SUMMARY_FILE = "train_summary.json"
-IGNORE = -100
 
 
 def _opt(default, help: str, **meta):
@@ -159,107 +160,6 @@ def prepare_data(cfg: TrainConfig, fmt, tokenizer, log, items: list | None = Non
     return train, val
 
 
-class Collator:
-    """The batching modes, each one of transformers' own collators; drops our bookkeeping columns.
-
-    With `trim`, a packed batch also carries `logits_to_keep` (the positions that predict a label) and
-    their `shift_labels`: the LM head and cross-entropy over a 49K vocabulary then run on the
-    assistant's tokens only, the same loss at a fraction of the cost (transformers' own hooks)."""
-
-    def __init__(self, tokenizer, batching: str, max_length: int, trim: bool = False):
-        from transformers import DataCollatorForSeq2Seq, DataCollatorWithFlattening
-        self.batching = batching
-        self.trim = trim and batching == "packed"
-        if batching == "packed":
-            # one row, position_ids restarting per dialogue: the model's mask code turns that into a
-            # block-diagonal causal mask, and the first token of each dialogue gets no label
-            self.inner = DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE)
-        else:
-            self.inner = DataCollatorForSeq2Seq(tokenizer, padding="max_length" if batching == "padded" else "longest",
-                                                max_length=max_length, label_pad_token_id=IGNORE, return_tensors="pt")
-
-    def __call__(self, features):
-        import torch
-        batch = self.inner([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-        if self.trim:
-            shift = torch.cat([batch["labels"][0, 1:], torch.tensor([IGNORE])])
-            keep = (shift != IGNORE).nonzero().squeeze(1)
-            if 0 < len(keep) < len(shift):
-                batch["logits_to_keep"] = keep
-                batch["shift_labels"] = shift[keep][None]
-        return batch
-
-
-def accepts_logits_to_keep(model) -> bool:
-    import inspect
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "logits_to_keep" in inspect.signature(base.forward).parameters
-
-
-PACKED_ATTN = "baize_packed_sdpa"
-
-
-def packed_sdpa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, position_ids=None, **kw):
-    """sdpa run dialogue by dialogue inside a packed row (cut where position_ids restart at 0).
-
-    CPUs have no varlen attention kernel: sdpa with transformers' block-diagonal mask computes the
-    whole (sum of lengths)^2 square, most of it masked; per-dialogue causal calls skip it and the
-    mask building. Registered through transformers' AttentionInterface; anything else falls back."""
-    import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
-    if (attention_mask is not None or position_ids is None or query.shape[0] != 1
-            or key.shape[2] != query.shape[2] or kw.get("softcap") is not None):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kw)
-    cuts = (position_ids[0] == 0).nonzero().flatten().tolist()
-    cuts = ([0] if not cuts or cuts[0] != 0 else []) + cuts + [query.shape[2]]
-    outs = [torch.nn.functional.scaled_dot_product_attention(
-        query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], dropout_p=dropout, scale=scaling, is_causal=True,
-        enable_gqa=query.shape[1] != key.shape[1]) for a, b in zip(cuts, cuts[1:]) if b > a]
-    return torch.cat(outs, 2).transpose(1, 2).contiguous(), None
-
-
-def packing_leaks(model, vocab_size: int, attn: str | None = None) -> float:
-    """Largest logit difference between two short sequences run packed and alone (0 when isolated).
-
-    Packing relies on the architecture's mask code reading position_ids; older or remote-code models
-    ignore them and would attend across dialogues, so we check the real model once before training.
-    With `attn`, the packed run uses that attention implementation and is compared with the model's own."""
-    import torch
-    g = torch.Generator().manual_seed(0)
-    a, b = (torch.randint(3, vocab_size, (1, n), generator=g) for n in (7, 5))
-    dev = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        alone = torch.cat([model(input_ids=x.to(dev), use_cache=False).logits.float() for x in (a, b)], 1)
-        if attn:
-            model.set_attn_implementation(attn)
-        packed = model(input_ids=torch.cat([a, b], 1).to(dev), use_cache=False,
-                       position_ids=torch.cat([torch.arange(7), torch.arange(5)])[None].to(dev)).logits.float()
-    model.train(was_training)
-    return ((packed - alone).abs().max() / alone.abs().max().clamp(min=1)).item()
-
-
-def choose_packing(model, vocab_size: int, max_length: int, log) -> str:
-    """'packed' (with per-dialogue sdpa where the model allows it) or 'grouped' when packing would leak."""
-    import torch
-    tol = 1e-4 if next(model.parameters()).dtype == torch.float32 else 3e-2
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    cfg, impl = base.config, base.config._attn_implementation
-    window = getattr(cfg, "sliding_window", None)
-    if impl == "sdpa" and not getattr(cfg, "attn_logit_softcapping", None) and (not window or window >= max_length):
-        from transformers import AttentionInterface
-        AttentionInterface.register(PACKED_ATTN, packed_sdpa)
-        if packing_leaks(base, vocab_size, PACKED_ATTN) <= tol:
-            return "packed"
-        base.set_attn_implementation(impl)
-    leak = packing_leaks(base, vocab_size)
-    if leak <= tol:
-        return "packed"
-    log(f"this architecture attends across packed dialogues (difference {leak:.2g}): using --batching grouped")
-    return "grouped"
-
-
 # --- model ---------------------------------------------------------------------------------------
 
 def cpu_has_bf16() -> bool:
@@ -278,18 +178,6 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "auto":
         return "bf16" if cpu_has_bf16() else "fp32"
     return precision
-
-
-def frozen_linears_to_bf16(model) -> None:
-    """Under bf16 autocast every linear casts its fp32 weight to bf16 on each forward; casting the frozen
-    base weights once gives bit-identical results without that traffic (norms, embeddings stay fp32)."""
-    import torch
-    for m in model.modules():
-        base = getattr(m, "base_layer", None)
-        if isinstance(base, torch.nn.Linear) and not base.weight.requires_grad:
-            base.weight.data = base.weight.data.to(torch.bfloat16)
-            if base.bias is not None:
-                base.bias.data = base.bias.data.to(torch.bfloat16)
 
 
 def load_for_training(cfg: TrainConfig, device: str, log):
@@ -536,6 +424,12 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     attn = model.get_base_model().config._attn_implementation
     if precision == "bf16" and device == "cpu":
         frozen_linears_to_bf16(model)
+    if device == "cpu":
+        cheap_cpu_dropout(model)
+        from transformers.loss.loss_utils import ForCausalLMLoss
+        base = model.get_base_model()
+        if base.loss_function is ForCausalLMLoss:  # a model with its own loss keeps it
+            base.loss_function = chunked_causal_lm_loss
     micro = min(cfg.micro_batch_size, max(1, cfg.batch_size // world))
     accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
     if micro * accum * world != cfg.batch_size:
@@ -610,67 +504,6 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     return run_dir
 
 
-# --- merge ---------------------------------------------------------------------------------------
-
-MERGED_FILE = "baize_merged.json"
-
-
-def baize_chat_template(system: str | None, bos: str = "") -> str:
-    """The baize format as a Jinja chat template, so tools that only read the tokenizer (vLLM, TGI,
-    llama.cpp converters) prompt a merged model as it was trained; chat_format.BaizeFormat is the reference."""
-    from .chat_format import BAIZE_HEADER
-    header = json.dumps(system or BAIZE_HEADER)
-    return (
-        "{%- if messages and messages[0]['role'] == 'system' %}{%- set header = messages[0]['content'] %}"
-        "{%- else %}{%- set header = " + header + " %}{%- endif %}"
-        "{{- " + json.dumps(bos) + " + header + '\\n' }}"
-        "{%- for m in messages %}"
-        # the common spellings of the role markers; BaizeFormat.sanitize is the full rule
-        "{%- set c = m['content'] | replace('[|Human|]', '[Human]') | replace('[|AI|]', '[AI]') | trim %}"
-        "{%- if m['role'] == 'user' %}{{- '[|Human|] ' + c + '\\n' }}"
-        "{%- elif m['role'] == 'assistant' %}{{- '[|AI|] ' + c + '\\n' }}{%- endif %}"
-        "{%- endfor %}"
-        "{%- if add_generation_prompt %}{{- '[|AI|]' }}{%- endif %}")
-
-
-def _with_default_system(template: str, system: str) -> str:
-    return ("{%- if not (messages and messages[0]['role'] == 'system') %}{%- set messages = [{'role': 'system', "
-            "'content': " + json.dumps(system) + "}] + messages %}{%- endif %}" + template)
-
-
-def merge(run_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> Path:
-    """Fold the run's adapters into the base: a plain transformers model directory, no peft needed."""
-    import torch
-    from transformers import AutoConfig
-
-    from . import models
-    from .chat_format import get_format
-    ref = models.resolve(str(run_dir))
-    if not ref.adapters:
-        raise BaizeError(f"{run_dir} has no adapter: give a run directory written by `baize train`")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / MERGED_FILE).exists():
-        raise BaizeError(f"{out} exists and is not an earlier merge: choose an empty --out")
-    # merge in fp32, then store in the base's own dtype (a bf16 merge would round the LoRA delta)
-    model, tok = models.load_model(ref, device="cpu", dtype="float32", merge=True)
-    target = dtype or str(getattr(AutoConfig.from_pretrained(ref.base), "dtype", None) or "float32").replace("torch.", "")
-    model = model.to(getattr(torch, target))
-    fmt = ref.format or "baize"
-    if fmt == "baize":
-        ids = tok("a")["input_ids"]
-        bos = tok.bos_token if tok.bos_token_id is not None and ids and ids[0] == tok.bos_token_id else ""
-        tok.chat_template = baize_chat_template(ref.system, bos)
-    elif ref.system:
-        tok.chat_template = _with_default_system(tok.chat_template, ref.system)
-    model.save_pretrained(out)
-    tok.save_pretrained(out)
-    # the stop strings stay out of generation_config: generate() refuses them without a tokenizer
-    rec = {"format": fmt, "system": ref.system, "stop": get_format(fmt, tok).stop, "dtype": target,
-           "merged_from": str(Path(run_dir).resolve()), "base": ref.run.get("base") if ref.run else ref.base}
-    (out / MERGED_FILE).write_text(json.dumps(rec, indent=2, ensure_ascii=False) + "\n")
-    return out
-
-
 # --- CLI -----------------------------------------------------------------------------------------
 
 def _cli_train(args) -> int:
@@ -685,20 +518,9 @@ def _cli_train(args) -> int:
     return 0
 
 
-def _cli_merge(args) -> int:
-    out = merge(args.run, args.out, dtype=args.dtype)
-    print(f"merged {args.run} into {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")
-    return 0
-
-
 def add_cli(sub) -> None:
     p = sub.add_parser("train", help="LoRA-tune a model on dialogue JSONL (resume, DDP, --from a run)",
                        description="LoRA on all linear layers with the paper's defaults; runs under "
                                    "`accelerate launch` for DDP/FSDP/DeepSpeed.")
     add_dataclass_args(p, TrainConfig)
     p.set_defaults(func=_cli_train)
-    m = sub.add_parser("merge", help="merge a run's adapter into a standalone transformers model")
-    m.add_argument("run", help="run directory written by `baize train`")
-    m.add_argument("--out", required=True, help="directory for the merged model")
-    m.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], help="stored dtype (default: the base's)")
-    m.set_defaults(func=_cli_merge)

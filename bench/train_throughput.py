@@ -10,7 +10,8 @@ Both train the embedded default (SmolLM2-135M) on dialogues built from real MedQ
 realistic lengths (60 to 512 tokens, mean about 250). Each runs in its own process, so its peak RSS
 is its own. Tokens/s counts real (non-padding) tokens; the figure compared is the median over the
 optimizer steps after the first (warm-up), which a neighbour's burst on a shared machine moves less
-than the mean; tokens per CPU-second (all threads) is printed too, as a check on such noise.
+than the mean; tokens per CPU-second (all threads) is printed too, as a check on such noise, and
+--repeat N alternates the runs and keeps each one's best.
 """
 from __future__ import annotations
 
@@ -92,7 +93,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per run; the first is warm-up")
     p.add_argument("--batch-size", type=int, default=8, help="dialogues per step, the same for both")
     p.add_argument("--no-dropout", action="store_true", help="also run (c): baize's defaults with --lora-dropout 0")
+    p.add_argument("--repeat", type=int, default=1, help="alternate the runs N times, keep each one's best (a shared "
+                                                          "machine's neighbours slow a run, never speed it up)")
     p.add_argument("--keep", help="directory to keep the data and runs in (default: a temporary one)")
+    p.add_argument("--json", help="also write the numbers here (e.g. bench/results/train_throughput.json)")
     args = p.parse_args()
     work = Path(args.keep or tempfile.mkdtemp(prefix="baize-bench-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -101,10 +105,17 @@ def main() -> None:
     print(f"data: {stats['dialogues']} dialogues from MedQuAD answers, {stats['min']}-{stats['max']} tokens, "
           f"mean {stats['mean']}")
     common = ["--batch-size", str(args.batch_size), "--max-steps", str(args.steps), "--save-steps", "1000"]
-    paper = run("(a) paper", data, work / "a", common + ["--batching", "padded", "--loss", "all", "--precision", "fp32",
-                                                          "--micro-batch-size", "4"])
-    ours = run("(b) baize", data, work / "b", common)
-    nodrop = run("(c) baize, no dropout", data, work / "c", common + ["--lora-dropout", "0"]) if args.no_dropout else None
+    configs = {"a": ("(a) paper", ["--batching", "padded", "--loss", "all", "--precision", "fp32",
+                                   "--micro-batch-size", "4"]),
+               "b": ("(b) baize", []), "c": ("(c) baize, no dropout", ["--lora-dropout", "0"])}
+    best: dict = {}
+    for i in range(args.repeat):
+        for key in "abc" if args.no_dropout else "ab":
+            name, flags = configs[key]
+            s = run(name, data, work / f"{key}{i}", common + flags)
+            if key not in best or s["median"] > best[key]["median"]:
+                best[key] = s
+    paper, ours, nodrop = best["a"], best["b"], best.get("c")
     print(f"\n{'real (non-padding) tokens/s':30}{'median':>8}{'mean':>8}{'per CPU-s':>11}{'peak RSS MB':>13}"
           f"{'wall s':>8}  per step")
     rows = [("(a) paper: padded, all, fp32", paper), (f"(b) baize: {ours['batching']}, {ours['precision']}", ours)]
@@ -116,6 +127,16 @@ def main() -> None:
           f"{ours['cpu_median'] / paper['cpu_median']:.2f}x (per CPU-second)  target >= 3x")
     if nodrop:
         print(f"without LoRA dropout (c)/(a): {nodrop['median'] / paper['median']:.2f}x (median tokens/s)")
+    if args.json:
+        keys = ("median", "tokens_per_s", "cpu_median", "peak_rss_mb", "wall_s", "step_rates", "batching",
+                "attention", "precision", "steps", "tokens")
+        out = {"data": stats, "cpus": os.cpu_count(), "load_average_end": round(os.getloadavg()[0], 2),
+               "batch_size": args.batch_size, "steps": args.steps, "repeat": args.repeat,
+               "runs": {k: {f: s[f] for f in keys if f in s} for k, s in
+                        (("a_paper", paper), ("b_baize", ours), ("c_no_dropout", nodrop)) if s},
+               "ratio_median": round(ours["median"] / paper["median"], 2),
+               "ratio_cpu": round(ours["cpu_median"] / paper["cpu_median"], 2)}
+        Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     if not args.keep:
         import shutil
         shutil.rmtree(work, ignore_errors=True)

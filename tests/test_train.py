@@ -57,6 +57,8 @@ class Snapshots:
         class _S(TrainerCallback):
             def on_train_begin(self, args, state, control, model=None, **kw):
                 self.start = {n: p.detach().clone() for n, p in model.named_parameters()}
+                self.dropouts = {type(m).__name__ for n, m in model.named_modules() if ".lora_dropout." in n}
+                self.loss = model.get_base_model().loss_function.__name__
                 self.first_step = state.global_step
 
             def on_train_end(self, args, state, control, model=None, **kw):
@@ -104,7 +106,8 @@ def test_labels_exactly_the_assistant_turns(tok, name):
 
 def test_padding_and_system_prompt_are_not_labelled(tok):
     from baize.chat_format import get_format
-    from baize.train import Collator, tokenize
+    from baize.packing import Collator
+    from baize.train import tokenize
     fmt = get_format("template", tok)
     samples = tokenize([{"messages": MSGS[1:3]}, {"messages": MSGS[1:]}], fmt, tok, max_length=1024,
                        system="Answer like a pirate.")
@@ -163,7 +166,8 @@ def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn):
     from transformers import AttentionInterface, AutoModelForCausalLM
 
     from baize.chat_format import get_format
-    from baize.train import PACKED_ATTN, Collator, packed_sdpa, packing_leaks, tokenize
+    from baize.packing import PACKED_ATTN, Collator, packed_sdpa, packing_leaks
+    from baize.train import tokenize
     AttentionInterface.register(PACKED_ATTN, packed_sdpa)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     model.set_attn_implementation(attn)
@@ -204,12 +208,29 @@ def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn):
     assert packing_leaks(model, len(tok)) < 1e-5
 
 
+def test_packed_sdpa_attends_in_fp32_under_cpu_autocast():
+    import torch
+
+    from baize.packing import packed_sdpa
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, h, 12, 16, generator=g) for h in (4, 2, 2))
+    pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
+    ref, _ = packed_sdpa(None, q, k, v, None, scaling=0.25, position_ids=pos)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got, _ = packed_sdpa(None, q.bfloat16(), k.bfloat16(), v.bfloat16(), None, scaling=0.25, position_ids=pos)
+    assert got.dtype == torch.float32 and (got - ref).abs().max() < 2e-2
+    # the second dialogue sees nothing of the first
+    alone = torch.nn.functional.scaled_dot_product_attention(q[:, :, 7:], k[:, :, 7:].repeat_interleave(2, 1),
+                                                             v[:, :, 7:].repeat_interleave(2, 1), is_causal=True, scale=0.25)
+    assert torch.allclose(ref[:, 7:], alone.transpose(1, 2), atol=1e-6)
+
+
 def test_bf16_frozen_weights_change_nothing_under_autocast(tiny_model_dir):
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from baize.train import frozen_linears_to_bf16
+    from baize.speedups import frozen_linears_to_bf16
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
     ids = torch.randint(3, 40000, (1, 40), generator=torch.Generator().manual_seed(0))
@@ -227,6 +248,84 @@ def test_bf16_frozen_weights_change_nothing_under_autocast(tiny_model_dir):
     assert all(p.dtype == torch.float32 for p in model.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_chunked_loss_matches_cross_entropy(dtype):
+    import torch
+    import torch.nn.functional as F
+
+    from baize.speedups import CE_CHUNK, chunked_causal_lm_loss
+    g = torch.Generator().manual_seed(0)
+    rows = 2 * CE_CHUNK + 17  # whole chunks and a partial one
+    logits = (3 * torch.randn(1, rows, 1000, generator=g)).to(getattr(torch, dtype))
+    labels = torch.randint(0, 1000, (1, rows), generator=g)
+    labels[0, ::5] = -100
+    for n in (None, torch.tensor(123)):
+        a, b = logits.clone().requires_grad_(), logits.clone().requires_grad_()
+        ref = F.cross_entropy(a.float()[0, :-1], labels[0, 1:], reduction="mean" if n is None else "sum")
+        ref = ref if n is None else ref / n
+        got = chunked_causal_lm_loss(b, labels, 1000, num_items_in_batch=n)
+        (2 * ref).backward()
+        (2 * got).backward()
+        assert torch.allclose(got, ref, rtol=1e-6), (got, ref)
+        # the same gradient, rounded to the logits' dtype as autograd's own cast would
+        assert torch.allclose(b.grad.float(), a.grad.float(), rtol=1e-2 if dtype == "bfloat16" else 1e-5, atol=1e-7)
+        assert b.grad[0, -1].abs().sum() == 0 and b.grad[0, 4].abs().sum() == 0  # unlabelled rows
+
+
+def test_chunked_loss_in_the_model_matches_the_stock_one(tiny_model_dir, tok):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from baize.chat_format import get_format
+    from baize.packing import Collator
+    from baize.speedups import chunked_causal_lm_loss
+    from baize.train import tokenize
+    from transformers.loss.loss_utils import ForCausalLMLoss
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
+    samples = tokenize([{"messages": MSGS}, {"messages": MSGS[1:3]}], get_format("template", tok), tok, max_length=512)
+
+    def loss_and_grads(batch):
+        model.zero_grad()
+        loss = model(**batch).loss
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    for batching in ("packed", "grouped"):
+        batch = Collator(tok, batching, 512, trim=True)(samples)
+        model.get_base_model().loss_function = ForCausalLMLoss
+        ref = loss_and_grads(batch)
+        model.get_base_model().loss_function = chunked_causal_lm_loss
+        got = loss_and_grads(batch)
+        assert torch.allclose(got[0], ref[0], rtol=1e-6)
+        assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-7) for a, b in zip(ref[1], got[1]))
+
+
+def test_cpu_dropout_keeps_the_law(tiny_model_dir):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from baize.speedups import cheap_cpu_dropout
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    assert cheap_cpu_dropout(get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))) == 0
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.05))
+    assert cheap_cpu_dropout(model) == 14  # 7 linears x 2 layers
+    drops = [m for n, m in model.named_modules() if n.endswith(".lora_dropout.default")]
+    assert len(drops) == 14 and not any(isinstance(d, torch.nn.Dropout) for d in drops)
+    d = drops[0].train()
+    x = torch.full((2, 1000, 500), 3.0)
+    torch.manual_seed(1)
+    y = d(x)
+    dropped = (y == 0).double().mean().item()
+    assert abs(dropped - 0.05) < 0.002 and abs(y.mean().item() - 3.0) < 0.01
+    assert torch.allclose(y[y != 0], torch.tensor(3.0 * 32768 / (32768 - 1638)))
+    torch.manual_seed(1)
+    assert torch.equal(d(x), y) and not torch.equal(d(x), y)  # seeded like torch's own, and fresh per call
+    assert torch.equal(d.eval()(x), x)
+
+
 # --- training ------------------------------------------------------------------------------------
 
 def test_only_lora_parameters_change(v1):
@@ -239,6 +338,8 @@ def test_only_lora_parameters_change(v1):
         "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
     changed = [n for n in lora if not torch.equal(snap.start[n], snap.end[n])]
     assert set(changed) == set(lora)
+    assert snap.dropouts == {"CPUDropout"}  # LoRA dropout 0.05 (the paper's) with the cheaper CPU mask
+    assert snap.loss == "chunked_causal_lm_loss"
     assert all(torch.equal(snap.start[n], snap.end[n]) for n in snap.start if "lora_" not in n)
 
 
@@ -327,7 +428,7 @@ def test_merge_matches_the_adapter_model(v1, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from baize.chat_format import get_format
-    from baize.train import merge
+    from baize.merge import merge
     run, _ = v1
     out = merge(run, tmp_path / "merged")
     assert not (out / "adapter_config.json").exists() and list(out.glob("*.safetensors"))
