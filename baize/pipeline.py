@@ -40,8 +40,10 @@ def _step(console, title: str):
 
 def run(cfg: PipelineConfig) -> dict:
     from rich.console import Console
+    from .chat import usage_hint
     from .collect import CollectConfig, collect, print_summary
     from .data import print_stats, stats
+    from .train import TrainConfig, train
     console = Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -61,27 +63,18 @@ def run(cfg: PipelineConfig) -> dict:
     times["stats"] = time.monotonic() - t
 
     v1 = out / "v1"
-    try:
-        from . import train as train_mod
-    except ModuleNotFoundError:
-        train_mod = None
-    if train_mod is not None:
-        t = _step(console, f"3/4 train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
-        if (v1 / "adapter_model.safetensors").exists():
-            console.print(f"{v1} already trained; delete it to train again")
-        else:
-            train_mod.train(train_mod.TrainConfig(base=cfg.base, data=str(dialogues), out=str(v1), format=cfg.format,
-                                                  max_steps=cfg.max_steps, batch_size=cfg.batch_size))
-        times["train"] = time.monotonic() - t
-        t = _step(console, "4/4 base vs v1, same question, same seed")
-        compare(cfg, v1, console)
-        times["compare"] = time.monotonic() - t
-    try:
-        from .chat import usage_hint
-        console.rule("[bold]next")
-        console.print(usage_hint(str(v1) if v1.exists() else cfg.base))
-    except ImportError:
-        pass
+    t = _step(console, f"3/4 train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
+    if (v1 / "adapter_model.safetensors").exists():
+        console.print(f"{v1} already trained; delete it to train again")
+    else:
+        train(TrainConfig(base=cfg.base, data=str(dialogues), out=str(v1), format=cfg.format,
+                          max_steps=cfg.max_steps, batch_size=cfg.batch_size, resume=(v1 / "checkpoints").is_dir()))
+    times["train"] = time.monotonic() - t
+    t = _step(console, "4/4 base vs v1, same question, same seed")
+    compare(cfg, v1, console)
+    times["compare"] = time.monotonic() - t
+    console.rule("[bold]next")
+    console.print(usage_hint(str(v1)))
     console.print("step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     return times
 

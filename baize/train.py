@@ -47,7 +47,7 @@ class TrainConfig:
                      choices=["assistant", "all"])
     lora_r: int = _opt(8, "LoRA rank")
     lora_alpha: int = _opt(16, "LoRA alpha")
-    lora_dropout: float = _opt(0.05, "LoRA dropout (0 trains about 20%% faster on CPU)")
+    lora_dropout: float = _opt(0.05, "LoRA dropout")
     target_modules: str = _opt("all-linear", "modules to adapt, comma-separated; all-linear: every linear but the head")
     epochs: float = _opt(1.0, "passes over the data")
     max_steps: int = _opt(-1, "stop after this many optimizer steps (-1: no cap)")
@@ -66,6 +66,8 @@ class TrainConfig:
     quantize: str | None = _opt(None, "load the base with bitsandbytes (CUDA only): int8, or 4-bit NF4 (QLoRA)",
                                 choices=["8bit", "4bit"])
     gradient_checkpointing: bool = _opt(False, "trade compute for activation memory")
+    speedups: bool = _opt(True, "on CPU, baize's chunked cross-entropy and cheaper LoRA dropout mask (speedups.py); "
+                                "--no-speedups keeps the stock transformers/peft ones")
     val_size: float = _opt(0.0, "held-out dialogues for eval loss: a fraction if < 1, else a count")
     eval_steps: int | None = _opt(None, "evaluate every N steps (default: --save-steps)")
     save_steps: int = _opt(100, "checkpoint every N steps")
@@ -424,7 +426,7 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     attn = model.get_base_model().config._attn_implementation
     if precision == "bf16" and device == "cpu":
         frozen_linears_to_bf16(model)
-    if device == "cpu":
+    if device == "cpu" and cfg.speedups:
         cheap_cpu_dropout(model)
         from transformers.loss.loss_utils import ForCausalLMLoss
         base = model.get_base_model()

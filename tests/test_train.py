@@ -339,7 +339,7 @@ def test_only_lora_parameters_change(v1):
     changed = [n for n in lora if not torch.equal(snap.start[n], snap.end[n])]
     assert set(changed) == set(lora)
     assert snap.dropouts == {"CPUDropout"}  # LoRA dropout 0.05 (the paper's) with the cheaper CPU mask
-    assert snap.loss == "chunked_causal_lm_loss"
+    assert snap.loss == "chunked_causal_lm_loss"  # --speedups, the default on CPU
     assert all(torch.equal(snap.start[n], snap.end[n]) for n in snap.start if "lora_" not in n)
 
 
@@ -413,8 +413,10 @@ def test_from_run_continues_the_adapter(v1, data, tmp_path):
     with pytest.raises(BaizeError, match="format"):
         train(TrainConfig(from_run=str(run), data=str(data), out=str(tmp_path / "x"), format="template"))
     # precision left on auto: bf16 autocast where the CPU has native bf16, so that path is covered too
+    snap = Snapshots()  # and with --no-speedups: transformers' own loss, peft's own dropout
     v2 = train(TrainConfig(from_run=str(run), data=str(data), out=str(tmp_path / "v2"), batch_size=4,
-                           micro_batch_size=4, max_steps=2, learning_rate=1e-3))
+                           micro_batch_size=4, max_steps=2, learning_rate=1e-3, speedups=False), callbacks=[snap])
+    assert snap.loss == "ForCausalLMLoss" and snap.dropouts == {"Dropout"}
     rec, rec1 = models.read_run(v2), models.read_run(run)
     assert rec["base"] == rec1["base"] and rec["format"] == "baize" and rec["system"] == "Be helpful."
     assert rec["from_run"] == str(run.resolve())
