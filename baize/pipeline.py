@@ -74,7 +74,7 @@ def run(cfg: PipelineConfig) -> dict:
     compare(cfg, v1, console)
     times["compare"] = time.monotonic() - t
     console.rule("[bold]next")
-    console.print(usage_hint(str(v1)))
+    console.print(usage_hint(str(v1)), soft_wrap=True)  # commands stay one line each, ready to copy
     console.print("step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     return times
 
