@@ -198,6 +198,8 @@ class LlamaCppLLM:
             from llama_cpp import Llama
         except ImportError:
             raise LLMError("gguf: specs need llama.cpp: pip install llama-cpp-python") from None
+        if not os.path.isfile(path):
+            raise LLMError(f"gguf:{path}: no such file: give the path of a .gguf model file (or gguf:default)")
         self.name = f"gguf:{path}"
         self.llama = Llama(model_path=path, n_ctx=n_ctx, verbose=False)
         self._lock = threading.Lock()  # a llama.cpp context is not thread-safe

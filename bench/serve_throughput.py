@@ -144,18 +144,19 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=1, help="alternate the two modes N times, keep the best of each")
     p.add_argument("--json", help="also write the numbers here")
     p.add_argument("--no-gguf", action="store_true", help="skip the llama.cpp comparison")
+    p.add_argument("--gguf-only", action="store_true", help="only the llama.cpp numbers")
     args = p.parse_args(argv)
 
     import torch
     print(f"model {args.model} through `baize serve` (own process); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{args.clients} clients x {args.max_tokens} max new tokens, temperature 1, top-p 0.95, seeded", flush=True)
-    seq, conc, ratio = bench(args.model, args)
-    report(f"transformers + baize batching engine ({args.model})", seq, conc, ratio, args.target)
-    out = {"model": args.model, "engine": "transformers", "sequential": seq, "concurrent": conc,
-           "ratio": round(ratio, 2), "load_average_end": round(os.getloadavg()[0], 2)}
-    results = [out]
-
+    results = []
+    if not args.gguf_only:
+        seq, conc, ratio = bench(args.model, args)
+        report(f"transformers + baize batching engine ({args.model})", seq, conc, ratio, args.target)
+        results.append({"model": args.model, "engine": "transformers", "sequential": seq, "concurrent": conc,
+                        "ratio": round(ratio, 2), "load_average_end": round(os.getloadavg()[0], 2)})
     if not args.no_gguf:
         try:
             import llama_cpp  # noqa: F401
