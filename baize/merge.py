@@ -70,7 +70,6 @@ def merge(run_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> 
     return out
 
 
-
 def _cli_merge(args) -> int:
     out = merge(args.run, args.out, dtype=args.dtype)
     print(f"merged {args.run} into {out}: load it with AutoModelForCausalLM.from_pretrained({str(out)!r})")

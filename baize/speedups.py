@@ -67,6 +67,20 @@ def _chunked_ce():
     return ChunkedCE
 
 
+def cpu_speedups(model, *, bf16: bool, ours: bool = True) -> None:
+    """What `baize train` applies on CPU: bf16 frozen weights under bf16 autocast (bit-identical, always),
+    and with `ours` (--speedups) the chunked loss and the cheaper dropout mask."""
+    if bf16:
+        frozen_linears_to_bf16(model)
+    if not ours:
+        return
+    cheap_cpu_dropout(model)
+    from transformers.loss.loss_utils import ForCausalLMLoss
+    base = model.get_base_model()
+    if base.loss_function is ForCausalLMLoss:  # a model with its own loss keeps it
+        base.loss_function = chunked_causal_lm_loss
+
+
 def frozen_linears_to_bf16(model) -> None:
     """Under bf16 autocast every linear casts its fp32 weight to bf16 on each forward; casting the frozen
     base weights once gives bit-identical results without that traffic (norms, embeddings stay fp32)."""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .config import BaizeError, add_dataclass_args, save_config
 from .packing import IGNORE, Collator, accepts_logits_to_keep, choose_packing
-from .speedups import cheap_cpu_dropout, chunked_causal_lm_loss, frozen_linears_to_bf16
+from .speedups import cpu_speedups
 
 CONFIG_FILE = "train_config.json"
 LOSS_FILE = "loss.jsonl"
@@ -424,14 +424,8 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
 
     batching = choose_packing(model, len(tok), cfg.max_length, log) if cfg.batching == "packed" else cfg.batching
     attn = model.get_base_model().config._attn_implementation
-    if precision == "bf16" and device == "cpu":
-        frozen_linears_to_bf16(model)
-    if device == "cpu" and cfg.speedups:
-        cheap_cpu_dropout(model)
-        from transformers.loss.loss_utils import ForCausalLMLoss
-        base = model.get_base_model()
-        if base.loss_function is ForCausalLMLoss:  # a model with its own loss keeps it
-            base.loss_function = chunked_causal_lm_loss
+    if device == "cpu":
+        cpu_speedups(model, bf16=precision == "bf16", ours=cfg.speedups)
     micro = min(cfg.micro_batch_size, max(1, cfg.batch_size // world))
     accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
     if micro * accum * world != cfg.batch_size:
