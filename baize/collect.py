@@ -7,15 +7,13 @@ dialogue was rejected.
 """
 from __future__ import annotations
 
-import concurrent.futures as cf
 import re
-import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError, add_dataclass_args, dataclass_from_args, save_config
-from .schema import JsonlAppender, atomic_write_text, read_jsonl, repair_torn_tail, sidecar
+from .config import add_dataclass_args, dataclass_from_args
+from .runner import Ledger, Summary, print_summary as _print_summary, run_items
+from .schema import read_jsonl, repair_torn_tail
 
 SELF_CHAT_TEMPLATE = (
     "Forget the instruction you have previously received. The following is a conversation between a "
@@ -173,32 +171,10 @@ class NearDup:
 
 # --- one dialogue -------------------------------------------------------------------------------
 
-class Ledger:
-    """Tokens and cost of the whole run, shared by the workers; decides when the budget is spent."""
-
-    def __init__(self, cfg: CollectConfig):
-        self.cfg, self.lock = cfg, threading.Lock()
-        self.prompt_tokens = self.completion_tokens = self.calls = 0
-
-    def add(self, completion) -> None:
-        with self.lock:
-            self.prompt_tokens += completion.prompt_tokens
-            self.completion_tokens += completion.completion_tokens
-            self.calls += 1
-
-    @property
-    def cost(self) -> float:
-        return (self.prompt_tokens * self.cfg.price_in + self.completion_tokens * self.cfg.price_out) / 1000
-
-    def exhausted(self) -> bool:
-        b = self.cfg.max_tokens_total
-        return b is not None and self.prompt_tokens + self.completion_tokens >= b
-
-
 def _ask(llm, ledger, usage, messages, cfg, **kw):
     c = llm.chat(messages, temperature=cfg.temperature, top_p=cfg.top_p,
                  max_tokens=kw.pop("max_tokens", cfg.max_tokens), **kw)[0]
-    ledger.add(c)
+    ledger.add(c, "teacher")
     usage["prompt_tokens"] += c.prompt_tokens
     usage["completion_tokens"] += c.completion_tokens
     usage["calls"] += 1
@@ -250,178 +226,53 @@ def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict]
 
 # --- the run ------------------------------------------------------------------------------------
 
-@dataclass
-class Summary:
-    kept: int = 0
-    rejected: dict = field(default_factory=dict)
-    failed: int = 0
-    skipped: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost: float = 0.0
-    seconds: float = 0.0
-    stopped: str = ""
-
-    @property
-    def done(self) -> int:
-        return self.kept + sum(self.rejected.values()) + self.failed
-
-    def as_dict(self) -> dict:
-        d = dict(vars(self))
-        d["dialogues_per_s"] = round(self.done / self.seconds, 3) if self.seconds else 0.0
-        return d
-
-
 def collect(cfg: CollectConfig, llm=None, *, console=None) -> Summary:
     """Run (or resume) a collection; returns the summary of this invocation."""
-    from .llm import LLMError, TransientLLMError, load_llm
+    from .llm import load_llm
     from .seeds import load_seeds
     out = Path(cfg.out)
     seeds = load_seeds(cfg.seeds, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
     patterns = [re.compile(p, re.IGNORECASE) for p in
                 (DEFAULT_REJECT_PATTERNS if cfg.default_reject_patterns else []) + list(cfg.reject_pattern)]
-    kept_w, rej_w = JsonlAppender(out), JsonlAppender(sidecar(out, "rejected"))
-    failed_path = sidecar(out, "failed")
-    repair_torn_tail(failed_path)  # a run killed mid-write leaves half a line; read what is whole
-    failed_before = {r["id"] for r in read_jsonl(failed_path)} if failed_path.exists() else set()
-    if cfg.retry_failed and failed_path.exists():
-        atomic_write_text(failed_path, "")  # those seeds run again; a new failure is written again
-    fail_w = JsonlAppender(failed_path)
-    done = kept_w.ids | rej_w.ids | (set() if cfg.retry_failed else failed_before)
-    todo = [s for s in seeds if s.id not in done]
-    summary = Summary(skipped=len(seeds) - len(todo))
-    save_config(cfg, sidecar(out, "config.json"), **{"api_key": "***" if cfg.api_key else None})
     neardup = NearDup(cfg.near_dup)
-    for r in read_jsonl(out) if kept_w.ids else ():
-        neardup.seen(r["id"], r["messages"])
+    if out.exists():
+        repair_torn_tail(out)
+        for r in read_jsonl(out):
+            neardup.seen(r["id"], r["messages"])
     if llm is None:
         llm = load_llm(cfg.teacher, base_url=cfg.base_url, api_key=cfg.api_key,
                        max_retries=cfg.request_retries, timeout=cfg.timeout, max_batch=max(1, cfg.concurrency))
     if hasattr(llm, "check"):
         llm.check()  # an unreachable endpoint or a bad key fails now, in one line, not per seed
-    ledger = Ledger(cfg)
-    progress = _Progress(len(todo), summary, ledger, enabled=cfg.progress, console=console)
-    start = time.monotonic()
-    it = iter(todo)
-    pending: dict = {}
-    consecutive_failures = 0
-    interrupted = False
+    ledger = Ledger(cfg.max_tokens_total, {"teacher": (cfg.price_in, cfg.price_out)})
 
+    def meta_of(seed) -> dict:
+        return {"seed": seed.text, "source": seed.source, "teacher": llm.name, "mode": cfg.mode,
+                **({"seed_meta": seed.meta} if seed.meta else {})}
 
-    pool = cf.ThreadPoolExecutor(max_workers=max(1, cfg.concurrency), thread_name_prefix="collect")
-    try:
-        while True:
-            while not summary.stopped and len(pending) < cfg.concurrency:
-                if ledger.exhausted():
-                    summary.stopped = "budget"
-                    break
-                seed = next(it, None)
-                if seed is None:
-                    break
-                pending[pool.submit(self_chat, llm, seed, cfg, ledger)] = seed
-            if not pending:
-                break
-            try:
-                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                if interrupted:
-                    raise
-                interrupted, summary.stopped = True, "interrupted"
-                progress.note(f"stopping: finishing {len(pending)} dialogues in flight (Ctrl-C again to abort)")
-                continue
-            for fut in finished:
-                seed = pending.pop(fut)
-                base = {"id": seed.id, "meta": {"seed": seed.text, "source": seed.source, "teacher": llm.name,
-                                                "mode": cfg.mode, **({"seed_meta": seed.meta} if seed.meta else {})}}
-                try:
-                    msgs, usage, raw = fut.result()
-                except LLMError as e:
-                    if not isinstance(e, TransientLLMError):
-                        raise  # bad key, unknown model: every other seed would fail the same way
-                    consecutive_failures += 1
-                    summary.failed += 1
-                    fail_w.append({**base, "messages": [], "error": str(e)})
-                    if consecutive_failures >= max(20, 2 * cfg.concurrency):
-                        raise BaizeError(f"{consecutive_failures} seeds failed in a row, last: {e}") from None
-                    continue
-                consecutive_failures = 0
-                if not msgs and not usage["calls"]:
-                    # the budget ran out between submitting this seed and its first call: record
-                    # nothing, so the next run (with more budget) does it instead of skipping it forever
-                    summary.stopped = summary.stopped or "budget"
-                    continue
-                base["meta"]["usage"] = usage
-                rec = {"id": seed.id, "messages": msgs, "meta": base["meta"]}
-                reason = reject_reason(msgs, cfg, patterns)
-                if reason is None and neardup.seen(seed.id, msgs):
-                    reason = "near_duplicate"
-                if reason:
-                    rec["meta"]["reject_reason"] = reason
-                    if reason == "unparseable" and raw:
-                        rec["meta"]["raw"] = raw  # kept so a template or parser problem can be diagnosed
-                    summary.rejected[reason] = summary.rejected.get(reason, 0) + 1
-                    rej_w.append(rec)
-                else:
-                    summary.kept += 1
-                    kept_w.append(rec)
-            progress.update()
-    finally:
-        pool.shutdown(wait=not interrupted or not pending, cancel_futures=True)
-        for w in (kept_w, rej_w, fail_w):
-            w.close()
-        summary.seconds = round(time.monotonic() - start, 3)
-        summary.prompt_tokens, summary.completion_tokens = ledger.prompt_tokens, ledger.completion_tokens
-        summary.cost = round(ledger.cost, 6)
-        progress.close()
-        atomic_write_text(sidecar(out, "summary.json"), __import__("json").dumps(summary.as_dict(), indent=2) + "\n")
-    return summary
+    def work(seed) -> dict | None:
+        msgs, usage, raw = self_chat(llm, seed, cfg, ledger)
+        if not msgs and not usage["calls"]:
+            return None  # the budget was spent before this dialogue's first call
+        rec = {"id": seed.id, "messages": msgs, "meta": {**meta_of(seed), "usage": usage}}
+        if raw and not msgs:
+            rec["meta"]["raw"] = raw  # kept so a template or parser problem can be diagnosed
+        return rec
 
+    def accept(seed, rec) -> str | None:  # on the runner's thread: NearDup keeps state
+        reason = reject_reason(rec["messages"], cfg, patterns)
+        if reason is None and neardup.seen(seed.id, rec["messages"]):
+            reason = "near_duplicate"
+        return reason
 
-class _Progress:
-    def __init__(self, total, summary, ledger, *, enabled, console=None):
-        self.summary, self.ledger, self.bar = summary, ledger, None
-        if enabled:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self.bar = Progress(TextColumn("collect"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[rate]} dlg/s  tokens {task.fields[tokens]}  "
-                                           "rejected {task.fields[rej]}  failed {task.fields[fail]}"),
-                                TimeRemainingColumn(), console=console)
-            self.task = self.bar.add_task("collect", total=total, rate="0.00", tokens=0, rej=0, fail=0)
-            self.bar.start()
-        self.t0 = time.monotonic()
-
-    def update(self):
-        if self.bar:
-            s = self.summary
-            self.bar.update(self.task, completed=s.done, rate=f"{s.done / max(1e-9, time.monotonic() - self.t0):.2f}",
-                            tokens=self.ledger.prompt_tokens + self.ledger.completion_tokens,
-                            rej=sum(s.rejected.values()), fail=s.failed)
-
-    def note(self, msg):
-        (self.bar.console.print if self.bar else print)(msg)
-
-    def close(self):
-        if self.bar:
-            self.update()
-            self.bar.stop()
+    return run_items(seeds, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="collect", noun="seeds",
+                     config=cfg, config_extra={"api_key": "***" if cfg.api_key else None},
+                     retry_failed=cfg.retry_failed, accept=accept, meta_of=meta_of, progress=cfg.progress,
+                     console=console)
 
 
 def print_summary(s: Summary, out: str, console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-    console = console or Console()
-    t = Table(title=f"collect -> {out}", show_header=False)
-    t.add_row("kept", str(s.kept))
-    for reason, n in sorted(s.rejected.items()):
-        t.add_row(f"rejected: {reason}", str(n))
-    t.add_row("failed", str(s.failed))
-    t.add_row("already done (skipped)", str(s.skipped))
-    t.add_row("tokens in / out", f"{s.prompt_tokens} / {s.completion_tokens}")
-    t.add_row("cost", f"{s.cost:.4f}")
-    t.add_row("dialogues/s", f"{s.as_dict()['dialogues_per_s']}")
-    if s.stopped:
-        t.add_row("stopped", s.stopped)
-    console.print(t)
+    _print_summary(s, f"collect -> {out}", console)
 
 
 def add_cli(sub) -> None:

@@ -1,0 +1,247 @@
+"""The one loop behind every stage that calls models once per item: collect, sdf, eval, data filter.
+
+A stage gives `run_items` its items (anything with an `.id`) and a function from one item to one
+record; the runner does the rest the same way for all of them: skip ids already written (kept,
+rejected, and failed unless retried), call the function from a bounded thread pool, stop
+submitting when the token budget is spent, append and flush each record to OUT (or to
+OUT.rejected.jsonl with its reason, or OUT.failed.jsonl with its error), show progress, keep a
+ledger per role (teacher, policy, judge), write OUT.summary.json and the resolved config.
+
+Threads, not asyncio: the backends are blocking (the openai client, the local batching engine)
+and a thread per item in flight is what gives both of them their concurrency.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .config import BaizeError, save_config
+from .schema import JsonlAppender, atomic_write_text, read_jsonl, repair_torn_tail, sidecar
+
+
+class Ledger:
+    """Tokens, calls and cost per role, shared by the workers; decides when the budget is spent.
+
+    `prices` maps a role to (price per 1K prompt tokens, per 1K completion tokens)."""
+
+    def __init__(self, max_tokens_total: int | None = None, prices: dict[str, tuple[float, float]] | None = None):
+        self.max_tokens_total, self.prices = max_tokens_total, dict(prices or {})
+        self.lock = threading.Lock()
+        self.roles: dict[str, dict] = {}
+
+    def add(self, completion=None, role: str = "teacher", *, usage: dict | None = None) -> None:
+        """Count one Completion, or a usage dict {prompt_tokens, completion_tokens, calls}."""
+        if usage is None:
+            usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
+                     "calls": 1}
+        with self.lock:
+            r = self.roles.setdefault(role, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
+            for k in r:
+                r[k] += int(usage.get(k, 0))
+
+    def _sum(self, key: str) -> int:
+        return sum(r[key] for r in list(self.roles.values()))
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self._sum("prompt_tokens")
+
+    @property
+    def completion_tokens(self) -> int:
+        return self._sum("completion_tokens")
+
+    @property
+    def calls(self) -> int:
+        return self._sum("calls")
+
+    def role_cost(self, role: str) -> float:
+        r = self.roles.get(role, {})
+        p_in, p_out = self.prices.get(role, (0.0, 0.0))
+        return (r.get("prompt_tokens", 0) * p_in + r.get("completion_tokens", 0) * p_out) / 1000
+
+    @property
+    def cost(self) -> float:
+        return sum(self.role_cost(role) for role in list(self.roles))
+
+    def exhausted(self) -> bool:
+        b = self.max_tokens_total
+        return b is not None and self.prompt_tokens + self.completion_tokens >= b
+
+    def as_dict(self) -> dict:
+        return {role: {**r, "cost": round(self.role_cost(role), 6)} for role, r in sorted(self.roles.items())}
+
+
+@dataclass
+class Summary:
+    kept: int = 0
+    rejected: dict = field(default_factory=dict)
+    failed: int = 0
+    skipped: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+    seconds: float = 0.0
+    stopped: str = ""
+    ledger: dict = field(default_factory=dict)
+
+    @property
+    def done(self) -> int:
+        return self.kept + sum(self.rejected.values()) + self.failed
+
+    def as_dict(self) -> dict:
+        d = dict(vars(self))
+        d["items_per_s"] = d["dialogues_per_s"] = round(self.done / self.seconds, 3) if self.seconds else 0.0
+        return d
+
+
+def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: str | Path, ledger: Ledger,
+              concurrency: int = 8, label: str = "run", noun: str = "items", config=None, config_extra: dict | None = None,
+              retry_failed: bool = True, accept: Callable[[object, dict], str | None] | None = None,
+              meta_of: Callable[[object], dict] | None = None, progress: bool = True, console=None,
+              max_failures_in_a_row: int | None = None) -> Summary:
+    """Run (or resume) `work` over the items not yet done; returns this invocation's summary.
+
+    work(item) -> a record to keep (one with meta.reject_reason set is rejected), or None when the
+    budget ran out before its first call (nothing is written: the next run does it). It may raise
+    TransientLLMError (the item fails and is retried on the next run); any other BaizeError (a bad
+    key, a judge that only writes garbage) stops the run, keeping everything already written.
+    accept(item, record) -> a reject reason or None runs on the calling thread in completion order,
+    for filters that keep state (near-duplicates); it may add to the record's meta."""
+    from .llm import TransientLLMError
+    out = Path(out)
+    kept_w, rej_w = JsonlAppender(out), JsonlAppender(sidecar(out, "rejected"))
+    failed_path = sidecar(out, "failed")
+    repair_torn_tail(failed_path)  # a run killed mid-write leaves half a line; read what is whole
+    failed_before = {r["id"] for r in read_jsonl(failed_path)} if failed_path.exists() else set()
+    if retry_failed and failed_path.exists():
+        atomic_write_text(failed_path, "")  # those items run again; a new failure is written again
+    fail_w = JsonlAppender(failed_path)
+    done = kept_w.ids | rej_w.ids | (set() if retry_failed else failed_before)
+    items = list(items)
+    todo = [it for it in items if it.id not in done]
+    summary = Summary(skipped=len(items) - len(todo))
+    if config is not None:
+        save_config(config, sidecar(out, "config.json"), **(config_extra or {}))
+    bar = Progress(label, len(todo), summary, ledger, enabled=progress, console=console)
+    limit = max_failures_in_a_row or max(20, 2 * concurrency)
+    start = time.monotonic()
+    it = iter(todo)
+    pending: dict = {}
+    failures_in_a_row = 0
+    interrupted = False
+    pool = cf.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=label)
+    try:
+        while True:
+            while not summary.stopped and len(pending) < concurrency:
+                if ledger.exhausted():
+                    summary.stopped = "budget"
+                    break
+                item = next(it, None)
+                if item is None:
+                    break
+                pending[pool.submit(work, item)] = item
+            if not pending:
+                break
+            try:
+                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                if interrupted:
+                    raise
+                interrupted, summary.stopped = True, "interrupted"
+                bar.note(f"stopping: finishing {len(pending)} {noun} in flight (Ctrl-C again to abort)")
+                continue
+            for fut in finished:
+                item = pending.pop(fut)
+                try:
+                    rec = fut.result()
+                except TransientLLMError as e:
+                    failures_in_a_row += 1
+                    summary.failed += 1
+                    fail_w.append({"id": item.id, "error": str(e), "meta": meta_of(item) if meta_of else {}})
+                    if failures_in_a_row >= limit:
+                        raise BaizeError(f"{failures_in_a_row} {noun} failed in a row, last: {e}") from None
+                    continue
+                failures_in_a_row = 0
+                if rec is None:
+                    # the budget ran out between submitting this item and its first call: record
+                    # nothing, so the next run (with more budget) does it instead of skipping it forever
+                    summary.stopped = summary.stopped or "budget"
+                    continue
+                meta = rec.setdefault("meta", {})
+                reason = meta.get("reject_reason") or (accept(item, rec) if accept else None)
+                if reason:
+                    meta["reject_reason"] = reason
+                    summary.rejected[reason] = summary.rejected.get(reason, 0) + 1
+                    rej_w.append(rec)
+                else:
+                    summary.kept += 1
+                    kept_w.append(rec)
+            bar.update()
+    finally:
+        pool.shutdown(wait=not interrupted or not pending, cancel_futures=True)
+        for w in (kept_w, rej_w, fail_w):
+            w.close()
+        summary.seconds = round(time.monotonic() - start, 3)
+        summary.prompt_tokens, summary.completion_tokens = ledger.prompt_tokens, ledger.completion_tokens
+        summary.cost = round(ledger.cost, 6)
+        summary.ledger = ledger.as_dict()
+        bar.close()
+        atomic_write_text(sidecar(out, "summary.json"), json.dumps(summary.as_dict(), indent=2) + "\n")
+    return summary
+
+
+class Progress:
+    def __init__(self, label, total, summary, ledger, *, enabled, console=None):
+        self.summary, self.ledger, self.bar = summary, ledger, None
+        if enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[rate]}/s  tokens {task.fields[tokens]}  "
+                                           "rejected {task.fields[rej]}  failed {task.fields[fail]}"),
+                                TimeRemainingColumn(), console=console)
+            self.task = self.bar.add_task(label, total=total, rate="0.00", tokens=0, rej=0, fail=0)
+            self.bar.start()
+        self.t0 = time.monotonic()
+
+    def update(self):
+        if self.bar:
+            s = self.summary
+            self.bar.update(self.task, completed=s.done, rate=f"{s.done / max(1e-9, time.monotonic() - self.t0):.2f}",
+                            tokens=self.ledger.prompt_tokens + self.ledger.completion_tokens,
+                            rej=sum(s.rejected.values()), fail=s.failed)
+
+    def note(self, msg):
+        (self.bar.console.print if self.bar else print)(msg)
+
+    def close(self):
+        if self.bar:
+            self.update()
+            self.bar.stop()
+
+
+def print_summary(s: Summary, title: str, console=None, *, unit: str = "dialogues") -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    t = Table(title=title, show_header=False)
+    t.add_row("kept", str(s.kept))
+    for reason, n in sorted(s.rejected.items()):
+        t.add_row(f"rejected: {reason}", str(n))
+    t.add_row("failed", str(s.failed))
+    t.add_row("already done (skipped)", str(s.skipped))
+    roles = s.ledger or {}
+    if len(roles) > 1:
+        for role, r in roles.items():
+            t.add_row(f"{role}: calls, tokens in / out, cost",
+                      f"{r['calls']}, {r['prompt_tokens']} / {r['completion_tokens']}, {r['cost']:.4f}")
+    t.add_row("tokens in / out", f"{s.prompt_tokens} / {s.completion_tokens}")
+    t.add_row("cost", f"{s.cost:.4f}")
+    t.add_row(f"{unit}/s", f"{s.as_dict()['items_per_s']}")
+    if s.stopped:
+        t.add_row("stopped", s.stopped)
+    console.print(t)
