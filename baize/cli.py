@@ -1,4 +1,4 @@
-"""`baize collect | data | train | merge | chat | serve | ui | pipeline`.
+"""`baize collect | data | sdf | train | merge | chat | serve | ui | pipeline`.
 
 Each stage module adds its own subcommand (`add_cli`) and keeps torch/fastapi imports inside the
 functions that need them, so `baize --help` is instant.
@@ -13,6 +13,7 @@ import sys
 STAGES = [
     "baize.collect",   # collect
     "baize.data",      # data stats | export | import
+    "baize.sdf",       # sdf (Baize v2 data: sample, judge, keep the best and the ranking)
     "baize.train",     # train
     "baize.merge",     # merge
     "baize.chat",      # chat

@@ -23,9 +23,31 @@ def canned_transcript(topic: str) -> str:
             f"[AI] Start with an introductory text on {topic}, then practise with small exercises.\n")
 
 
+_RESPONSE = re.compile(r"\[The Start of Response \[\[(\d+)\]\]\]\n(.*?)\n\[The End of Response", re.DOTALL)
+_PAIR = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End of Assistant", re.DOTALL)
+_SCORED = re.compile(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant", re.DOTALL)
+
+
+def judge_reply(text: str) -> str | None:
+    """A judge that prefers longer answers, whatever their position (None: not a judge prompt).
+    Consistent under swapped orders, so tests see real verdicts; and biased to length, as real
+    judges are, which `baize data stats` must make visible."""
+    if (found := _RESPONSE.findall(text)):
+        best = sorted(found, key=lambda x: (-len(x[1]), x[1]))
+        return "The longer responses cover more.\nRanking: " + " > ".join(f"[[{label}]]" for label, _ in best)
+    if (found := dict(_PAIR.findall(text))) and len(found) == 2:
+        a, b = len(found["A"]), len(found["B"])
+        return "Comparing both.\n" + ("[[A]]" if a > b else "[[B]]" if b > a else "[[C]]")
+    if (found := _SCORED.findall(text)):
+        return f"Judged by its detail.\nRating: [[{min(10, 1 + len(found[0].split()) // 8)}]]"
+    return None
+
+
 def default_reply(messages: list[dict]) -> str:
-    """Deterministic replies for both collection modes, keyed on the topic in the prompt."""
+    """Deterministic replies for both collection modes and for judge prompts, keyed on the prompt."""
     text = "\n".join(m["content"] for m in messages)
+    if "impartial judge" in messages[0]["content"] and (verdict := judge_reply(text)):
+        return verdict
     m = _TOPIC.search(text)
     topic = m.group(1) if m else "this"
     if "Complete the transcript" in messages[-1]["content"]:
@@ -131,14 +153,14 @@ def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, lis
         if latency:
             await asyncio.sleep(latency)
         n = int(body.get("n") or 1)
-        text = reply(msgs)
-        pt, ct = sum(len(m["content"].split()) for m in msgs), len(text.split())
+        texts = [reply(msgs) for _ in range(n)]  # a stateful reply can give each choice its own text
+        pt, ct = sum(len(m["content"].split()) for m in msgs), sum(len(t.split()) for t in texts)
         return {
             "id": f"chatcmpl-{app.state.requests}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model", model),
-            "choices": [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
-                        for i in range(n)],
-            "usage": {"prompt_tokens": pt, "completion_tokens": ct * n, "total_tokens": pt + ct * n}}
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                        for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
 
     return app
 

@@ -1,0 +1,299 @@
+"""Self-Distillation with Feedback (Baize v2): the tuned model samples n answers per prompt, a judge
+ranks them, the best becomes the assistant turn of a training dialogue.
+
+    baize sdf --policy runs/v1 --judge openai:gpt-4o-mini --prompts quora --n 4 --out data/sdf.jsonl
+    baize train --from runs/v1 --data data/sdf.jsonl --out runs/v2                     # the paper (SFT)
+    baize train --from runs/v1 --method dpo --data data/sdf.prefs.jsonl --out runs/v2-dpo  # beyond it
+
+Prompts are seeds (any source `collect` reads) or, from a dialogue file, every prefix that ends in
+a user turn (SDF on multi-turn contexts, which the paper did not do). Each output record keeps
+every candidate with its rank and the judge's raw verdicts; OUT.prefs.jsonl holds the whole
+ranking as preference pairs in TRL's conversational shape (best against each worse candidate),
+rebuilt from OUT at the end of every run so it never disagrees with it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import BaizeError, add_dataclass_args, dataclass_from_args
+from .runner import Ledger, print_summary, run_items
+from .schema import atomic_write_text, read_jsonl, repair_torn_tail, sidecar
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class SDFConfig:
+    policy: str = _opt("runs/v1", "the model that samples: a run directory, default, hf:PATH, or openai:MODEL "
+                                  "(e.g. vLLM serving base + v1 LoRA with --enable-lora)")
+    judge: str = _opt("default", "the model that ranks the candidates: openai:MODEL, a run directory, default, hf:PATH")
+    prompts: str = _opt("quora", "seeds (JSONL/CSV/TXT, MedQuAD folder, hf:DATASET[:SPLIT]:FIELD, quora|stackoverflow|"
+                                 "medquad|alpaca) or a dialogue JSONL: every prefix ending in a user turn is a prompt")
+    out: str = _opt("data/sdf.jsonl", "output dialogues (best answer); OUT.prefs.jsonl, .rejected, .failed, "
+                                      ".config.json, .summary.json beside it")
+    seed_field: str | None = _opt(None, "field/column holding the prompt text (seed files)")
+    limit: int | None = _opt(None, "use the first N prompts")
+    shard: str | None = _opt(None, "I/N: this machine's disjoint part of the prompts")
+    n: int = _opt(4, "candidates sampled per prompt (the paper: 4)")
+    temperature: float = _opt(1.0, "policy sampling temperature (the paper: 1)")
+    top_p: float = _opt(0.95, "policy nucleus sampling (the paper: 0.95)")
+    max_tokens: int = _opt(512, "max new tokens per candidate")
+    judge_max_tokens: int = _opt(512, "max new tokens per judge reply")
+    judge_orders: int = _opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")
+    min_agreement: float = _opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
+    max_unparseable: int = _opt(8, "stop after this many unparseable judge verdicts in a row")
+    judge_cache: str | None = _opt(None, "verdict cache directory (default: OUT's name + .judge_cache; 'none': off)")
+    concurrency: int = _opt(8, "prompts in flight at once")
+    max_tokens_total: int | None = _opt(None, "token budget for policy and judge together (in+out)")
+    price_in: float = _opt(0.0, "policy price per 1K prompt tokens, for the cost ledger")
+    price_out: float = _opt(0.0, "policy price per 1K completion tokens")
+    judge_price_in: float = _opt(0.0, "judge price per 1K prompt tokens")
+    judge_price_out: float = _opt(0.0, "judge price per 1K completion tokens")
+    base_url: str | None = _opt(None, "OpenAI-compatible base URL of an openai: policy (or OPENAI_BASE_URL)")
+    api_key: str | None = _opt(None, "API key of the policy endpoint (or OPENAI_API_KEY); never saved")
+    judge_base_url: str | None = _opt(None, "base URL of an openai: judge (default: --base-url / OPENAI_BASE_URL)")
+    judge_api_key: str | None = _opt(None, "API key of the judge endpoint (default: --api-key); never saved")
+    retry_failed: bool = _opt(True, "on rerun, retry prompts that failed before")
+    request_retries: int = _opt(6, "HTTP retries per call (backoff, Retry-After)")
+    timeout: float = _opt(120.0, "HTTP timeout per call, seconds")
+    progress: bool = _opt(True, "show a progress bar")
+
+
+# --- prompts ------------------------------------------------------------------------------------
+
+@dataclass
+class Prompt:
+    id: str
+    context: list[dict]  # ends in a user turn
+    source: str
+    meta: dict = field(default_factory=dict)
+
+
+def _is_dialogue_file(spec: str) -> bool:
+    p = Path(spec)
+    if not (p.is_file() and p.suffix.lower() in (".jsonl", ".json")):
+        return False
+    with p.open(encoding="utf-8-sig") as f:
+        for line in f:
+            if line.strip():
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError:
+                    return False
+                return isinstance(obj, dict) and isinstance(obj.get("messages"), list)
+    return False
+
+
+def load_prompts(spec: str, *, field: str | None = None, limit: int | None = None,
+                 shard: str | None = None) -> list[Prompt]:
+    """Seeds as one-turn prompts, or every user-ending prefix of the dialogues in a dialogue file."""
+    from .seeds import in_shard, load_seeds, parse_shard
+    if not _is_dialogue_file(spec):
+        return [Prompt(s.id, [{"role": "user", "content": s.text}], s.source, {"seed": s.text, **s.meta})
+                for s in load_seeds(spec, field=field, limit=limit, shard=shard)]
+    part = parse_shard(shard)
+    out: list[Prompt] = []
+    for rec in read_jsonl(spec, validate=True):
+        msgs = rec["messages"]
+        if not in_shard(str(rec["id"]), part):
+            continue
+        for i, m in enumerate(msgs):
+            if m["role"] == "user" and m["content"].strip():
+                turn = sum(x["role"] == "user" for x in msgs[:i + 1])
+                meta = {"dialogue_id": rec["id"], "turn": turn, "seed": rec.get("meta", {}).get("seed", "")}
+                out.append(Prompt(f"{rec['id']}-t{turn}", [dict(x) for x in msgs[:i + 1]],
+                                  rec.get("meta", {}).get("source", Path(spec).stem), meta))
+                if limit and len(out) >= limit:
+                    return out
+    if not out:
+        raise BaizeError(f"--prompts {spec}: no user turns in the dialogues")
+    return out
+
+
+# --- one prompt ---------------------------------------------------------------------------------
+
+def _norm(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().casefold()
+
+
+def _row_seed(prompt_id: str) -> int:
+    """A sampling seed per prompt: a rerun of a prompt draws the same candidates."""
+    return int(hashlib.sha1(prompt_id.encode()).hexdigest()[:8], 16)
+
+
+def dense_ranks(points: list[float]) -> list[int]:
+    """1 = best; equal points share a rank (1, 2, 2, 3)."""
+    levels = sorted(set(points), reverse=True)
+    return [levels.index(p) + 1 for p in points]
+
+
+def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> dict | None:
+    """Sample, clean, rank: one SDF record (meta.reject_reason set when it is not usable)."""
+    if ledger.exhausted():
+        return None
+    comps = policy.chat(prompt.context, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+                        max_tokens=cfg.max_tokens, seed=_row_seed(prompt.id))
+    pol = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 1}
+    for c in comps:
+        pol["prompt_tokens"] += c.prompt_tokens
+        pol["completion_tokens"] += c.completion_tokens
+    ledger.add(role="policy", usage=pol)
+    cands, seen, dropped = [], set(), {"empty": 0, "duplicate": 0}
+    for c in comps:
+        text = c.text.strip()
+        if not text:
+            dropped["empty"] += 1
+        elif _norm(text) in seen:
+            dropped["duplicate"] += 1
+        else:
+            seen.add(_norm(text))
+            cands.append({"text": text, "finish_reason": c.finish_reason})
+    meta = {**prompt.meta, "source": prompt.source, "policy": policy.name, "judge": judge.llm.name, "mode": "sdf",
+            "n": cfg.n, "dropped": dropped, "usage": {"policy": pol}}
+    rec = {"id": prompt.id, "messages": list(prompt.context), "meta": meta}
+    if len(cands) < 2:
+        meta.update(candidates=cands, reject_reason="too_few_candidates")
+        return rec
+    r = judge.rank(prompt.context, [c["text"] for c in cands])
+    ledger.add(role="judge", usage=r.usage)
+    meta["usage"]["judge"] = r.usage
+    meta.update(agreement=r.agreement, orders=r.orders, order=r.order, judge_raw=r.raw, judge_cached=r.cached)
+    if r.order is None:
+        meta.update(candidates=cands, reject_reason="unjudged")
+        return rec
+    ranks = dense_ranks(r.points)
+    for c, rank, pts in zip(cands, ranks, r.points):
+        c.update(rank=rank, points=pts)
+    meta["candidates"] = cands
+    best = cands[r.order[0]]
+    rec["messages"] = list(prompt.context) + [{"role": "assistant", "content": best["text"]}]
+    if len(set(r.points)) == 1:
+        meta["reject_reason"] = "no_preference"  # every candidate tied: the judge told us nothing
+    elif cfg.min_agreement > 0 and (r.agreement is None or r.agreement < cfg.min_agreement):
+        meta["reject_reason"] = "low_agreement"
+    return rec
+
+
+# --- preference pairs ---------------------------------------------------------------------------
+
+def prefs_rows(rec: dict) -> list[dict]:
+    """The best candidate against each candidate the judge ranked strictly lower."""
+    meta = rec["meta"]
+    cands = [c for c in meta.get("candidates", []) if "rank" in c]
+    if not cands:
+        return []
+    best = min(cands, key=lambda c: c["rank"])
+    chosen = rec["messages"][-1]["content"]
+    prompt = rec["messages"][:-1]
+    rows = []
+    for i, c in enumerate(meta["candidates"]):
+        if "rank" not in c or c["rank"] <= best["rank"] or c["text"] == chosen:
+            continue
+        rows.append({"id": f"{rec['id']}-p{i}", "prompt": prompt,
+                     "chosen": [{"role": "assistant", "content": chosen}],
+                     "rejected": [{"role": "assistant", "content": c["text"]}],
+                     "meta": {"sdf_id": rec["id"], "chosen_rank": best["rank"], "rejected_rank": c["rank"],
+                              "margin": c["rank"] - best["rank"],
+                              "points_margin": round(best["points"] - c["points"], 4),
+                              "agreement": meta.get("agreement"), "judge": meta.get("judge"),
+                              "policy": meta.get("policy"), "source": meta.get("source")}})
+    return rows
+
+
+def write_prefs(out: str | Path) -> dict:
+    """OUT.prefs.jsonl from every kept record of OUT (atomically); returns counts for the summary."""
+    out = Path(out)
+    n = pairs = 0
+    agreements = []
+    lines = []
+    if out.exists():
+        repair_torn_tail(out)
+        for rec in read_jsonl(out):
+            n += 1
+            if rec["meta"].get("agreement") is not None:
+                agreements.append(rec["meta"]["agreement"])
+            for row in prefs_rows(rec):
+                pairs += 1
+                lines.append(json.dumps(row, ensure_ascii=False))
+    path = sidecar(out, "prefs")
+    atomic_write_text(path, "".join(line + "\n" for line in lines))
+    return {"prompts": n, "pairs": pairs, "prefs": str(path),
+            "mean_agreement": round(sum(agreements) / len(agreements), 4) if agreements else None}
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def _judge_cache(cfg: SDFConfig) -> Path | None:
+    if cfg.judge_cache and cfg.judge_cache.lower() == "none":
+        return None
+    if cfg.judge_cache:
+        return Path(cfg.judge_cache)
+    out = Path(cfg.out)
+    stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return out.with_name(stem + ".judge_cache")
+
+
+def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
+    from .judge import Judge
+    from .llm import load_llm
+    if policy is None:
+        policy = load_llm(cfg.policy, base_url=cfg.base_url, api_key=cfg.api_key, max_retries=cfg.request_retries,
+                          timeout=cfg.timeout, max_batch=max(1, min(64, cfg.concurrency * cfg.n)))
+    if judge_llm is None:
+        if cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):
+            judge_llm = policy  # one copy of a local model in memory
+        else:
+            judge_llm = load_llm(cfg.judge, base_url=cfg.judge_base_url or cfg.base_url,
+                                 api_key=cfg.judge_api_key or cfg.api_key, max_retries=cfg.request_retries,
+                                 timeout=cfg.timeout, max_batch=max(1, min(64, cfg.concurrency * cfg.judge_orders)))
+    for llm in {id(policy): policy, id(judge_llm): judge_llm}.values():
+        if hasattr(llm, "check"):
+            llm.check()  # an unreachable endpoint or a bad key fails now, in one line
+    judge = Judge(judge_llm, cache_dir=_judge_cache(cfg), max_tokens=cfg.judge_max_tokens, orders=cfg.judge_orders,
+                  max_unparseable=cfg.max_unparseable)
+    return policy, judge
+
+
+def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):
+    """Run (or resume) SDF; returns (summary of this invocation, prefs counts over the whole file)."""
+    if cfg.n < 2:
+        raise BaizeError(f"--n {cfg.n}: SDF needs at least 2 candidates per prompt to rank")
+    prompts = load_prompts(cfg.prompts, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
+    policy, judge = load_policy_and_judge(cfg, policy, judge_llm)
+    ledger = Ledger(cfg.max_tokens_total, {"policy": (cfg.price_in, cfg.price_out),
+                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)})
+    secret = {"api_key": "***" if cfg.api_key else None, "judge_api_key": "***" if cfg.judge_api_key else None}
+    try:
+        summary = run_items(prompts, lambda p: sdf_one(p, policy, judge, cfg, ledger), out=cfg.out, ledger=ledger,
+                            concurrency=cfg.concurrency, label="sdf", noun="prompts", config=cfg, config_extra=secret,
+                            retry_failed=cfg.retry_failed, progress=cfg.progress, console=console,
+                            meta_of=lambda p: {"source": p.source, "context": p.context})
+    finally:
+        prefs = write_prefs(cfg.out)  # also after an error: what was written stays usable
+    return summary, prefs
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("sdf", help="self-distillation with feedback: sample n answers, a judge ranks them (Baize v2 data)")
+    add_dataclass_args(p, SDFConfig)
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    from rich.console import Console
+    cfg = dataclass_from_args(SDFConfig, args)
+    console = Console()
+    s, prefs = sdf(cfg, console=console)
+    print_summary(s, f"sdf -> {cfg.out}", console, unit="prompts")
+    agree = prefs["mean_agreement"]
+    console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs -> {prefs['prefs']}; "
+                  f"judge order agreement {'n/a' if agree is None else f'{agree:.2f}'}")
+    console.print(f"next: baize train --from {cfg.policy} --data {cfg.out} --out runs/v2   "
+                  f"(or --method dpo --data {prefs['prefs']})", soft_wrap=True)
+    return 130 if s.stopped == "interrupted" else 0
