@@ -2,6 +2,7 @@
 
     baize train --base default --data dialogues.jsonl --out runs/v1
     baize train --from runs/v1 --data sdf.jsonl --out runs/v2          # SDF's v2 continues v1's adapter
+    baize train --from runs/v1 --method dpo --data sdf.prefs.jsonl --out runs/v2-dpo   # v2 by DPO (dpo.py)
     accelerate launch --config_file examples/accelerate_ddp.yaml -m baize train ...   # DDP; FSDP, ZeRO-3 too
     baize merge runs/v1 --out merged/
 
@@ -35,7 +36,7 @@ def _opt(default, help: str, **meta):
 
 @dataclass
 class TrainConfig:
-    data: str | list = _opt("", "dialogue JSONL file(s), comma-separated")
+    data: str | list = _opt("", "dialogue JSONL file(s), comma-separated (--method dpo: preference pairs)")
     out: str = _opt("runs/v1", "run directory to write (adapter, tokenizer, loss curve, checkpoints)")
     base: str | None = _opt(None, "base model spec: default, hf:PATH_OR_ID, a model or run directory (default: default)")
     from_run: str | None = _opt(None, "continue training this run's adapter (its base, format and system)",
@@ -43,6 +44,9 @@ class TrainConfig:
     format: str | None = _opt(None, "chat format (default: --from's or the base run's, else baize, the paper's "
                                     "[|Human|]/[|AI|] transcript)", choices=["baize", "template"])
     system: str | None = _opt(None, "system prompt put before every dialogue that has none; recorded for chat/serve")
+    method: str = _opt("sft", "sft: fine-tune on dialogues; dpo: preference pairs {prompt, chosen, rejected} "
+                              "against the --from run (or --base) as the reference policy", choices=["sft", "dpo"])
+    beta: float = _opt(0.1, "DPO beta: how far the policy may move from the reference")
     loss: str = _opt("assistant", "tokens the loss is taken on: the assistant's turns, or every token (the paper)",
                      choices=["assistant", "all"])
     lora_r: int = _opt(8, "LoRA rank")
@@ -151,15 +155,17 @@ def prepare_data(cfg: TrainConfig, fmt, tokenizer, log, items: list | None = Non
         log(f"dropping {len(empty)} dialogues with {why} (at {where})")
         bad = {id(s) for _, s in empty}
         samples = [s for s in samples if id(s) not in bad]
-    samples = [{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples]
+    return split_val([{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples], cfg)
+
+
+def split_val(samples: list, cfg: TrainConfig, what: str = "dialogues") -> tuple[list, list]:
+    """(train, val): --val-size samples held out, drawn with --seed, both in file order."""
     n_val = int(cfg.val_size if cfg.val_size >= 1 else round(cfg.val_size * len(samples)))
     if n_val >= len(samples):
-        raise BaizeError(f"--val-size {cfg.val_size} leaves no training data ({len(samples)} dialogues)")
+        raise BaizeError(f"--val-size {cfg.val_size} leaves no training data ({len(samples)} {what})")
     order = list(range(len(samples)))
     random.Random(cfg.seed).shuffle(order)
-    val = [samples[i] for i in sorted(order[:n_val])]
-    train = [samples[i] for i in sorted(order[n_val:])]
-    return train, val
+    return [samples[i] for i in sorted(order[n_val:])], [samples[i] for i in sorted(order[:n_val])]
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -182,24 +188,29 @@ def resolve_precision(precision: str, device: str) -> str:
     return precision
 
 
-def load_for_training(cfg: TrainConfig, device: str, log):
-    """Base model (earlier adapters of a run chain merged in), then a trainable LoRA adapter on top."""
+def load_for_training(cfg: TrainConfig, device: str, log, *, adapter: bool = True):
+    """Base model (earlier adapters of a run chain merged in), then a trainable LoRA adapter on top
+    (without `adapter`, the caller adds it: DPO hands lora_config(cfg) to TRL)."""
     import torch
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import models
     ref = models.resolve(cfg.from_run or cfg.base)
     below = ref.adapters[:-1] if cfg.from_run else ref.adapters
     tok_dir = next((a for a in reversed(ref.adapters) if (Path(a) / "tokenizer_config.json").exists()), ref.base)
-    tok = AutoTokenizer.from_pretrained(tok_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(tok_dir)
+    except OSError as e:
+        raise BaizeError(f"cannot load the tokenizer of {tok_dir!r}: {str(e).splitlines()[0]}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     if cfg.quantize:
         if device != "cuda":
             raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
         if below:
-            raise BaizeError("--quantize cannot merge earlier adapters into a quantized base: `baize merge` first")
+            raise BaizeError(f"--quantize cannot merge {below[-1]} into a quantized base: `baize merge {below[-1]} "
+                             f"--out DIR` first and train on --base DIR")
         try:
             from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
@@ -219,19 +230,30 @@ def load_for_training(cfg: TrainConfig, device: str, log):
         dtype = None if device == "cpu" else ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
         model, _ = models.load_model(models.ModelRef(ref.base, list(below)), device="cpu", dtype=dtype, merge=True)
     model.config.use_cache = False  # a cache in training only costs memory, and hides packing from the mask code
+    if not adapter:
+        return model, tok
     if cfg.from_run:
         model = PeftModel.from_pretrained(model, cfg.from_run, is_trainable=True)
         lc = model.peft_config["default"]
         log(f"continuing the adapter of {cfg.from_run} (r={lc.r}, alpha={lc.lora_alpha})")
     else:
-        targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
-            [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM",
-                                                 lora_dropout=cfg.lora_dropout, target_modules=targets))
+        model = get_peft_model(model, lora_config(cfg))
+    log_lora(model, log)
+    return model, tok
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+    targets = cfg.target_modules if cfg.target_modules == "all-linear" else \
+        [t.strip() for t in cfg.target_modules.split(",") if t.strip()]
+    return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, task_type="CAUSAL_LM", lora_dropout=cfg.lora_dropout,
+                      target_modules=targets)
+
+
+def log_lora(model, log) -> None:
     names = sorted({n.split(".lora_A.")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A." in n})
     n_train, n_all = model.get_nb_trainable_parameters()
     log(f"LoRA on {', '.join(names)}: {n_train:,} trainable of {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
-    return model, tok
 
 
 # --- training ------------------------------------------------------------------------------------
@@ -273,6 +295,12 @@ def _progress(run_dir: Path, log, is_main: bool):
                 return
             now = time.perf_counter()
             rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
+            # DPO: TRL's implicit rewards (beta x log-ratio to the reference) and log-probs, eval_ ones too
+            extra = {k: v for k, v in logs.items() if k.split("_", 1)[-1].startswith(("rewards/", "logps/"))}
+            dpo = "".join(f"  {name} {logs[k]:.3f}" for k, name in (("rewards/margins", "margin"),
+                                                                   ("rewards/accuracies", "acc"),
+                                                                   ("eval_rewards/margins", "eval margin"),
+                                                                   ("eval_rewards/accuracies", "eval acc")) if k in logs)
             if "loss" in logs:
                 tps = (state.num_input_tokens_seen - self.last_tok) / max(now - self.last_t, 1e-9)
                 cps = (state.num_input_tokens_seen - self.last_tok) / max(time.process_time() - self.last_c, 1e-9)
@@ -283,12 +311,13 @@ def _progress(run_dir: Path, log, is_main: bool):
                            tokens=state.num_input_tokens_seen, tokens_per_s=round(tps, 1),
                            tokens_per_cpu_s=round(cps, 1))
                 log(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
-                    f"lr {logs.get('learning_rate', 0):.2e}  {tps:.0f} tok/s  eta {_hms(eta)}")
+                    f"lr {logs.get('learning_rate', 0):.2e}  {tps:.0f} tok/s  eta {_hms(eta)}{dpo}")
             elif "eval_loss" in logs:
                 rec["eval_loss"] = logs["eval_loss"]
-                log(f"step {state.global_step}  eval loss {logs['eval_loss']:.4f}")
+                log(f"step {state.global_step}  eval loss {logs['eval_loss']:.4f}{dpo}")
             else:
                 return
+            rec.update(extra)
             with (run_dir / LOSS_FILE).open("a") as f:
                 f.write(json.dumps(rec) + "\n")
 
@@ -312,15 +341,21 @@ def plot_loss(run_dir: str | Path) -> Path | None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     recs = [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
-    fig = Figure(figsize=(7, 4))
+    panels = [("loss", (("loss", "-", "train"), ("eval_loss", "o-", "eval")))]
+    if any("rewards/margins" in r for r in recs):  # DPO: a second panel with the reward margin and accuracy
+        panels.append(("reward", (("rewards/margins", "-", "margin"), ("rewards/accuracies", "--", "accuracy"),
+                                  ("eval_rewards/margins", "o-", "eval margin"),
+                                  ("eval_rewards/accuracies", "s--", "eval accuracy"))))
+    fig = Figure(figsize=(7, 4 * len(panels)))
     FigureCanvasAgg(fig)
-    ax = fig.add_subplot(xlabel="step", ylabel="loss", title=run_dir.name)
-    for key, style, label in (("loss", "-", "train"), ("eval_loss", "o-", "eval")):
-        pts = [(r["step"], r[key]) for r in recs if key in r]
-        if pts:
-            ax.plot(*zip(*pts), style, label=label)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    for i, (ylabel, series) in enumerate(panels):
+        ax = fig.add_subplot(len(panels), 1, i + 1, xlabel="step", ylabel=ylabel, title=run_dir.name if i == 0 else None)
+        for key, style, label in series:
+            pts = [(r["step"], r[key]) for r in recs if key in r]
+            if pts:
+                ax.plot(*zip(*pts), style, label=label)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.savefig(run_dir / "loss.png", dpi=100, bbox_inches="tight")
     return run_dir / "loss.png"
 
@@ -388,7 +423,7 @@ def _compat_args(cfg: TrainConfig, batching: str) -> dict:
 
 
 def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
-    """Train (or resume, or continue --from) a LoRA run; returns the run directory."""
+    """Train (or resume, or continue --from) a LoRA run, by SFT or DPO (dpo.py); returns the run directory."""
     import resource
 
     import torch
@@ -412,19 +447,29 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     if cfg.resume and not last:
         log(f"no checkpoint in {ckpt_dir}: starting from step 0")
     cfg = _resolve_run_settings(cfg)
+    dpo = None  # --method dpo: dpo.py supplies the data, the reference, TRL's trainer and the run record
+    if cfg.method == "dpo":
+        from . import dpo
+        dpo.check(cfg)
+    elif cfg.method != "sft":
+        raise BaizeError(f"unknown --method {cfg.method!r}: use sft or dpo")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if cfg.quantize and device != "cuda":
         raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
     precision = resolve_precision(cfg.precision, device)
-    items = read_dialogues(cfg.data_files())  # a bad line fails here, before minutes of model loading
+    # a bad line fails here, before minutes of model loading
+    items = dpo.read_prefs(cfg.data_files()) if dpo else read_dialogues(cfg.data_files())
     set_seed(cfg.seed)
-    model, tok = load_for_training(cfg, device, log)
+    model, tok = load_for_training(dpo.policy_config(cfg) if dpo else cfg, device, log, adapter=not dpo)
     fmt = get_format(cfg.format, tok)
-    train_set, val_set = prepare_data(cfg, fmt, tok, log, items)
+    train_set, val_set = (dpo.prepare_prefs if dpo else prepare_data)(cfg, fmt, tok, log, items)
 
-    batching = choose_packing(model, len(tok), cfg.max_length, log) if cfg.batching == "packed" else cfg.batching
-    attn = model.get_base_model().config._attn_implementation
-    if device == "cpu":
+    if dpo:  # TRL's collator pads each batch's chosen and rejected sequences to the longest one
+        batching = "longest"
+    else:
+        batching = choose_packing(model, len(tok), cfg.max_length, log) if cfg.batching == "packed" else cfg.batching
+    attn = model.config._attn_implementation
+    if device == "cpu" and not dpo:
         cpu_speedups(model, bf16=precision == "bf16", ours=cfg.speedups)
     micro = min(cfg.micro_batch_size, max(1, cfg.batch_size // world))
     accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
@@ -434,13 +479,15 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     per_epoch = math.ceil(len(train_set) / (micro * world * accum))
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
     warmup = int(cfg.warmup) if cfg.warmup >= 1 else int(cfg.warmup * total)  # floor: a short run keeps its first step
-    log(f"{len(train_set)} train / {len(val_set)} val dialogues; {total} steps of {micro * accum * world} dialogues "
+    unit = "pairs" if dpo else "dialogues"
+    log(f"{len(train_set)} train / {len(val_set)} val {unit}; {total} steps of {micro * accum * world} {unit} "
         f"({micro} per pass, {accum} accumulated, {world} process{'es' if world > 1 else ''}); "
-        f"{batching} batches ({attn} attention), {precision}, loss on {'assistant turns' if cfg.loss == 'assistant' else 'all tokens'}")
+        f"{batching} batches ({attn} attention), {precision}, " + (f"DPO (beta {cfg.beta}) on the completions" if dpo else
+                                                                  f"loss on {'assistant turns' if cfg.loss == 'assistant' else 'all tokens'}"))
     if is_main:
         save_config(cfg, run_dir / CONFIG_FILE, world_size=world, effective_batch=micro * accum * world,
                     batching_used=batching, precision_used=precision)
-    args = TrainingArguments(
+    args = (dpo.args_class(cfg) if dpo else TrainingArguments)(
         output_dir=str(ckpt_dir), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
         gradient_accumulation_steps=accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
         learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=warmup,
@@ -453,11 +500,18 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
         include_num_input_tokens_seen="all" if batching == "packed" else "non_padding",
         dataloader_num_workers=0, log_level="warning", prediction_loss_only=True)
     progress = _progress(run_dir, log, is_main)
-    trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
-                      data_collator=Collator(tok, batching, cfg.max_length, trim=accepts_logits_to_keep(model)), processing_class=tok,
-                      callbacks=[progress, *callbacks])
+    if dpo:  # TRL adds the LoRA adapter: its reference, the model with the adapter disabled, is the policy spec
+        trainer = dpo.make_trainer(cfg, model, tok, args, train_set, val_set, [progress, *callbacks])
+        model = trainer.model
+        log_lora(model, log)
+        if device == "cpu":
+            cpu_speedups(model, bf16=precision == "bf16", ours=cfg.speedups)
+    else:
+        trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+                          data_collator=Collator(tok, batching, cfg.max_length, trim=accepts_logits_to_keep(model)),
+                          processing_class=tok, callbacks=[progress, *callbacks])
     trainer.remove_callback(PrinterCallback)  # our Progress prints the same, one line per step
-    before = _adapter_b(model) if cfg.from_run else None
+    before = _adapter_b(model) if cfg.from_run and not dpo else None
     t0 = time.perf_counter()
     try:
         trainer.train(resume_from_checkpoint=last if cfg.resume else None)
@@ -481,9 +535,9 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
         return run_dir
     n = check_adapter(run_dir, before)
     tok.save_pretrained(run_dir)
-    models.write_run(run_dir, base=cfg.base, format=cfg.format, system=cfg.system, from_run=cfg.from_run,
-                     data=[str(Path(p).resolve()) for p in cfg.data_files()], steps=trainer.state.global_step,
-                     lora=_lora_record(model))
+    models.write_run(run_dir, base=dpo.policy_spec(cfg) if dpo else cfg.base, format=cfg.format, system=cfg.system,
+                     from_run=cfg.from_run, data=[str(Path(p).resolve()) for p in cfg.data_files()],
+                     steps=trainer.state.global_step, lora=_lora_record(model), **(dpo.run_record(cfg) if dpo else {}))
     (tw, cw, kw, sw), (t1, c1, k1, s1) = progress.warm or (0, 0, 0, 0), getattr(progress, "end", (0, 0, 0, 0))
     summary = {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - t0, 1),
                "tokens": trainer.state.num_input_tokens_seen,
@@ -492,7 +546,7 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
                "tokens_per_cpu_s": round((k1 - kw) / (c1 - cw), 1) if s1 > sw else None,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
                "batching": batching, "attention": attn, "precision": precision, "world_size": world, "ddp_adapter_checksums": checksums,
-               "adapter_tensors": n}
+               "adapter_tensors": n, **(dpo.summary(trainer) if dpo else {})}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     plot_loss(run_dir)
     log(f"saved {run_dir} ({n} adapter tensors, {summary['steps']} steps, {summary['seconds']}s); "

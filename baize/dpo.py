@@ -1,0 +1,219 @@
+"""v2 by DPO from preference pairs (`baize train --method dpo`), beyond the paper's SDF fine-tuning.
+
+    baize train --from runs/v1 --method dpo --data data/sdf.prefs.jsonl --out runs/v2-dpo
+
+TRL's DPOTrainer computes the loss; train.py's loop does the rest as for SFT (checkpoints, --resume,
+--val-size, progress, loss.jsonl/loss.png, the adapter check, baize_run.json). What is ours:
+
+- The reference is v1 exactly. TRL, given a model and a LoRA config, takes the model with its adapter
+  disabled as the reference; so v1's adapter chain is merged into the base first (as for any run used
+  as --base) and a fresh adapter goes on top. The new run's base is v1's run directory: a chain that
+  models.resolve, chat, serve and merge already follow.
+- The pairs are rendered in the run's chat format and tokenized here: the prompt exactly as chat
+  prompts it (`render(..., add_generation_prompt=True)`, the run's system prompt added when the row has
+  none), the completion as the assistant text with the format's end of turn (baize: up to the next
+  `[|Human|]`; template: up to `<|im_end|>\\n` or the template's equivalent), the tokens SFT trained.
+  TRL gets token ids: from strings it would re-tokenize and end each completion with EOS, which
+  neither format trains. The loss is on the completions only (TRL's completion_mask).
+- Every row is validated, a bad one named by file:line and field.
+
+Rows are TRL's conversational preference shape, so `datasets.load_dataset("json", ...)` reads them
+and a plain DPOTrainer accepts them unchanged:
+    {"id": "...", "prompt": [{"role": "user", "content": "..."}], "chosen": [{"role": "assistant",
+     "content": "..."}], "rejected": [{"role": "assistant", "content": "..."}], "meta": {...}}
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from .config import BaizeError
+
+ROLES = ("system", "user", "assistant")
+ASSISTANT_SHAPE = '[{"role": "assistant", "content": "..."}]'
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+def _check_messages(msgs, where: str, field: str) -> None:
+    if not isinstance(msgs, list) or not msgs:
+        raise BaizeError(f"{where}: field '{field}' must be a non-empty list of {{role, content}} messages")
+    for i, m in enumerate(msgs):
+        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+            raise BaizeError(f"{where}: {field}[{i}] must be {{\"role\": system|user|assistant, \"content\": string}}")
+        if m["role"] == "system" and i:
+            raise BaizeError(f"{where}: {field}[{i}]: a system message may only come first")
+
+
+def check_row(row, where: str) -> dict:
+    """One preference row, or a one-line error naming file:line and the field to fix."""
+    if not isinstance(row, dict):
+        raise BaizeError(f"{where}: expected a JSON object with 'prompt', 'chosen' and 'rejected', "
+                         f"got {type(row).__name__}")
+    for field in ("prompt", "chosen", "rejected"):
+        if field not in row:
+            raise BaizeError(f"{where}: field '{field}' is missing (rows are {{prompt, chosen, rejected}}, "
+                             f"as `baize sdf` writes them)")
+    _check_messages(row["prompt"], where, "prompt")
+    if row["prompt"][-1]["role"] != "user":
+        raise BaizeError(f"{where}: field 'prompt' must end with a user message, not {row['prompt'][-1]['role']}")
+    for field in ("chosen", "rejected"):
+        msgs = row[field]
+        if (not isinstance(msgs, list) or len(msgs) != 1 or not isinstance(msgs[0], dict)
+                or msgs[0].get("role") != "assistant" or not isinstance(msgs[0].get("content"), str)):
+            raise BaizeError(f"{where}: field '{field}' must be one assistant message: {ASSISTANT_SHAPE}")
+        if not msgs[0]["content"].strip():
+            raise BaizeError(f"{where}: field '{field}' has an empty answer")
+    if row["chosen"][0]["content"].strip() == row["rejected"][0]["content"].strip():
+        raise BaizeError(f"{where}: chosen equals rejected: drop that row")
+    return row
+
+
+def read_prefs(paths: list[str]) -> list[tuple[dict, str]]:
+    """Every row with its 'file:line', validated before anything is loaded or written."""
+    if not paths:
+        raise BaizeError("no preference data: pass --data prefs.jsonl[,more.jsonl] ({prompt, chosen, rejected} "
+                         "rows, e.g. the OUT.prefs.jsonl of `baize sdf`)")
+    out = []
+    for p in paths:
+        if not Path(p).is_file():
+            raise BaizeError(f"{p}: no such file")
+        with open(p, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                where = f"{p}:{n}"
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BaizeError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") \
+                        from None
+                out.append((check_row(row, where), where))
+    if not out:
+        raise BaizeError(f"no preference pairs in {', '.join(paths)}")
+    return out
+
+
+def _common_prefix(a: list, b: list) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def encode_pair(row: dict, fmt, tokenizer, system: str | None = None) -> dict:
+    """prompt_ids / chosen_ids / rejected_ids in the run's chat format (what TRL's collator takes).
+
+    The prompt is the chat-time prompt; each completion is the last assistant span of the rendered
+    dialogue (the span SFT labels), tokenized with its prompt as SFT tokenizes and cut where the prompt's
+    own tokens end (TRL does the same for its conversational rows)."""
+    prompt = list(row["prompt"])
+    if system and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system}] + prompt
+    text = fmt.render(prompt, add_generation_prompt=True)
+    prompt_ids = tokenizer(text, add_special_tokens=fmt.add_special_tokens)["input_ids"]
+    full = {}
+    for key in ("chosen", "rejected"):
+        rendered, spans = fmt.render_spans(prompt + row[key])
+        start, end = spans[-1]
+        if rendered[:start] != text:
+            raise BaizeError(f"the {fmt.name} format renders a prompt differently before its reply than as a chat "
+                             f"prompt; use --format baize")
+        full[key] = tokenizer(rendered[:end], add_special_tokens=fmt.add_special_tokens)["input_ids"]
+    n = min(_common_prefix(prompt_ids, full["chosen"]), _common_prefix(prompt_ids, full["rejected"]))
+    return {"prompt_ids": prompt_ids[:n], "chosen_ids": full["chosen"][n:], "rejected_ids": full["rejected"][n:]}
+
+
+def prepare_prefs(cfg, fmt, tokenizer, log, items: list[tuple[dict, str]]):
+    """(train, val) datasets of token ids; refuses pairs whose prompt fills --max-length."""
+    from datasets import Dataset
+
+    from .train import split_val
+    pairs = [encode_pair(r, fmt, tokenizer, cfg.system) for r, _ in items]
+    mean = {k: sum(len(p[k]) for p in pairs) / len(pairs) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
+    cut = sum(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) > cfg.max_length for p in pairs)
+    log(f"data: {len(pairs)} preference pairs ({fmt.name} format), mean tokens: prompt {mean['prompt_ids']:.0f}, "
+        f"chosen {mean['chosen_ids']:.0f}, rejected {mean['rejected_ids']:.0f}; {cut} truncated to {cfg.max_length}")
+    # TRL's collator keeps the first --max-length tokens of prompt + completion
+    full = [where for (_, where), p in zip(items, pairs) if len(p["prompt_ids"]) >= cfg.max_length]
+    if full:
+        at = ", ".join(full[:3]) + (" ..." if len(full) > 3 else "")
+        if not cfg.drop_truncated:
+            raise BaizeError(f"{len(full)} of {len(pairs)} pairs have a prompt of {cfg.max_length}+ tokens, nothing "
+                             f"left to compare (at {at}): raise --max-length, or pass --drop-truncated to skip them")
+        log(f"dropping {len(full)} pairs whose prompt fills --max-length (at {at})")
+        pairs = [p for p in pairs if len(p["prompt_ids"]) < cfg.max_length]
+    train, val = split_val(pairs, cfg, "pairs")
+    return Dataset.from_list(train), (Dataset.from_list(val) if val else [])
+
+
+# --- model and trainer ---------------------------------------------------------------------------
+
+def check(cfg) -> None:
+    """Flags that DPO refuses, and a TRL with the 1.x DPOTrainer (token-id datasets, completion_mask)."""
+    if cfg.loss != "assistant":
+        raise BaizeError("--loss all is for SFT: DPO compares the chosen and rejected completions only")
+    import trl
+    from packaging.version import Version
+    if Version(trl.__version__) < Version("1.0"):
+        raise BaizeError(f"--method dpo needs trl>=1.0 (installed: {trl.__version__}): pip install -U 'trl>=1.0'")
+
+
+def policy_spec(cfg) -> str:
+    """The model DPO starts from and compares against: --from's run (v1), else --base."""
+    return cfg.from_run or cfg.base
+
+
+def policy_config(cfg):
+    """The config load_for_training reads to load the policy with every adapter of its chain merged in."""
+    return replace(cfg, base=policy_spec(cfg), from_run=None)
+
+
+def args_class(cfg):
+    """DPOConfig with --beta and --max-length; train.py passes the TrainingArguments both methods share."""
+    import functools
+
+    from trl import DPOConfig
+    return functools.partial(DPOConfig, beta=cfg.beta, max_length=cfg.max_length, loss_type=["sigmoid"],
+                             disable_dropout=True, truncation_mode="keep_start")
+
+
+def _trainer_class():
+    from trl import DPOTrainer
+
+    class BaizeDPOTrainer(DPOTrainer):
+        """DPOTrainer on datasets already tokenized in the run's format (prompt_ids, chosen_ids, rejected_ids)."""
+
+        def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+            if "prompt_ids" in dataset.column_names:
+                return dataset
+            return super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+
+    return BaizeDPOTrainer
+
+
+def make_trainer(cfg, model, tokenizer, args, train_set, val_set, callbacks):
+    """TRL wraps `model` (the policy, chain merged) with a fresh adapter from the LoRA flags; no `ref` copy:
+    the reference is that model with the adapter disabled."""
+    from .train import lora_config
+    return _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+                            processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
+
+
+def run_record(cfg) -> dict:
+    """Lineage for baize_run.json (train.py writes base = the reference, from_run, data files)."""
+    return {"method": "dpo", "beta": cfg.beta, "reference": policy_spec(cfg)}
+
+
+def summary(trainer) -> dict:
+    """The last logged reward margin and accuracy (train and eval) for train_summary.json."""
+    out = {}
+    for prefix in ("", "eval_"):
+        last = next((h for h in reversed(trainer.state.log_history) if f"{prefix}rewards/margins" in h), None)
+        if last:
+            out[f"{prefix}reward_margin"] = round(last[f"{prefix}rewards/margins"], 4)
+            out[f"{prefix}reward_accuracy"] = round(last[f"{prefix}rewards/accuracies"], 4)
+    return out
