@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import threading
 from concurrent.futures import Future
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import BaizeError
+from .engine import Completion
 from .schema import repair_torn_tail
 
 __all__ = ["Judge", "Ranking", "Verdict", "Score", "JudgeError", "parse_ranking", "parse_pair", "parse_score",
@@ -421,6 +423,30 @@ def agreement(orders: list[list[int]], k: int) -> float | None:
     return same / len(pairs)
 
 
+def _choose(llm, kind: str, messages: list[dict]) -> str:
+    """A verdict in the strict format, chosen by the model's log-probs of each option after the
+    format's opening (no text is generated), with those log-probs on a first line for the record."""
+    if kind == "pair":
+        opts = ["A", "B", "C"]
+        lp = llm.option_logprobs(messages, "[[", opts)
+        verdict = f"[[{opts[max(range(3), key=lp.__getitem__)]}]]"
+    elif kind == "score":
+        opts = [str(i) for i in range(1, 11)]
+        lp = llm.option_logprobs(messages, "Rating: [[", opts)
+        m = max(lp)
+        w = [math.exp(x - m) for x in lp]
+        # the expected rating: a continuous value separates answers the argmax would tie
+        verdict = f"Rating: [[{sum((i + 1) * x for i, x in enumerate(w)) / sum(w):.2f}]]"
+    else:
+        k = messages[-1]["content"].count("[The Start of Response [[")
+        opts = _numbers(k)
+        lp = llm.option_logprobs(messages, "Ranking: [[", opts)
+        # listwise from one distribution: the labels by how likely each is to be named best
+        verdict = "Ranking: " + " > ".join(f"[[{opts[i]}]]" for i in sorted(range(k), key=lambda i: -lp[i]))
+    probs = ", ".join(f"{o} {x:.3f}" for o, x in zip(opts, lp))
+    return f"(chosen by log-probability: {probs})\n{verdict}"
+
+
 # --- the judge --------------------------------------------------------------------------------------
 
 class Judge:
@@ -429,9 +455,16 @@ class Judge:
     CACHE_FILE = "judge_cache.jsonl"
 
     def __init__(self, llm, cache_dir=None, max_tokens: int = 512, temperature: float = 0.0,
-                 max_unparseable: int | None = 8, orders: int = 2):
+                 max_unparseable: int | None = 8, orders: int = 2, mode: str = "auto"):
         if orders < 2:
             raise ValueError("Judge: orders must be >= 2 (one order cannot separate position bias from quality)")
+        if mode not in ("auto", "text", "choice"):
+            raise ValueError(f"Judge: mode {mode!r}: use auto, text or choice")
+        # choice: the verdict is the most probable of its fixed options (a local model's next-token
+        # log-probs) instead of written text; auto picks it for local models, which can score options
+        self.choice = mode == "choice" or (mode == "auto" and hasattr(llm, "option_logprobs"))
+        if self.choice and not hasattr(llm, "option_logprobs"):
+            raise ValueError(f"Judge: mode choice needs a local model; {getattr(llm, 'name', llm)} only writes text")
         self.llm = llm
         self.name = getattr(llm, "name", type(llm).__name__)
         self.max_tokens, self.temperature = max_tokens, temperature
@@ -475,7 +508,8 @@ class Judge:
 
     # one LLM call, through the cache ------------------------------------------------------------
     def _key(self, kind: str, messages: list[dict]) -> str:
-        blob = json.dumps([self.name, kind, messages, self.temperature, self.max_tokens],
+        blob = json.dumps([self.name, kind + ("/choice" if self.choice else ""), messages, self.temperature,
+                           self.max_tokens],
                           ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
@@ -499,8 +533,11 @@ class Judge:
                 self._usage["cache_hits"] += 1
             return entry["text"]
         try:
-            c = self.llm.chat(messages, n=1, temperature=self.temperature, top_p=1.0,
-                              max_tokens=self.max_tokens, stop=None, seed=0)[0]
+            if self.choice:
+                c = Completion(_choose(self.llm, kind, messages), 0, 0)
+            else:
+                c = self.llm.chat(messages, n=1, temperature=self.temperature, top_p=1.0,
+                                  max_tokens=self.max_tokens, stop=None, seed=0)[0]
         except BaseException as e:
             with self._lock:
                 self._inflight.pop(key, None)

@@ -162,14 +162,54 @@ class HFLLM:
         self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
 
     def prompt_ids(self, messages: list[dict]) -> list[int]:
-        if self.system and not (messages and messages[0]["role"] == "system"):
-            messages = [{"role": "system", "content": self.system}] + list(messages)
-        return self.format.encode(self.format.render(messages, add_generation_prompt=True))
+        return self.format.encode(self.format.render(self._with_system(messages), add_generation_prompt=True))
 
     def submit(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
         ids = self.prompt_ids(messages)
         params = GenParams(temperature, top_p, max_tokens, list(self.format.stop) + list(stop or []), seed)
         return [self.engine.submit(ids, params, None if seed is None else seed + i) for i in range(n)]
+
+    def option_logprobs(self, messages: list[dict], prefix: str, options: list[str]) -> list[float]:
+        """log P(option | prompt + the start of the reply `prefix`), summed over the option's tokens.
+
+        Lets a judge choose its verdict among fixed options ("A"/"B"/"C", labels, 1-10) instead of
+        writing it: a small local model that cannot follow a verdict format still gives a parseable,
+        comparable answer. transformers has no such call (generate() scores only what it sampled):
+        one forward pass over the prompt gives every one-token option; a longer option continues
+        from the prompt's KV cache, which is cropped back afterwards."""
+        import torch
+        prompt = self.format.render(self._with_system(messages), add_generation_prompt=True) + prefix
+        ctx = self.format.encode(prompt)
+        dev = self.model.device
+        with torch.inference_mode():
+            out = self.model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            cache = out.past_key_values
+            scores = []
+            for opt in options:
+                full = self.format.encode(prompt + opt)
+                if full[:len(ctx)] != ctx or len(full) == len(ctx):
+                    # the option merged with the prompt's last token: score that row on its own
+                    k = next((i for i, (a, b) in enumerate(zip(ctx, full)) if a != b), len(full) - 1)
+                    logits = self.model(input_ids=torch.tensor([full], device=dev)).logits[0].float()
+                    lp = torch.log_softmax(logits, dim=-1)
+                    scores.append(sum(float(lp[t - 1, full[t]]) for t in range(max(k, 1), len(full))))
+                    continue
+                toks = full[len(ctx):]
+                total = float(first[toks[0]])
+                if len(toks) > 1:
+                    more = self.model(input_ids=torch.tensor([toks[:-1]], device=dev), past_key_values=cache,
+                                      use_cache=True).logits[0].float()
+                    lp = torch.log_softmax(more, dim=-1)
+                    total += sum(float(lp[j, toks[j + 1]]) for j in range(len(toks) - 1))
+                    cache.crop(-(len(toks) - 1))  # back to the prompt alone
+                scores.append(total)
+        return scores
+
+    def _with_system(self, messages):
+        if self.system and not (messages and messages[0]["role"] == "system"):
+            return [{"role": "system", "content": self.system}] + list(messages)
+        return messages
 
     def chat(self, messages, **kw):
         out = []

@@ -47,6 +47,9 @@ class SDFConfig:
     judge_max_tokens: int = _opt(512, "max new tokens per judge reply")
     judge_orders: int = _opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")
     min_agreement: float = _opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
+    judge_mode: str = _opt("auto", "text: the judge writes its verdict; choice: the most probable of the verdict's "
+                                    "options (local judges only); auto: choice for local judges, text for endpoints",
+                           choices=["auto", "text", "choice"])
     max_unparseable: int = _opt(8, "stop after this many unparseable judge verdicts in a row")
     judge_cache: str | None = _opt(None, "verdict cache directory (default: OUT's name + .judge_cache; 'none': off)")
     concurrency: int = _opt(8, "prompts in flight at once")
@@ -256,7 +259,7 @@ def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
         if hasattr(llm, "check"):
             llm.check()  # an unreachable endpoint or a bad key fails now, in one line
     judge = Judge(judge_llm, cache_dir=_judge_cache(cfg), max_tokens=cfg.judge_max_tokens, orders=cfg.judge_orders,
-                  max_unparseable=cfg.max_unparseable)
+                  max_unparseable=cfg.max_unparseable, mode=cfg.judge_mode)
     return policy, judge
 
 

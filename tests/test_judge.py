@@ -377,3 +377,67 @@ def test_concurrent_pairs_share_the_cache(tmp_path):
     lines = (tmp_path / "judge_cache.jsonl").read_text().splitlines()
     assert len(lines) == 16 and all(json.loads(x)["text"] for x in lines)
     assert isinstance(got[0], Verdict) and Ranking and Score
+
+
+# --- choice mode: local judges pick the verdict among its options by log-probability -------------
+
+class ChoiceLLM:
+    """Scores options like a local model would: prefers whichever shown answer says GOOD."""
+    name = "choice-judge"
+
+    def __init__(self):
+        self.asked = []
+
+    def option_logprobs(self, messages, prefix, options):
+        self.asked.append((prefix, list(options)))
+        text = messages[-1]["content"]
+        if prefix == "[[":  # pair: which label holds the GOOD answer
+            a = text.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
+            return [-0.1, -2.0, -3.0] if "GOOD" in a else [-2.0, -0.1, -3.0]
+        if prefix.startswith("Rating"):
+            good = "GOOD" in text
+            return [-5.0 + (i if good else -i) * 0.1 for i in range(len(options))]
+        blocks = text.split("[The Start of Response [[")[1:]
+        return [-0.1 if "GOOD" in b else -1.0 - i * 0.01 for i, b in enumerate(blocks)]
+
+    def chat(self, *a, **k):
+        raise AssertionError("a choice-mode judge never generates text")
+
+
+def test_choice_mode_for_local_judges(tmp_path):
+    llm = ChoiceLLM()
+    j = Judge(llm, cache_dir=tmp_path)
+    assert j.choice  # auto: the model can score options
+    v = j.pair("Q?", "meh", "GOOD answer")
+    assert (v.winner, v.consistent) == ("B", True) and "log-probability" in v.raw[0]
+    r = j.rank("Q?", ["x", "y", "GOOD z", "w"])
+    assert r.order[0] == 2 and r.orders[0][0] == r.orders[1][0] == 2
+    good, bad = j.score("Q?", "GOOD"), j.score("Q?", "bad")
+    assert 1 <= bad.value < good.value <= 10 and good.value != round(good.value)  # the expected rating
+    n = len(llm.asked)
+    again = Judge(llm, cache_dir=tmp_path)
+    assert again.pair("Q?", "meh", "GOOD answer").cached and len(llm.asked) == n
+    assert not Judge(llm, mode="text").choice
+    with pytest.raises(ValueError, match="local model"):
+        Judge(FakeLLM(["[[A]]"]), mode="choice")
+
+
+def test_option_logprobs_equal_a_full_forward(tiny_model_dir):
+    """The prompt's KV cache reused for multi-token options gives the log-probs of a plain forward."""
+    import torch
+
+    from baize.llm import HFLLM
+    llm = HFLLM(str(tiny_model_dir))
+    msgs = [{"role": "user", "content": "Rate this."}]
+    opts = ["1", "10", "A", " maybe so"]
+    got = llm.option_logprobs(msgs, "Rating: [[", opts)
+    prompt = llm.format.render(msgs, add_generation_prompt=True) + "Rating: [["
+    ctx = llm.format.encode(prompt)
+    for opt, value in zip(opts, got):
+        full = llm.format.encode(prompt + opt)
+        with torch.no_grad():
+            lp = torch.log_softmax(llm.model(input_ids=torch.tensor([full])).logits[0].float(), -1)
+        want = sum(float(lp[t - 1, full[t]]) for t in range(len(ctx), len(full)))
+        assert value == pytest.approx(want, abs=1e-4)
+    assert len(llm.format.encode(prompt + "10")) - len(ctx) == 2  # a multi-token option was covered
+    llm.engine.close()
