@@ -1,4 +1,4 @@
-"""`baize collect | data | sdf | train | merge | chat | serve | ui | pipeline`.
+"""`baize collect | data | sdf | train | eval | merge | chat | serve | ui | pipeline`.
 
 Each stage module adds its own subcommand (`add_cli`) and keeps torch/fastapi imports inside the
 functions that need them, so `baize --help` is instant.
@@ -16,6 +16,7 @@ STAGES = [
     "baize.sdf",       # sdf (Baize v2 data: sample, judge, keep the best and the ranking)
     "baize.train",     # train
     "baize.merge",     # merge
+    "baize.evaluate",  # eval (judged win rates, scores, NLL, report)
     "baize.chat",      # chat
     "baize.server",    # serve
     "baize.ui",        # ui

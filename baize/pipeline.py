@@ -1,8 +1,10 @@
 """`baize pipeline`: the whole loop, end to end, with defaults that run offline on a 2-core CPU.
 
-seeds -> collect (teacher) -> data stats -> train v1 (LoRA) -> base vs v1 on one question ->
-the commands to chat with and serve the result. Every step writes into --out and is resumable:
-rerunning skips dialogues already collected and a run already trained.
+seeds -> collect (teacher) -> train v1 (LoRA) -> SDF (v1 samples, the judge ranks) -> train v2 from
+v1 on the best answers -> eval base, v1, v2 (judged win rates, scores, NLL) -> report. Every step
+writes into --out and is resumable: a rerun after a kill skips what is done (dialogues, candidates,
+verdicts, answers are appended per record; a trained run is kept, a half-trained one resumes from
+its last checkpoint). --teacher and --judge openai:... swap in real models with the same command.
 """
 from __future__ import annotations
 
@@ -10,27 +12,40 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import add_dataclass_args, dataclass_from_args, save_config
+from .config import BaizeError, add_dataclass_args, dataclass_from_args, save_config
+from .schema import sidecar
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class PipelineConfig:
-    out: str = field(default="runs/demo", metadata={"help": "directory for every output of the loop"})
-    seeds: str = field(default="quora", metadata={"help": "seeds for collection (see `baize collect --help`)"})
-    limit: int = field(default=8, metadata={"help": "number of seeds to collect dialogues for"})
-    teacher: str = field(default="default", metadata={"help": "teacher model spec"})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL for an openai: teacher"})
-    mode: str = field(default="turns", metadata={"help": "collection mode", "choices": ["oneshot", "turns"]})
-    max_turns: int = field(default=2, metadata={"help": "exchanges per dialogue (turns mode)"})
-    max_tokens: int = field(default=160, metadata={"help": "max new tokens per teacher call"})
-    temperature: float = field(default=0.7, metadata={"help": "teacher temperature (a 135M teacher rambles at 1.0)"})
-    concurrency: int = field(default=8, metadata={"help": "dialogues in flight"})
-    base: str = field(default="default", metadata={"help": "model to tune"})
-    format: str = field(default="template", metadata={"help": "chat format to train with", "choices": ["baize", "template"]})
-    max_steps: int = field(default=8, metadata={"help": "training steps for v1 (a bounded demo run)"})
-    batch_size: int = field(default=8, metadata={"help": "effective batch for the demo run"})
-    question: str = field(default="How can I learn to cook healthy meals on a budget?",
-                          metadata={"help": "asked of base and v1 at the end"})
+    out: str = _opt("runs/demo", "directory for every output of the loop")
+    seeds: str = _opt("quora", "seeds for collection and SDF prompts (see `baize collect --help`)")
+    limit: int = _opt(8, "seeds to collect dialogues for")
+    teacher: str = _opt("default", "teacher model spec")
+    judge: str = _opt("default", "judge model spec, for SDF and eval")
+    base_url: str | None = _opt(None, "OpenAI-compatible base URL for openai: teacher/judge")
+    mode: str = _opt("turns", "collection mode", choices=["oneshot", "turns"])
+    max_turns: int = _opt(2, "exchanges per dialogue (turns mode)")
+    max_tokens: int = _opt(160, "max new tokens per teacher call")
+    temperature: float = _opt(0.7, "teacher temperature (a 135M teacher rambles at 1.0)")
+    concurrency: int = _opt(8, "dialogues, prompts or questions in flight")
+    base: str = _opt("default", "model to tune")
+    format: str = _opt("template", "chat format to train with", choices=["baize", "template"])
+    max_steps: int = _opt(8, "training steps for v1 (a bounded demo run)")
+    batch_size: int = _opt(8, "effective batch for the demo runs")
+    quantize: str | None = _opt(None, "8bit | 4bit base weights for training (CUDA)", choices=["8bit", "4bit"])
+    sdf_prompts: int = _opt(8, "SDF prompts: the seeds after the collected ones")
+    n: int = _opt(4, "SDF candidates per prompt (the paper: 4)")
+    sdf_max_tokens: int = _opt(96, "max new tokens per SDF candidate")
+    v2_steps: int = _opt(4, "training steps for v2 (SFT from v1 on the SDF best answers)")
+    dpo: bool = _opt(False, "also train v2-dpo from v1 on the SDF preference pairs (TRL's DPOTrainer)")
+    eval_questions: str = _opt("builtin", "questions for eval (see `baize eval --help`)")
+    eval_limit: int | None = _opt(6, "eval questions used (builtin has 12, two turns each)")
+    eval_max_tokens: int = _opt(128, "max new tokens per eval answer")
 
 
 def _step(console, title: str):
@@ -38,55 +53,104 @@ def _step(console, title: str):
     return time.monotonic()
 
 
+def _train_once(console, run: Path, cfg) -> None:
+    from .train import train
+    if (run / "adapter_model.safetensors").exists():
+        console.print(f"{run} already trained; delete it to train again")
+        return
+    from dataclasses import replace
+    train(replace(cfg, resume=(run / "checkpoints").is_dir()))
+
+
+def _sdf_prompts(cfg: PipelineConfig, path: Path) -> Path:
+    """The seeds after the collected ones: SDF asks v1 questions it was not trained on."""
+    import json
+
+    from .seeds import load_seeds
+    seeds = load_seeds(cfg.seeds, limit=cfg.limit + cfg.sdf_prompts)[cfg.limit:]
+    path.write_text("".join(json.dumps({"seed": s.text, "source": s.source}) + "\n" for s in seeds))
+    return path
+
+
 def run(cfg: PipelineConfig) -> dict:
     from rich.console import Console
+
     from .chat import usage_hint
     from .collect import CollectConfig, collect, print_summary
     from .data import print_stats, stats
-    from .train import TrainConfig, train
+    from .evaluate import EvalConfig, evaluate, print_results
+    from .runner import print_summary as print_run
+    from .sdf import SDFConfig, sdf
+    from .train import TrainConfig
     console = Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.config.json")
     times: dict[str, float] = {}
+    steps = 7 if cfg.dpo else 6
 
-    t = _step(console, f"1/4 collect: {cfg.limit} {cfg.seeds} seeds, teacher {cfg.teacher}, mode {cfg.mode}")
+    t = _step(console, f"1/{steps} collect: {cfg.limit} {cfg.seeds} seeds, teacher {cfg.teacher}, mode {cfg.mode}")
     dialogues = out / "dialogues.jsonl"
-    ccfg = CollectConfig(seeds=cfg.seeds, out=str(dialogues), teacher=cfg.teacher, base_url=cfg.base_url,
-                         mode=cfg.mode, limit=cfg.limit, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
-                         temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency)
-    summary = collect(ccfg)
+    summary = collect(CollectConfig(seeds=cfg.seeds, out=str(dialogues), teacher=cfg.teacher, base_url=cfg.base_url,
+                                    mode=cfg.mode, limit=cfg.limit, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
+                                    temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency))
     print_summary(summary, str(dialogues), console)
-    times["collect"] = time.monotonic() - t
-    t = _step(console, "2/4 data stats")
     print_stats(stats(dialogues))
-    times["stats"] = time.monotonic() - t
+    times["collect"] = time.monotonic() - t
 
     v1 = out / "v1"
-    t = _step(console, f"3/4 train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
-    if (v1 / "adapter_model.safetensors").exists():
-        console.print(f"{v1} already trained; delete it to train again")
-    else:
-        train(TrainConfig(base=cfg.base, data=str(dialogues), out=str(v1), format=cfg.format,
-                          max_steps=cfg.max_steps, batch_size=cfg.batch_size, resume=(v1 / "checkpoints").is_dir()))
-    times["train"] = time.monotonic() - t
-    t = _step(console, "4/4 base vs v1, same question, same seed")
-    compare(cfg, v1, console)
-    times["compare"] = time.monotonic() - t
+    t = _step(console, f"2/{steps} train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
+    _train_once(console, v1, TrainConfig(base=cfg.base, data=str(dialogues), out=str(v1), format=cfg.format,
+                                         max_steps=cfg.max_steps, batch_size=cfg.batch_size, quantize=cfg.quantize))
+    times["train_v1"] = time.monotonic() - t
+
+    t = _step(console, f"3/{steps} SDF: v1 samples {cfg.n} answers to each of {cfg.sdf_prompts} new prompts, "
+                       f"judge {cfg.judge} ranks them")
+    sdf_out = out / "sdf.jsonl"
+    scfg = SDFConfig(policy=str(v1), judge=cfg.judge, prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
+                     out=str(sdf_out), n=cfg.n, max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency,
+                     judge_base_url=cfg.base_url)
+    s, prefs = sdf(scfg)
+    print_run(s, f"sdf -> {sdf_out}", console, unit="prompts")
+    agree = prefs["mean_agreement"]
+    console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs; judge order agreement "
+                  f"{'n/a' if agree is None else f'{agree:.2f}'} (1: the same ranking in both orders, 0: reversed)")
+    times["sdf"] = time.monotonic() - t
+
+    v2 = out / "v2"
+    t = _step(console, f"4/{steps} train v2: v1's adapter continued on the SDF best answers (the paper), {cfg.v2_steps} steps")
+    if prefs["prompts"] == 0:
+        raise BaizeError(f"SDF kept no prompt (see {sidecar(sdf_out, 'rejected')}): use a stronger --judge or "
+                         f"more --sdf-prompts")
+    _train_once(console, v2, TrainConfig(from_run=str(v1), data=str(sdf_out), out=str(v2), max_steps=cfg.v2_steps,
+                                         batch_size=min(cfg.batch_size, prefs["prompts"]), quantize=cfg.quantize))
+    times["train_v2"] = time.monotonic() - t
+    compared = {"base": cfg.base, "v1": str(v1), "v2": str(v2)}
+    if cfg.dpo:
+        t = _step(console, f"5/{steps} train v2-dpo: DPO from v1 on the SDF preference pairs, {cfg.v2_steps} steps")
+        if prefs["pairs"]:
+            _train_once(console, out / "v2-dpo", TrainConfig(from_run=str(v1), method="dpo", data=prefs["prefs"],
+                                                             out=str(out / "v2-dpo"), max_steps=cfg.v2_steps,
+                                                             batch_size=min(cfg.batch_size, prefs["pairs"])))
+            compared["v2-dpo"] = str(out / "v2-dpo")
+        else:
+            console.print("no preference pairs (the judge preferred no candidate): v2-dpo skipped")
+        times["train_v2_dpo"] = time.monotonic() - t
+
+    t = _step(console, f"{steps - 1}/{steps} eval: {', '.join(compared)} on {cfg.eval_questions} questions, "
+                       f"judge {cfg.judge}")
+    res = evaluate(EvalConfig(models=[f"{k}={v}" for k, v in compared.items()], questions=cfg.eval_questions,
+                              judge=cfg.judge, judge_base_url=cfg.base_url, out=str(out / "eval"),
+                              limit=cfg.eval_limit, max_tokens=cfg.eval_max_tokens, concurrency=cfg.concurrency))
+    times["eval"] = time.monotonic() - t
+
+    _step(console, f"{steps}/{steps} report")
+    print_results(res, console)
     console.rule("[bold]next")
-    console.print(usage_hint(str(v1)), soft_wrap=True)  # commands stay one line each, ready to copy
+    console.print(usage_hint(str(v2), compare={"base": cfg.base, "v1": str(v1)}), soft_wrap=True)
     console.print("step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+    console.print(f"report: {res['paths']['html']}", soft_wrap=True)
     return times
-
-
-def compare(cfg: PipelineConfig, run_dir: Path, console) -> None:
-    from .llm import load_llm
-    msgs = [{"role": "user", "content": cfg.question}]
-    for label, spec in (("base", cfg.base), ("v1", str(run_dir))):
-        llm = load_llm(spec, format=cfg.format)
-        reply = llm.chat(msgs, temperature=0.7, top_p=0.95, max_tokens=128, seed=0)[0].text
-        console.print(f"[bold]{label}[/bold] ({spec}): {reply}\n")
-        llm.engine.close()
 
 
 def add_cli(sub) -> None:

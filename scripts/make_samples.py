@@ -34,11 +34,36 @@ def main():
                     "source": "alpaca", "id": t["id"], "name": t["name"],
                     "reference": t["instances"][0]["output"]} for t in rows("alpaca_seed_tasks.jsonl")],
     }
+    sets["eval_questions"] = eval_questions(sets)
     for name, items in sets.items():
         with open(DST / f"{name}.jsonl", "w", encoding="utf-8") as f:
             for r in items:
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
         print(name, len(items))
+
+
+FOLLOW_UPS = {
+    "coding": ["Can you show a short code example of that?", "What is the most common mistake people make here?"],
+    "medical": ["When should someone see a doctor about this?", "Can you summarize that in three short points?"],
+    "instruction": ["Now make your answer half as long.", "Explain your answer to a ten-year-old."],
+}
+
+
+def eval_questions(sets, per_category=4):
+    """The built-in questions of `baize eval` in MT-bench's shape, two turns each. Drawn only from
+    the sets the main job never collects or trains on (it uses quora), short enough for a CPU."""
+    rng = random.Random(1)
+    picks = {"coding": [r for r in sets["stackoverflow"] if 20 <= len(r["seed"]) <= 90],
+             "medical": [r for r in sets["medquad"] if len(r["answer"]) <= 700],
+             "instruction": [r for r in sets["alpaca"] if len(r["seed"]) <= 160 and len(r["reference"]) <= 400]}
+    out = []
+    for cat, pool in picks.items():
+        for i, r in enumerate(rng.sample(pool, per_category)):
+            ref = r.get("answer") or r.get("reference")
+            out.append({"question_id": f"{cat}-{i + 1}", "category": cat,
+                        "turns": [r["seed"], FOLLOW_UPS[cat][i % 2]], "source": r["source"],
+                        **({"reference": [ref, None]} if ref else {})})
+    return out
 
 
 if __name__ == "__main__":

@@ -1,0 +1,526 @@
+"""`baize eval`: is v2 better than v1 and the base, by how much, and can the judge be trusted?
+
+    baize eval --models base=default v1=runs/v1 v2=runs/v2 --judge openai:gpt-4o-mini --out eval/
+
+Questions in FastChat's MT-bench shape (`question_id`, `category`, `turns`, optional `reference`),
+the legacy Vicuna shape (`text`), any seed source, or the built-in set. Each model answers every
+turn seeing its own earlier answers; answers are cached per model and generation setting in
+OUT/answers/NAME.jsonl; pairwise verdicts (both orders; a disagreement is a tie) and 1-10 scores
+are cached in OUT/verdicts.jsonl and OUT/scores.jsonl, so a rerun makes no model or judge call.
+Win rates (ties count half) carry a bootstrap 95 % interval. The results go to OUT/results.json,
+OUT/report.md and OUT/report.html (report.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import statistics
+import time
+from dataclasses import dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+from .config import BaizeError, add_dataclass_args, dataclass_from_args, save_config
+from .runner import Ledger, run_items
+from .schema import read_jsonl
+
+BUILTIN = Path(__file__).parent / "samples" / "eval_questions.jsonl"
+NEAR_CHANCE = 0.6
+
+
+def _opt(default, help: str, **meta):
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class EvalConfig:
+    models: list = _opt(None, "NAME=SPEC ...", cli=False)
+    questions: str = _opt("builtin", "MT-bench/Vicuna question JSONL, any seed source (see collect), or builtin "
+                                     "(12 two-turn questions the main job never trains on)")
+    judge: str = _opt("default", "judge model spec (openai:MODEL, a run, default, hf:PATH); none: no judged measures")
+    out: str = _opt("eval", "output directory")
+    baseline: str | None = _opt(None, "compare each model with this one only (default: every pair)")
+    pairwise: bool = _opt(True, "pairwise verdicts (both orders) and win rates")
+    single: bool = _opt(True, "single-answer 1-10 scores (with the reference when a question has one)")
+    nll_data: str | None = _opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model")
+    limit: int | None = _opt(None, "use the first N questions")
+    seed_field: str | None = _opt(None, "field holding the question, for seed files")
+    max_tokens: int = _opt(512, "max new tokens per answer")
+    temperature: float = _opt(0.7, "answer sampling temperature (0: greedy)")
+    top_p: float = _opt(0.95, "answer nucleus sampling")
+    seed: int = _opt(0, "answer sampling seed (same seed, same answers)")
+    concurrency: int = _opt(8, "questions (or verdicts) in flight")
+    judge_max_tokens: int = _opt(512, "max new tokens per judge reply")
+    judge_mode: str = _opt("auto", "text | choice | auto (choice for local judges): see `baize sdf --help`",
+                           choices=["auto", "text", "choice"])
+    judge_cache: str | None = _opt(None, "verdict cache directory (default: OUT/judge_cache; 'none': off)")
+    max_unparseable: int = _opt(8, "stop after this many unparseable judge verdicts in a row")
+    bootstrap: int = _opt(1000, "bootstrap resamples for the 95-percent intervals")
+    sample: int = _opt(8, "questions shown side by side in the report")
+    max_tokens_total: int | None = _opt(None, "token budget for answers and judging together")
+    judge_price_in: float = _opt(0.0, "judge price per 1K prompt tokens, for the cost ledger")
+    judge_price_out: float = _opt(0.0, "judge price per 1K completion tokens")
+    base_url: str | None = _opt(None, "base URL for openai: models (or OPENAI_BASE_URL)")
+    api_key: str | None = _opt(None, "API key for openai: models (or OPENAI_API_KEY); never saved")
+    judge_base_url: str | None = _opt(None, "base URL of an openai: judge (default: --base-url)")
+    judge_api_key: str | None = _opt(None, "API key of the judge (default: --api-key); never saved")
+    request_retries: int = _opt(6, "HTTP retries per call")
+    timeout: float = _opt(120.0, "HTTP timeout per call, seconds")
+    progress: bool = _opt(True, "show progress bars")
+
+
+# --- questions ----------------------------------------------------------------------------------
+
+@dataclass
+class Question:
+    id: str
+    category: str
+    turns: list[str]
+    reference: list | None = None
+
+
+def _question(obj, where: str) -> Question:
+    if not isinstance(obj, dict):
+        raise BaizeError(f"{where}: expected a JSON object with 'turns' (MT-bench) or 'text' (Vicuna)")
+    turns = obj.get("turns", [obj["text"]] if "text" in obj else None)
+    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
+        raise BaizeError(f"{where}: field 'turns' must be a non-empty list of strings (MT-bench's question.jsonl)")
+    qid = obj.get("question_id", obj.get("id"))
+    if qid is None:
+        raise BaizeError(f"{where}: field 'question_id' is missing")
+    ref = obj.get("reference")
+    if isinstance(ref, str):
+        ref = [ref]
+    if ref is not None and not (isinstance(ref, list) and all(r is None or isinstance(r, str) for r in ref)):
+        raise BaizeError(f"{where}: field 'reference' must be a string or a list of strings, one per turn")
+    return Question(str(qid), str(obj.get("category") or "general"), turns, ref)
+
+
+def load_questions(spec: str, *, field: str | None = None, limit: int | None = None) -> list[Question]:
+    path = BUILTIN if spec == "builtin" else Path(spec)
+    first = None
+    if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
+        with path.open(encoding="utf-8-sig") as f:
+            first = next((line for line in f if line.strip()), None)
+    try:
+        shape = first and json.loads(first)
+    except json.JSONDecodeError:
+        shape = None
+    if isinstance(shape, dict) and ("turns" in shape or ("text" in shape and "question_id" in shape)):
+        out = []
+        with path.open(encoding="utf-8-sig") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise BaizeError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
+                out.append(_question(obj, f"{path}:{n}"))
+    else:  # any seed source: one-turn questions; MedQuAD's and Alpaca's answers are references
+        from .seeds import load_seeds
+        out = [Question(s.id, s.source, [s.text], [s.meta.get("answer") or s.meta.get("reference")]
+                        if (s.meta.get("answer") or s.meta.get("reference")) else None)
+               for s in load_seeds(spec, field=field)]
+    ids = [q.id for q in out]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise BaizeError(f"{spec}: question_id {dup!r} appears twice: ids must be unique")
+    return out[:limit] if limit else out
+
+
+# --- models -------------------------------------------------------------------------------------
+
+def parse_models(items: list[str] | None) -> dict[str, str]:
+    if not items:
+        raise BaizeError("no models: pass --models NAME=SPEC ..., e.g. --models base=default v1=runs/v1")
+    out: dict[str, str] = {}
+    for item in items:
+        name, _, spec = item.partition("=") if "=" in item else (Path(item.rstrip("/")).name or item, "", item)
+        if not name or not spec:
+            raise BaizeError(f"--models {item!r}: use NAME=SPEC, e.g. v1=runs/v1")
+        if name in out:
+            raise BaizeError(f"--models: the name {name!r} is given twice; give each model its own name")
+        out[name] = spec
+    return out
+
+
+def _check_spec(spec: str) -> None:
+    """Local specs resolve before anything runs, so a typo costs nothing."""
+    if not spec.startswith(("openai:", "gguf:")):
+        from .models import resolve
+        resolve(spec)
+
+
+def model_key(spec: str, cfg: EvalConfig) -> str:
+    """What the answers depend on: the model's files as they are now, and the generation settings."""
+    parts: list = [spec, cfg.max_tokens, cfg.temperature, cfg.top_p, cfg.seed]
+    if spec.startswith("openai:"):
+        parts.append(cfg.base_url)
+    elif not spec.startswith("gguf:"):
+        from .models import resolve
+        ref = resolve(spec)
+        for d in [ref.base, *ref.adapters]:
+            for name in ("adapter_model.safetensors", "baize_run.json", "config.json"):
+                p = Path(d) / name
+                if p.exists():
+                    st = p.stat()
+                    parts.append([str(p.resolve()), st.st_size, st.st_mtime_ns])
+    return hashlib.sha1(json.dumps(parts, default=str).encode()).hexdigest()[:12]
+
+
+def lineage(spec: str) -> str | None:
+    from .models import read_run
+    chain, cur = [], spec
+    while cur and (run := read_run(cur)) is not None and len(chain) < 16:
+        chain.append(cur)
+        cur = run.get("from_run") or run.get("base")
+    return " <- ".join(chain + [cur]) if chain else None
+
+
+def loss_curve(spec: str) -> list | None:
+    p = Path(spec) / "loss.jsonl"
+    if spec.startswith(("openai:", "gguf:", "hf:")) or not p.exists():
+        return None
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+# --- answers ------------------------------------------------------------------------------------
+
+class _Lazy:
+    """The model loads only when something is missing from the caches."""
+
+    def __init__(self, spec: str, cfg: EvalConfig):
+        self.spec, self.cfg, self.llm = spec, cfg, None
+
+    def get(self):
+        if self.llm is None:
+            from .llm import load_llm
+            self.llm = load_llm(self.spec, base_url=self.cfg.base_url, api_key=self.cfg.api_key,
+                                max_retries=self.cfg.request_retries, timeout=self.cfg.timeout,
+                                max_batch=max(1, self.cfg.concurrency))
+            if hasattr(self.llm, "check"):
+                self.llm.check()
+        return self.llm
+
+    def close(self):
+        if self.llm is not None and hasattr(self.llm, "engine"):
+            self.llm.engine.close()
+        self.llm = None
+
+
+@dataclass
+class _Item:
+    id: str
+    q: Question
+    extra: dict = field(default_factory=dict)
+
+
+def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfig, ledger: Ledger,
+               out: Path, console=None) -> dict[str, list[str]]:
+    """{question_id: [answer per turn]}; generates what the cache lacks for this model's key."""
+    key = model_key(lazy.spec, cfg)
+    path = out / "answers" / f"{name}.jsonl"
+
+    def work(item):
+        llm = lazy.get()
+        msgs, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
+        for turn in item.q.turns:
+            msgs.append({"role": "user", "content": turn})
+            c = llm.chat(msgs, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                         seed=cfg.seed)[0]
+            ledger.add(c, name)
+            for k, v in (("prompt_tokens", c.prompt_tokens), ("completion_tokens", c.completion_tokens), ("calls", 1)):
+                usage[k] += v
+            msgs.append({"role": "assistant", "content": c.text.strip()})
+        return {"id": item.id, "messages": msgs, "meta": {"question_id": item.q.id, "category": item.q.category,
+                                                          "model": name, "spec": lazy.spec, "key": key, "usage": usage}}
+
+    items = [_Item(f"{q.id}@{key}", q) for q in questions]
+    run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=f"answers {name}",
+              noun="questions", progress=cfg.progress, console=console)
+    got = {}
+    for r in read_jsonl(path):
+        if r["meta"].get("key") == key:  # answers of an older model or setting stay, unused
+            got[r["meta"]["question_id"]] = [m["content"] for m in r["messages"] if m["role"] == "assistant"]
+    return got
+
+
+def nll(lazy: _Lazy, records: list[dict]) -> float | None:
+    """Mean negative log-likelihood per assistant token, in the model's own chat format."""
+    import torch
+
+    from .packing import IGNORE
+    from .train import tokenize
+    llm = lazy.get()
+    if not hasattr(llm, "model") or not records:
+        return None
+    samples = tokenize(records, llm.format, llm.tokenizer, max_length=llm.context_length, system=llm.system)
+    total = count = 0.0
+    with torch.inference_mode():
+        for s in samples:
+            labels = torch.tensor([s["labels"]])
+            if (labels != IGNORE).sum() < 1:
+                continue
+            logits = llm.model(input_ids=torch.tensor([s["input_ids"]], device=llm.model.device)).logits[0, :-1].float()
+            tgt = labels[0, 1:].to(logits.device)
+            loss = torch.nn.functional.cross_entropy(logits, tgt, ignore_index=IGNORE, reduction="sum")
+            total += float(loss)
+            count += int((tgt != IGNORE).sum())
+    return round(total / count, 4) if count else None
+
+
+# --- judging ------------------------------------------------------------------------------------
+
+def judge_inputs(q: Question, answers: list[str]) -> tuple[str, str]:
+    """(context, answer) for the judge: one turn as it is; several as the user's turns in order and
+    the model's answer to each (each model saw its own earlier answers, so no transcript is shared)."""
+    if len(q.turns) == 1:
+        return q.turns[0], answers[0] if answers else ""
+    ctx = "The user asked these questions in turn, each after the assistant's previous answer:\n" + \
+          "\n".join(f"[Turn {i}] {t}" for i, t in enumerate(q.turns, 1))
+    return ctx, "\n\n".join(f"[Answer to turn {i}]\n{a}" for i, a in enumerate(answers, 1))
+
+
+def _reference(q: Question) -> str | None:
+    refs = [(i, r) for i, r in enumerate(q.reference or [], 1) if r]
+    if not refs:
+        return None
+    return refs[0][1] if len(q.turns) == 1 else "\n\n".join(f"[Reference for turn {i}]\n{r}" for i, r in refs)
+
+
+def _h(*texts) -> str:
+    return hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:10]
+
+
+def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
+    items = []
+    for q in questions:
+        for a, b in pairs:
+            if q.id in answers[a] and q.id in answers[b]:
+                ans_a, ans_b = answers[a][q.id], answers[b][q.id]
+                items.append(_Item(f"{q.id}:{a}:{b}:{_h(judge.name, ans_a, ans_b)}", q, {"a": a, "b": b, "ans": (ans_a, ans_b)}))
+
+    def work(item):
+        (ctx, ta), (_, tb) = judge_inputs(item.q, item.extra["ans"][0]), judge_inputs(item.q, item.extra["ans"][1])
+        v = judge.pair(ctx, ta, tb)
+        ledger.add(role="judge", usage=v.usage)
+        return {"id": item.id, "question_id": item.q.id, "category": item.q.category, "a": item.extra["a"],
+                "b": item.extra["b"], "winner": {"A": "a", "B": "b", "tie": "tie"}.get(v.winner),
+                "consistent": v.consistent, "verdicts": v.verdicts, "raw": v.raw, "meta": {"usage": v.usage}}
+
+    return _judged(items, work, out / "verdicts.jsonl", cfg, ledger, "judge pairs", console)
+
+
+def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
+    items = [_Item(f"{q.id}:{n}:{_h(judge.name, answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
+             for q in questions for n in names if q.id in answers[n]]
+
+    def work(item):
+        ctx, text = judge_inputs(item.q, item.extra["ans"])
+        s = judge.score(ctx, text, reference=_reference(item.q))
+        ledger.add(role="judge", usage=s.usage)
+        return {"id": item.id, "question_id": item.q.id, "category": item.q.category, "model": item.extra["model"],
+                "value": s.value, "raw": s.raw, "meta": {"usage": s.usage}}
+
+    return _judged(items, work, out / "scores.jsonl", cfg, ledger, "judge scores", console)
+
+
+def _judged(items, work, path: Path, cfg, ledger, label, console) -> list[dict]:
+    run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label, noun="verdicts",
+              progress=cfg.progress, console=console)
+    wanted = {it.id for it in items}
+    return [r for r in read_jsonl(path) if r["id"] in wanted] if path.exists() else []
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+def win_rate(outcomes: list[float]) -> float | None:
+    """Outcomes 1 (win), 0.5 (tie), 0 (loss): ties count half."""
+    return round(sum(outcomes) / len(outcomes), 4) if outcomes else None
+
+
+def bootstrap_ci(values: list[float], n: int = 1000, seed: int = 0) -> list[float] | None:
+    """Percentile 95 % interval of the mean over `n` resamples of the questions."""
+    if not values:
+        return None
+    rng = random.Random(seed)
+    k = len(values)
+    means = sorted(sum(rng.choices(values, k=k)) / k for _ in range(n))
+    return [round(means[int(0.025 * (n - 1))], 4), round(means[int(0.975 * (n - 1))], 4)]
+
+
+def pair_stats(verdicts: list[dict], a: str, b: str, n_boot: int) -> dict:
+    def tally(rows):
+        oc = [1.0 if r["winner"] == "a" else 0.5 if r["winner"] == "tie" else 0.0 for r in rows if r["winner"]]
+        return {"win": oc.count(1.0), "tie": oc.count(0.5), "loss": oc.count(0.0),
+                "unjudged": sum(r["winner"] is None for r in rows), "n": len(rows),
+                "win_rate": win_rate(oc), "ci": bootstrap_ci(oc, n_boot)}
+    rows = [r for r in verdicts if r["a"] == a and r["b"] == b]
+    cats = sorted({r["category"] for r in rows})
+    return {"a": a, "b": b, **tally(rows), "by_category": {c: tally([r for r in rows if r["category"] == c]) for c in cats}}
+
+
+def score_stats(scores: list[dict], name: str, n_boot: int) -> dict | None:
+    rows = [r for r in scores if r["model"] == name and r["value"] is not None]
+    if not rows:
+        return None
+    vals = [r["value"] for r in rows]
+    cats = sorted({r["category"] for r in rows})
+    return {"mean": round(statistics.mean(vals), 3), "ci": bootstrap_ci(vals, n_boot), "n": len(vals),
+            "unjudged": sum(1 for r in scores if r["model"] == name and r["value"] is None),
+            "by_category": {c: round(statistics.mean(r["value"] for r in rows if r["category"] == c), 3) for c in cats}}
+
+
+# --- the run ------------------------------------------------------------------------------------
+
+def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, console=None) -> dict:
+    """Answers, verdicts, scores, NLL -> OUT/results.json + report; `llms` maps names to LLM objects (tests)."""
+    from .judge import Judge
+    from .llm import load_llm
+    models = parse_models(cfg.models)
+    if cfg.baseline and cfg.baseline not in models:
+        raise BaizeError(f"--baseline {cfg.baseline}: not one of the models ({', '.join(models)}); use one of those names")
+    for spec in models.values():
+        _check_spec(spec)
+    questions = load_questions(cfg.questions, field=cfg.seed_field, limit=cfg.limit)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "eval.config.json", api_key="***" if cfg.api_key else None,
+                judge_api_key="***" if cfg.judge_api_key else None)
+    judged = cfg.judge and cfg.judge.lower() != "none" and (cfg.pairwise or cfg.single)
+    judge = None
+    if judged:  # an unreachable judge fails now, before minutes of answers
+        if judge_llm is None:
+            judge_llm = load_llm(cfg.judge, base_url=cfg.judge_base_url or cfg.base_url,
+                                 api_key=cfg.judge_api_key or cfg.api_key, max_retries=cfg.request_retries,
+                                 timeout=cfg.timeout, max_batch=max(1, cfg.concurrency))
+            if hasattr(judge_llm, "check"):
+                judge_llm.check()
+        cache = None if (cfg.judge_cache or "").lower() == "none" else Path(cfg.judge_cache or out / "judge_cache")
+        judge = Judge(judge_llm, cache_dir=cache, max_tokens=cfg.judge_max_tokens,
+                      max_unparseable=cfg.max_unparseable, mode=cfg.judge_mode)
+    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)})
+    t0 = time.monotonic()
+    answers, nlls = {}, {}
+    nll_cache = _NllCache(out / "nll.jsonl")
+    nll_sets = {}
+    if cfg.nll_data:
+        nll_sets["data"] = [r for r in read_jsonl(cfg.nll_data, validate=True)]
+    refs = [{"messages": [{"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": q.reference[0]}]}
+            for q in questions if q.reference and q.reference[0]]
+    if refs:
+        nll_sets["reference"] = refs
+    for name, spec in models.items():
+        lazy = _Lazy(spec, cfg)
+        if llms and name in llms:
+            lazy.llm = llms[name]
+        answers[name] = answer_all(name, lazy, questions, cfg, ledger, out, console)
+        nlls[name] = {}
+        local = not spec.startswith(("openai:", "gguf:"))
+        for what, recs in nll_sets.items():
+            key = (model_key(spec, cfg), what, _h(recs))
+            if local and (value := nll_cache.get(key, lambda: nll(lazy, recs))) is not None:
+                nlls[name][what] = value
+        if not (llms and name in llms):
+            lazy.close()
+    names = list(models)
+    pairs = ([(n, cfg.baseline) for n in names if n != cfg.baseline] if cfg.baseline
+             else [(names[j], names[i]) for i, j in combinations(range(len(names)), 2)])  # newer vs older
+    verdicts = judge_pairs(judge, pairs, questions, answers, cfg, ledger, out, console) if judged and cfg.pairwise else []
+    scores = judge_scores(judge, names, questions, answers, cfg, ledger, out, console) if judged and cfg.single else []
+    results = build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs)
+    results["ledger"], results["seconds"] = ledger.as_dict(), round(time.monotonic() - t0, 1)
+    (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    from .report import write_report
+    results["paths"] = {k: str(v) for k, v in write_report(results, out).items()}
+    return results
+
+
+class _NllCache:
+    def __init__(self, path: Path):
+        self.path = path
+        self.data = {}
+        if path.exists():
+            for r in read_jsonl(path):
+                self.data[tuple(r["key"])] = r["value"]
+
+    def get(self, key, compute):
+        if key not in self.data:
+            self.data[key] = compute()
+            with self.path.open("a") as f:
+                f.write(json.dumps({"key": list(key), "value": self.data[key]}) + "\n")
+        return self.data[key]
+
+
+def build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs) -> dict:
+    from datetime import datetime, timezone
+    consistent = [r["consistent"] for r in verdicts if r["consistent"] is not None]
+    consistency = round(sum(consistent) / len(consistent), 4) if consistent else None
+    res = {"title": "baize eval", "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+           "questions_file": cfg.questions, "n_questions": len(questions),
+           "judge": None if not (verdicts or scores) else {
+               "spec": cfg.judge, "consistency": consistency, "pairs_judged": len(verdicts),
+               "unparseable": sum(r["winner"] is None for r in verdicts) + sum(r["value"] is None for r in scores),
+               "near_chance": consistency is not None and consistency < NEAR_CHANCE},
+           "models": {}, "pairwise": [pair_stats(verdicts, a, b, cfg.bootstrap) for a, b in pairs] if verdicts else []}
+    for name, spec in models.items():
+        turns = [a for ans in answers[name].values() for a in ans]
+        res["models"][name] = {
+            "spec": spec, "answers": len(answers[name]),
+            "mean_words": round(statistics.mean(len(a.split()) for a in turns), 1) if turns else None,
+            "empty_answers": sum(not a.strip() for a in turns),
+            "score": score_stats(scores, name, cfg.bootstrap), "nll": nlls.get(name) or None,
+            "loss_curve": loss_curve(spec), "lineage": lineage(spec)}
+    by_q = {}
+    for r in verdicts:
+        by_q.setdefault(r["question_id"], []).append({k: r[k] for k in ("a", "b", "winner", "consistent")})
+    sc = {(r["question_id"], r["model"]): r["value"] for r in scores}
+    res["questions"] = [{"question_id": q.id, "category": q.category, "turns": q.turns, "reference": q.reference,
+                         "answers": {n: answers[n].get(q.id, []) for n in models},
+                         "scores": {n: sc.get((q.id, n)) for n in models}, "verdicts": by_q.get(q.id, [])}
+                        for q in questions[:cfg.sample]]
+    res["config"] = {k: v for k, v in vars(cfg).items() if "api_key" not in k}
+    return res
+
+
+def print_results(res: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    console = console or Console()
+    t = Table(title=f"eval: {res['n_questions']} questions")
+    for col in ("model", "score (95% CI)", "words/answer", "NLL"):
+        t.add_column(col)
+    for name, m in res["models"].items():
+        s = m["score"]
+        t.add_row(name, "-" if not s else f"{s['mean']:.2f} [{s['ci'][0]:.2f}, {s['ci'][1]:.2f}]",
+                  str(m["mean_words"]), ", ".join(f"{k} {v:.3f}" for k, v in (m["nll"] or {}).items()) or "-")
+    console.print(t)
+    if res["pairwise"]:
+        p = Table(title="pairwise (ties count half)")
+        for col in ("a vs b", "win / tie / loss", "win rate (95% CI)"):
+            p.add_column(col)
+        for r in res["pairwise"]:
+            wr = "-" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
+            p.add_row(f"{r['a']} vs {r['b']}", f"{r['win']} / {r['tie']} / {r['loss']}", wr)
+        console.print(p)
+    j = res["judge"]
+    if j and j["consistency"] is not None:
+        line = f"judge {j['spec']}: agrees with itself under swapped order on {j['consistency']:.0%} of pairs"
+        console.print(line + (" - near chance: do not trust these win rates" if j["near_chance"] else ""))
+    console.print(f"report: {res['paths']['html']} (and {res['paths']['md']})", soft_wrap=True)
+
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("eval", help="judged evaluation of several models: win rates, scores, NLL, a report")
+    p.add_argument("--models", nargs="+", required=True, metavar="NAME=SPEC",
+                   help="models to compare, e.g. base=default v1=runs/v1 v2=runs/v2 (specs as everywhere)")
+    add_dataclass_args(p, EvalConfig)
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    cfg = dataclass_from_args(EvalConfig, args, models=args.models)
+    print_results(evaluate(cfg))
+    return 0

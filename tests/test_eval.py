@@ -1,0 +1,157 @@
+"""`baize eval`: answers (multi-turn, cached per model and setting), judged win rates with bootstrap
+intervals, scores, NLL, judge consistency, and the files a user reads."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from baize.config import BaizeError
+from baize.evaluate import (EvalConfig, bootstrap_ci, evaluate, load_questions, pair_stats, parse_models,
+                            win_rate)
+from baize.testing import FakeLLM
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_win_rate_ties_and_bootstrap_interval():
+    assert win_rate([1, 1, 0.5, 0]) == 0.625 and win_rate([]) is None
+    assert bootstrap_ci([1.0] * 20) == [1.0, 1.0]
+    lo, hi = bootstrap_ci([1.0] * 10 + [0.0] * 10, n=2000)
+    assert 0.2 <= lo < 0.5 < hi <= 0.8
+    lo2, hi2 = bootstrap_ci([1.0] * 100 + [0.0] * 100, n=2000)
+    assert hi2 - lo2 < hi - lo  # more questions, a narrower interval
+    rows = [{"a": "v2", "b": "v1", "category": c, "winner": w, "consistent": True}
+            for c, w in [("x", "a"), ("x", "a"), ("x", "tie"), ("y", "b"), ("y", None)]]
+    s = pair_stats(rows, "v2", "v1", 500)
+    assert (s["win"], s["tie"], s["loss"], s["unjudged"], s["n"]) == (2, 1, 1, 1, 5)
+    assert s["win_rate"] == 0.625 and s["ci"][0] <= 0.625 <= s["ci"][1]
+    assert s["by_category"]["x"]["win_rate"] == pytest.approx(5 / 6, abs=1e-3) and s["by_category"]["y"]["win_rate"] == 0.0
+
+
+def models_for(tmp_path):
+    """Three fake models whose answers differ in length: c > b > a."""
+    fakes = {n: FakeLLM(lambda m, n=n, k=k: f"{n} says " + "word " * k + f"about {m[-1]['content'][:20]}", name=n)
+             for n, k in (("a", 2), ("b", 8), ("c", 20))}
+    questions = tmp_path / "q.jsonl"
+    questions.write_text("".join(json.dumps({"question_id": i, "category": cat, "turns": [f"Question {i}?", f"Follow-up {i}?"],
+                                             **({"reference": [f"Reference {i}."]} if i % 2 else {})}) + "\n"
+                                 for i, cat in enumerate(["math", "math", "writing", "writing", "coding", "coding"])))
+    cfg = EvalConfig(models=[f"{n}=openai:{n}" for n in fakes], questions=str(questions), judge="openai:judge",
+                     out=str(tmp_path / "eval"), progress=False, bootstrap=200, concurrency=3)
+    return fakes, cfg
+
+
+def test_eval_end_to_end_with_a_fair_judge_then_a_rerun_makes_no_calls(tmp_path):
+    fakes, cfg = models_for(tmp_path)
+    judge = FakeLLM(name="judge")  # prefers longer answers, in either position
+    res = evaluate(cfg, llms=fakes, judge_llm=judge)
+    # two turns, and turn 2 sees the model's own first answer
+    first = [c for c in fakes["b"].calls if len(c) == 3]
+    assert len(first) == 6 and all(c[1]["role"] == "assistant" and c[1]["content"].startswith("b says") for c in first)
+    pw = {(p["a"], p["b"]): p for p in res["pairwise"]}
+    assert set(pw) == {("b", "a"), ("c", "a"), ("c", "b")}  # newer vs older, every pair
+    assert pw[("c", "a")]["win"] == 6 and pw[("c", "a")]["win_rate"] == 1.0 and pw[("b", "a")]["ci"] == [1.0, 1.0]
+    assert set(pw[("c", "b")]["by_category"]) == {"math", "writing", "coding"}
+    assert res["judge"]["consistency"] == 1.0 and not res["judge"]["near_chance"]
+    m = res["models"]
+    assert m["c"]["score"]["mean"] > m["b"]["score"]["mean"] > m["a"]["score"]["mean"]
+    assert m["c"]["mean_words"] > m["a"]["mean_words"] and m["a"]["answers"] == 6
+    # the reference reaches the judge when a question has one
+    assert any("Reference 1." in c[-1]["content"] for c in judge.calls)
+    out = Path(cfg.out)
+    for f in ("results.json", "report.md", "report.html", "answers/a.jsonl", "verdicts.jsonl", "scores.jsonl"):
+        assert (out / f).exists(), f
+    assert json.loads((out / "results.json").read_text())["pairwise"][0]["n"] == 6
+    # the answers files are dialogue records
+    from baize.schema import read_jsonl
+    assert len(list(read_jsonl(out / "answers" / "c.jsonl", validate=True))) == 6
+    # a second run with the same models and questions: no model call, no judge call
+    fakes2, _ = models_for(tmp_path)
+    judge2 = FakeLLM(name="judge")
+    res2 = evaluate(cfg, llms=fakes2, judge_llm=judge2)
+    assert all(f.calls == [] for f in fakes2.values()) and judge2.calls == []
+    assert res2["pairwise"] == res["pairwise"]
+    # a changed generation setting gets new answers
+    cfg.temperature = 0.2
+    fakes3, _ = models_for(tmp_path)
+    evaluate(cfg, llms=fakes3, judge_llm=FakeLLM(name="judge"))
+    assert len(fakes3["a"].calls) == 12
+
+
+def test_an_always_first_judge_gives_ties_and_the_report_says_near_chance(tmp_path):
+    fakes, cfg = models_for(tmp_path)
+    cfg.single = False
+    res = evaluate(cfg, llms=fakes, judge_llm=FakeLLM(["Assistant A is better. [[A]]"], name="first"))
+    for p in res["pairwise"]:
+        assert (p["win"], p["tie"], p["loss"]) == (0, 6, 0) and p["win_rate"] == 0.5
+    assert res["judge"]["consistency"] == 0.0 and res["judge"]["near_chance"]
+    assert "near chance" in (Path(cfg.out) / "report.md").read_text().lower()
+
+
+def test_baseline_and_bad_input(tmp_path):
+    fakes, cfg = models_for(tmp_path)
+    cfg.baseline, cfg.single = "a", False
+    res = evaluate(cfg, llms=fakes, judge_llm=FakeLLM(name="judge"))
+    assert [(p["a"], p["b"]) for p in res["pairwise"]] == [("b", "a"), ("c", "a")]
+    cfg.baseline = "zz"
+    with pytest.raises(BaizeError, match=r"--baseline zz: not one of the models \(a, b, c\)"):
+        evaluate(cfg, llms=fakes, judge_llm=FakeLLM(name="judge"))
+    with pytest.raises(BaizeError, match="given twice"):
+        parse_models(["v1=runs/a", "v1=runs/b"])
+    assert parse_models(["runs/v1/"]) == {"v1": "runs/v1/"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question_id": 1, "turns": ["ok?"]}\n{"question_id": 2, "turns": []}\n')
+    with pytest.raises(BaizeError, match=rf"{bad}:2: field 'turns'"):
+        load_questions(str(bad))
+    bad.write_text('{"question_id": 1, "turns": ["ok?"]}\n{oops\n')
+    with pytest.raises(BaizeError, match=rf"{bad}:2: not valid JSON"):
+        load_questions(str(bad))
+
+
+def test_question_shapes(tmp_path):
+    builtin = load_questions("builtin")
+    assert len(builtin) == 12 and all(len(q.turns) == 2 for q in builtin)
+    assert {q.category for q in builtin} == {"coding", "medical", "instruction"}
+    assert sum(bool(q.reference) for q in builtin) >= 4
+    # never drawn from the seeds the main job collects and trains on
+    from baize.seeds import load_seeds
+    quora = {s.text for s in load_seeds("quora")}
+    assert not quora & {q.turns[0] for q in builtin}
+    vicuna = tmp_path / "vicuna.jsonl"
+    vicuna.write_text('{"question_id": 1, "text": "What is a star?", "category": "generic"}\n')
+    (q,) = load_questions(str(vicuna))
+    assert (q.id, q.turns, q.category) == ("1", ["What is a star?"], "generic")
+    med = load_questions("medquad", limit=3)
+    assert len(med) == 3 and all(q.reference and q.reference[0] for q in med) and med[0].category == "medquad"
+
+
+def test_nll_of_local_models_on_dialogues_and_references(tmp_path, tiny_model_dir):
+    from baize.llm import HFLLM
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"id": "x", "messages": [{"role": "user", "content": "Hi?"},
+                                                         {"role": "assistant", "content": "Hello there."}]}) + "\n")
+    questions = tmp_path / "q.jsonl"
+    questions.write_text(json.dumps({"question_id": "q", "turns": ["Say hi."], "reference": ["Hi!"]}) + "\n")
+    spec = str(tiny_model_dir)
+    llm = HFLLM(spec)
+    cfg = EvalConfig(models=[f"tiny={spec}"], questions=str(questions), judge="none", nll_data=str(data),
+                     out=str(tmp_path / "eval"), progress=False, max_tokens=8)
+    res = evaluate(cfg, llms={"tiny": llm})
+    nll = res["models"]["tiny"]["nll"]
+    # a random model over a 49K vocabulary: about ln(49152) = 10.8 nats per token
+    assert 9 < nll["data"] < 13 and 9 < nll["reference"] < 13
+    assert res["pairwise"] == [] and res["judge"] is None
+    llm.engine.close()
+
+
+def test_cli_one_line_errors(tmp_path):
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "baize", "eval", *args], capture_output=True, text=True,
+                              timeout=120, cwd=ROOT)
+    p = run("--models", f"v1={tmp_path / 'nope'}", "--out", str(tmp_path / "e"), "--no-progress")
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "unknown model spec" in p.stderr
+    p = run("--models", "a=openai:a", "--judge", "openai:j", "--base-url", "http://127.0.0.1:9/v1",
+            "--out", str(tmp_path / "e"), "--no-progress")
+    assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "cannot connect" in p.stderr
