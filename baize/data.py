@@ -14,8 +14,59 @@ from .config import BaizeError
 from .schema import from_baize, read_jsonl, sidecar, to_baize, to_sharegpt, write_jsonl
 
 
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _first(path: Path) -> dict | None:
+    return next(iter(read_jsonl(path)), None)
+
+
+def prefs_stats(path: Path) -> dict:
+    """Preference pairs: how many, and whether the judge simply preferred the longer answer."""
+    rows = list(read_jsonl(path))
+    if not rows:
+        raise BaizeError(f"{path}: no preference pairs in the file")
+    ch = [sum(_words(m["content"]) for m in r["chosen"]) for r in rows]
+    rej = [sum(_words(m["content"]) for m in r["rejected"]) for r in rows]
+    margins = Counter(r.get("meta", {}).get("margin") for r in rows)
+    agree = [r["meta"]["agreement"] for r in rows if r.get("meta", {}).get("agreement") is not None]
+    return {"file": str(path), "kind": "preferences", "pairs": len(rows),
+            "prompts": len({json.dumps(r["prompt"], sort_keys=True) for r in rows}),
+            "chosen_words": {"mean": round(statistics.mean(ch), 1), "median": statistics.median(ch)},
+            "rejected_words": {"mean": round(statistics.mean(rej), 1), "median": statistics.median(rej)},
+            "chosen_longer": round(sum(c > r for c, r in zip(ch, rej)) / len(rows), 3),
+            "rank_margin": {str(k): v for k, v in sorted(margins.items(), key=lambda kv: str(kv[0]))},
+            "mean_agreement": round(statistics.mean(agree), 3) if agree else None}
+
+
+def sdf_stats(records: list[dict]) -> dict:
+    """SDF records: candidates per prompt, the judge's order agreement, and length bias of the best."""
+    cands = [r["meta"].get("candidates", []) for r in records]
+    agree = [r["meta"]["agreement"] for r in records if r["meta"].get("agreement") is not None]
+    longest = [max(c, key=lambda x: _words(x["text"]))["text"] == r["messages"][-1]["content"]
+               for c, r in zip(cands, records) if len(c) > 1]
+    dropped = Counter()
+    for r in records:
+        dropped.update(r["meta"].get("dropped", {}))
+    return {"candidates_per_prompt": {"mean": round(statistics.mean(len(c) for c in cands), 2),
+                                      "histogram": dict(sorted(Counter(len(c) for c in cands).items()))},
+            "dropped": dict(dropped),
+            "agreement": {"mean": round(statistics.mean(agree), 3), "min": min(agree),
+                          "below_0.5": sum(a < 0.5 for a in agree)} if agree else None,
+            "best_is_longest": round(sum(longest) / len(longest), 3) if longest else None,
+            "best_words": round(statistics.mean(_words(r["messages"][-1]["content"]) for r in records), 1),
+            "candidate_words": round(statistics.mean(_words(x["text"]) for c in cands for x in c), 1)
+            if any(cands) else None}
+
+
 def stats(path: str | Path) -> dict:
     path = Path(path)
+    if not path.exists():
+        raise BaizeError(f"{path}: no such file")
+    head = _first(path)
+    if isinstance(head, dict) and {"prompt", "chosen", "rejected"} <= set(head):
+        return prefs_stats(path)
     turns, words, sources, modes, reasons = [], [], Counter(), Counter(), Counter()
     pt = ct = 0
     n = 0
@@ -29,15 +80,19 @@ def stats(path: str | Path) -> dict:
         if meta.get("reject_reason"):
             reasons[meta["reject_reason"]] += 1
         u = meta.get("usage") or {}
-        pt += u.get("prompt_tokens", 0)
-        ct += u.get("completion_tokens", 0)
+        for part in ([v for v in u.values() if isinstance(v, dict)] or [u]):  # SDF: per role
+            pt += part.get("prompt_tokens", 0)
+            ct += part.get("completion_tokens", 0)
     rej = sidecar(path, "rejected")
     if rej.exists() and rej != path:
         for r in read_jsonl(rej):
             reasons[r.get("meta", {}).get("reject_reason", "?")] += 1
     if n == 0:
         raise BaizeError(f"{path}: no dialogues in the file")
-    return {
+    sdf = None
+    if isinstance(head, dict) and head.get("meta", {}).get("mode") == "sdf":
+        sdf = sdf_stats(list(read_jsonl(path)))
+    return {"sdf": sdf, 
         "file": str(path), "dialogues": n,
         "turns_per_dialogue": {"mean": round(statistics.mean(turns), 2), "min": min(turns), "max": max(turns),
                                "histogram": dict(sorted(Counter(turns).items()))},
@@ -51,14 +106,33 @@ def print_stats(s: dict) -> None:
     from rich.console import Console
     from rich.table import Table
     t = Table(title=f"data stats: {s['file']}", show_header=False)
+    if s.get("kind") == "preferences":
+        t.add_row("preference pairs", f"{s['pairs']} over {s['prompts']} prompts")
+        t.add_row("words: chosen / rejected", f"mean {s['chosen_words']['mean']} / {s['rejected_words']['mean']}, "
+                                                f"median {s['chosen_words']['median']} / {s['rejected_words']['median']}")
+        t.add_row("chosen is the longer one", f"{s['chosen_longer']:.0%} of pairs"
+                  + ("  (a judge that prefers length?)" if s["chosen_longer"] >= 0.8 else ""))
+        t.add_row("rank margin", ", ".join(f"{k}: {v}" for k, v in s["rank_margin"].items()))
+        t.add_row("judge order agreement", "n/a" if s["mean_agreement"] is None else f"mean {s['mean_agreement']}")
+        Console().print(t)
+        return
     t.add_row("dialogues", str(s["dialogues"]))
     tp = s["turns_per_dialogue"]
     t.add_row("exchanges per dialogue", f"mean {tp['mean']}, min {tp['min']}, max {tp['max']}; {tp['histogram']}")
     t.add_row("words per dialogue", f"mean {s['words_per_dialogue']['mean']}, median {s['words_per_dialogue']['median']}")
-    t.add_row("teacher tokens in / out", f"{s['teacher_tokens']['prompt']} / {s['teacher_tokens']['completion']}")
+    t.add_row("model tokens in / out", f"{s['teacher_tokens']['prompt']} / {s['teacher_tokens']['completion']}")
     t.add_row("sources", ", ".join(f"{k} {v}" for k, v in s["sources"].items()))
     t.add_row("modes", ", ".join(f"{k} {v}" for k, v in s["modes"].items()))
     t.add_row("rejected", ", ".join(f"{k} {v}" for k, v in s["reject_reasons"].items()) or "0")
+    if s.get("sdf"):
+        d = s["sdf"]
+        t.add_row("SDF candidates per prompt", f"mean {d['candidates_per_prompt']['mean']}; "
+                                               f"{d['candidates_per_prompt']['histogram']}; dropped {d['dropped'] or 0}")
+        a = d["agreement"]
+        t.add_row("judge order agreement", "n/a" if not a else f"mean {a['mean']}, min {a['min']}, {a['below_0.5']} below 0.5")
+        if d["best_is_longest"] is not None:
+            t.add_row("best is the longest candidate", f"{d['best_is_longest']:.0%} of prompts (words: best "
+                                                       f"{d['best_words']}, all candidates {d['candidate_words']})")
     Console().print(t)
 
 

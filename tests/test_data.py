@@ -90,3 +90,22 @@ def test_cli_data_commands(tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["dialogues"] == 2
     assert main(["data", "stats", str(tmp_path / "missing.jsonl")]) == 2
     assert "missing.jsonl: no such file" in capsys.readouterr().err
+
+
+def test_stats_of_sdf_and_preference_files_show_length_bias(tmp_path):
+    import itertools
+
+    from baize.data import stats
+    from baize.sdf import SDFConfig, sdf
+    from baize.testing import FakeLLM
+    c = itertools.count()
+    cfg = SDFConfig(policy="p", judge="j", prompts="quora", limit=5, out=str(tmp_path / "s.jsonl"), progress=False)
+    sdf(cfg, FakeLLM(lambda m: "word " * (1 + next(c) % 4)), FakeLLM(name="j"))  # a judge that prefers length
+    s = stats(tmp_path / "s.jsonl")
+    assert s["sdf"]["candidates_per_prompt"]["mean"] == 4 and s["sdf"]["agreement"]["mean"] == 1.0
+    assert s["sdf"]["best_is_longest"] == 1.0 and s["sdf"]["best_words"] > s["sdf"]["candidate_words"]
+    assert s["teacher_tokens"]["prompt"] > 0  # policy and judge usage are counted
+    p = stats(tmp_path / "s.prefs.jsonl")
+    assert p["kind"] == "preferences" and p["pairs"] == 15 and p["prompts"] == 5
+    assert p["chosen_longer"] == 1.0 and p["chosen_words"]["mean"] > p["rejected_words"]["mean"]
+    assert p["rank_margin"] == {"1": 5, "2": 5, "3": 5}

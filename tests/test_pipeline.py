@@ -1,27 +1,61 @@
-"""`baize pipeline` (the README's main job) end to end on a fake teacher over HTTP and a tiny base."""
+"""`baize pipeline` (the README's main job) end to end on a fake teacher and judge over HTTP and a
+tiny base: collect -> v1 -> SDF -> v2 -> eval -> report, killed mid-way and resumed."""
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+from baize.schema import read_jsonl
 from baize.testing import ServerThread, make_app
 
+ROOT = Path(__file__).resolve().parent.parent
 
-def test_pipeline_collects_trains_compares_and_resumes(tiny_model_dir, tmp_path, capsys):
-    from baize.cli import main
+
+def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
-    with ServerThread(make_app()) as url:
-        args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url,
-                "--base", str(tiny_model_dir), "--limit", "4", "--max-steps", "2", "--batch-size", "2"]
-        assert main(args) == 0
-        first = capsys.readouterr().out
-        dialogues = (out / "dialogues.jsonl").read_text().splitlines()
-        assert len(dialogues) == 4 and all(json.loads(d)["messages"][-1]["role"] == "assistant" for d in dialogues)
-        run = json.loads((out / "v1" / "baize_run.json").read_text())
-        assert run["steps"] == 2 and run["format"] == "template"
-        # the comparison and the commands to use the result
-        assert "base (" in first and "v1 (" in first
-        flat = "".join(first.split())  # rich wraps long lines
-        assert f"baizechat{out / 'v1'}" in flat and f"baizeserve{out / 'v1'}" in flat
-        # a rerun collects and trains nothing again
-        assert main(args) == 0
-        again = capsys.readouterr().out
-    assert len((out / "dialogues.jsonl").read_text().splitlines()) == 4
-    assert "alreadytrained" in "".join(again.split())
+    with ServerThread(make_app(latency=0.05)) as url:
+        args = [sys.executable, "-m", "baize", "pipeline", "--out", str(out), "--teacher", "openai:fake-teacher",
+                "--judge", "openai:fake-judge", "--base-url", url, "--base", str(tiny_model_dir), "--limit", "4",
+                "--max-steps", "2", "--batch-size", "2", "--sdf-prompts", "4", "--v2-steps", "2",
+                "--eval-limit", "3", "--eval-max-tokens", "8", "--sdf-max-tokens", "8", "--dpo"]
+        env = {**os.environ, "OPENAI_API_KEY": "x"}
+        # killed once v1 is trained, while SDF samples
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
+        try:
+            deadline = time.monotonic() + 240
+            while time.monotonic() < deadline and proc.poll() is None:
+                if (out / "v1" / "baize_run.json").exists():
+                    break
+                time.sleep(0.05)
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=10)
+        assert (out / "v1" / "baize_run.json").exists() and not (out / "eval" / "report.html").exists()
+        p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        flat = "".join(p.stdout.split())  # rich wraps long lines
+        assert "v1alreadytrained" in flat
+        # every stage wrote real output, each item once
+        dialogues = list(read_jsonl(out / "dialogues.jsonl", validate=True))
+        assert len(dialogues) == 4
+        sdf = list(read_jsonl(out / "sdf.jsonl", validate=True))
+        assert len(sdf) == len({r["id"] for r in sdf}) == 4
+        assert all(len(r["meta"]["candidates"]) >= 2 and r["meta"]["agreement"] == 1.0 for r in sdf)
+        v2 = json.loads((out / "v2" / "baize_run.json").read_text())
+        assert Path(v2["from_run"]) == (out / "v1").resolve() and v2["data"] == [str((out / "sdf.jsonl").resolve())]
+        assert json.loads((out / "v2-dpo" / "baize_run.json").read_text())["method"] == "dpo"
+        res = json.loads((out / "eval" / "results.json").read_text())
+        assert list(res["models"]) == ["base", "v1", "v2", "v2-dpo"] and res["n_questions"] == 3
+        assert {(p["a"], p["b"]) for p in res["pairwise"]} >= {("v2", "v1"), ("v1", "base"), ("v2", "base")}
+        assert all(p["n"] == 3 for p in res["pairwise"]) and res["judge"]["consistency"] is not None
+        assert (out / "eval" / "report.html").exists() and "report.html" in flat
+        assert "baizechat" in flat and "baizeserve" in flat
+        # a rerun does nothing again: no teacher, policy, model or judge call
+        before = (out / "eval" / "verdicts.jsonl").read_text()
+        p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        assert (out / "eval" / "verdicts.jsonl").read_text() == before
+        assert len(list(read_jsonl(out / "sdf.jsonl"))) == 4
