@@ -24,9 +24,7 @@ and a plain DPOTrainer accepts them unchanged:
 """
 from __future__ import annotations
 
-import json
 from dataclasses import replace
-from pathlib import Path
 
 from .config import BaizeError
 
@@ -75,21 +73,8 @@ def read_prefs(paths: list[str]) -> list[tuple[dict, str]]:
     if not paths:
         raise BaizeError("no preference data: pass --data prefs.jsonl[,more.jsonl] ({prompt, chosen, rejected} "
                          "rows, e.g. the OUT.prefs.jsonl of `baize sdf`)")
-    out = []
-    for p in paths:
-        if not Path(p).is_file():
-            raise BaizeError(f"{p}: no such file")
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                where = f"{p}:{n}"
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BaizeError(f"{where}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") \
-                        from None
-                out.append((check_row(row, where), where))
+    from .schema import read_jsonl_where
+    out = [(check_row(row, where), where) for p in paths for where, row in read_jsonl_where(p)]
     if not out:
         raise BaizeError(f"no preference pairs in {', '.join(paths)}")
     return out

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .config import BaizeError, add_dataclass_args, dataclass_from_args, save_config
 from .runner import Ledger, run_items
-from .schema import read_jsonl
+from .schema import read_jsonl, read_jsonl_where
 
 BUILTIN = Path(__file__).parent / "samples" / "eval_questions.jsonl"
 NEAR_CHANCE = 0.6
@@ -108,16 +108,7 @@ def load_questions(spec: str, *, field: str | None = None, limit: int | None = N
     except json.JSONDecodeError:
         shape = None
     if isinstance(shape, dict) and ("turns" in shape or ("text" in shape and "question_id" in shape)):
-        out = []
-        with path.open(encoding="utf-8-sig") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise BaizeError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
-                out.append(_question(obj, f"{path}:{n}"))
+        out = [_question(obj, where) for where, obj in read_jsonl_where(path)]
     else:  # any seed source: one-turn questions; MedQuAD's and Alpaca's answers are references
         from .seeds import load_seeds
         out = [Question(s.id, s.source, [s.text], [s.meta.get("answer") or s.meta.get("reference")]
@@ -377,8 +368,7 @@ def score_stats(scores: list[dict], name: str, n_boot: int) -> dict | None:
 
 def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, console=None) -> dict:
     """Answers, verdicts, scores, NLL -> OUT/results.json + report; `llms` maps names to LLM objects (tests)."""
-    from .judge import Judge
-    from .llm import load_llm
+    from .judge import load_judge
     models = parse_models(cfg.models)
     if cfg.baseline and cfg.baseline not in models:
         raise BaizeError(f"--baseline {cfg.baseline}: not one of the models ({', '.join(models)}); use one of those names")
@@ -390,17 +380,8 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     save_config(cfg, out / "eval.config.json", api_key="***" if cfg.api_key else None,
                 judge_api_key="***" if cfg.judge_api_key else None)
     judged = cfg.judge and cfg.judge.lower() != "none" and (cfg.pairwise or cfg.single)
-    judge = None
-    if judged:  # an unreachable judge fails now, before minutes of answers
-        if judge_llm is None:
-            judge_llm = load_llm(cfg.judge, base_url=cfg.judge_base_url or cfg.base_url,
-                                 api_key=cfg.judge_api_key or cfg.api_key, max_retries=cfg.request_retries,
-                                 timeout=cfg.timeout, max_batch=max(1, cfg.concurrency))
-            if hasattr(judge_llm, "check"):
-                judge_llm.check()
-        cache = None if (cfg.judge_cache or "").lower() == "none" else Path(cfg.judge_cache or out / "judge_cache")
-        judge = Judge(judge_llm, cache_dir=cache, max_tokens=cfg.judge_max_tokens,
-                      max_unparseable=cfg.max_unparseable, mode=cfg.judge_mode)
+    # an unreachable judge fails now, before minutes of answers
+    judge = load_judge(cfg, out / "judge_cache", judge_llm) if judged else None
     ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)})
     t0 = time.monotonic()
     answers, nlls = {}, {}

@@ -633,3 +633,19 @@ class Judge:
         parsed = [o for o in orders if o is not None]
         order, points = borda(parsed, answers) if parsed else (None, None)
         return Ranking(order, points, agreement(parsed, k), orders, raw, usage, usage["calls"] == 0)
+
+
+def load_judge(cfg, default_cache: Path, llm=None, *, orders: int = 2) -> Judge:
+    """The Judge of a stage's config (sdf, eval): its model loaded from `cfg.judge` unless given and
+    checked (an unreachable endpoint fails now, in one line), its cache under `default_cache` unless
+    --judge-cache says where ('none': off)."""
+    if llm is None:
+        from .llm import load_llm
+        llm = load_llm(cfg.judge, base_url=cfg.judge_base_url or cfg.base_url, api_key=cfg.judge_api_key or cfg.api_key,
+                       max_retries=cfg.request_retries, timeout=cfg.timeout,
+                       max_batch=max(1, min(64, cfg.concurrency * orders)))
+    if hasattr(llm, "check"):
+        llm.check()
+    cache = None if (cfg.judge_cache or "").lower() == "none" else Path(cfg.judge_cache or default_cache)
+    return Judge(llm, cache_dir=cache, max_tokens=cfg.judge_max_tokens, orders=orders,
+                 max_unparseable=cfg.max_unparseable, mode=cfg.judge_mode)

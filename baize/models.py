@@ -46,7 +46,7 @@ def default_model_dir() -> Path:
     if (out / "model.safetensors").exists() and (out / "tokenizer.json").exists():
         return out
     gguf = default_gguf_path()
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
     tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     qmodel = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # a gguf-loaded model refuses save_pretrained; copy its float weights into a plain one

@@ -45,12 +45,12 @@ def validate_record(obj, where: str) -> dict:
     return obj
 
 
-def read_jsonl(path: str | Path, *, validate: bool = False) -> Iterator[dict]:
-    """Yield objects from a JSONL file; a bad line raises an error naming file and line."""
+def read_jsonl_where(path: str | Path) -> Iterator[tuple[str, object]]:
+    """Yield ('file:line', object) from a JSONL file, so later checks can name the line to fix."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not data
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -58,7 +58,13 @@ def read_jsonl(path: str | Path, *, validate: bool = False) -> Iterator[dict]:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno}); fix or delete that line") from None
-            yield validate_record(obj, f"{path}:{n}") if validate else obj
+            yield f"{path}:{n}", obj
+
+
+def read_jsonl(path: str | Path, *, validate: bool = False) -> Iterator[dict]:
+    """Yield objects from a JSONL file; a bad line raises an error naming file and line."""
+    for where, obj in read_jsonl_where(path):
+        yield validate_record(obj, where) if validate else obj
 
 
 def write_jsonl(path: str | Path, records: Iterable[dict]) -> int:

@@ -232,35 +232,19 @@ def write_prefs(out: str | Path) -> dict:
 
 # --- the run ------------------------------------------------------------------------------------
 
-def _judge_cache(cfg: SDFConfig) -> Path | None:
-    if cfg.judge_cache and cfg.judge_cache.lower() == "none":
-        return None
-    if cfg.judge_cache:
-        return Path(cfg.judge_cache)
-    out = Path(cfg.out)
-    stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-    return out.with_name(stem + ".judge_cache")
-
-
 def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
-    from .judge import Judge
+    from .judge import load_judge
     from .llm import load_llm
     if policy is None:
         policy = load_llm(cfg.policy, base_url=cfg.base_url, api_key=cfg.api_key, max_retries=cfg.request_retries,
                           timeout=cfg.timeout, max_batch=max(1, min(64, cfg.concurrency * cfg.n)))
-    if judge_llm is None:
-        if cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):
-            judge_llm = policy  # one copy of a local model in memory
-        else:
-            judge_llm = load_llm(cfg.judge, base_url=cfg.judge_base_url or cfg.base_url,
-                                 api_key=cfg.judge_api_key or cfg.api_key, max_retries=cfg.request_retries,
-                                 timeout=cfg.timeout, max_batch=max(1, min(64, cfg.concurrency * cfg.judge_orders)))
-    for llm in {id(policy): policy, id(judge_llm): judge_llm}.values():
-        if hasattr(llm, "check"):
-            llm.check()  # an unreachable endpoint or a bad key fails now, in one line
-    judge = Judge(judge_llm, cache_dir=_judge_cache(cfg), max_tokens=cfg.judge_max_tokens, orders=cfg.judge_orders,
-                  max_unparseable=cfg.max_unparseable, mode=cfg.judge_mode)
-    return policy, judge
+        if hasattr(policy, "check"):
+            policy.check()  # an unreachable endpoint or a bad key fails now, in one line
+    if judge_llm is None and cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):
+        judge_llm = policy  # one copy of a local model in memory
+    out = Path(cfg.out)
+    stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
+    return policy, load_judge(cfg, out.with_name(stem + ".judge_cache"), judge_llm, orders=cfg.judge_orders)
 
 
 def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):

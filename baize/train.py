@@ -91,16 +91,10 @@ class TrainConfig:
 
 def read_dialogues(paths: list[str]) -> list[tuple[dict, str]]:
     """Every record with its 'file:line', validated; a bad line raises an error naming file and line."""
-    from .schema import read_jsonl
+    from .schema import read_jsonl_where, validate_record
     if not paths:
         raise BaizeError("no training data: pass --data dialogues.jsonl[,more.jsonl]")
-    out = []
-    for p in paths:
-        # read_jsonl skips blank lines, so count lines here to name them
-        lines = [n for n, line in enumerate(Path(p).open(encoding="utf-8"), 1) if line.strip()] \
-            if Path(p).exists() else []
-        for n, rec in zip(lines, read_jsonl(p, validate=True)):
-            out.append((rec, f"{p}:{n}"))
+    out = [(validate_record(obj, where), where) for p in paths for where, obj in read_jsonl_where(p)]
     if not out:
         raise BaizeError(f"no dialogues in {', '.join(paths)}")
     return out

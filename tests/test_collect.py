@@ -17,7 +17,7 @@ from baize.config import BaizeError
 from baize.llm import LLMError, TransientLLMError, load_llm
 from baize.schema import read_jsonl, sidecar
 from baize.seeds import load_seeds
-from baize.testing import FakeLLM, ServerThread, canned_transcript, default_reply, make_app
+from baize.testing import FakeLLM, ServerThread, canned_transcript, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -344,7 +344,6 @@ def test_only_lora_parameters_change(v1):
 
 
 def test_run_directory_records_format_and_loads_with_plain_peft(v1, tiny_model_dir):
-    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 

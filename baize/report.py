@@ -1,0 +1,530 @@
+"""The report of `baize eval`: OUT/report.md and ONE self-contained OUT/report.html, both from the
+results dict that evaluate.py also saves as OUT/results.json.
+
+Everything inside the results (answers, questions, references, model names, categories, the judge's
+spec) is untrusted text: a model may well answer with HTML. In the HTML it is always html.escape'd and
+shown with `white-space: pre-wrap`; the page holds no script at all and a CSP that forbids every fetch
+(plots are PNG data URIs drawn on matplotlib's Agg canvas). In the Markdown, table cells are escaped
+and long text goes in fenced blocks whose fence is longer than any backtick run inside.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import re
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+NEAR_CHANCE = 0.6  # evaluate.NEAR_CHANCE; repeated so that the report reads old results without evaluate
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def write_report(results: dict, out_dir: str | Path) -> dict:
+    """report.md and report.html in out_dir; returns {"md": path, "html": path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    v = _view(results or {})
+    paths = {"md": out_dir / "report.md", "html": out_dir / "report.html"}
+    paths["md"].write_text(render_md(v), encoding="utf-8")
+    paths["html"].write_text(render_html(v, _plots(v)), encoding="utf-8")
+    return paths
+
+
+# --- the data, made safe to read -----------------------------------------------------------------
+
+class _T(str):
+    """A cell we formatted ourselves (a number, an interval): needs no Markdown escaping."""
+
+
+def _d(x) -> dict:
+    return x if isinstance(x, dict) else {}
+
+
+def _num(x) -> float | None:
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
+        return None
+    return float(x)
+
+
+def _f(x, nd: int = 2) -> _T:
+    n = _num(x)
+    return _T("–" if n is None else f"{n:.{nd}f}")
+
+
+def _int(x) -> _T:
+    n = _num(x)
+    return _T("–" if n is None else f"{n:g}")
+
+
+def _ci(ci, nd: int = 2) -> tuple[float, float] | None:
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_num(c) is not None for c in ci):
+        return float(ci[0]), float(ci[1])
+    return None
+
+
+def _fci(ci, nd: int = 2) -> _T:
+    c = _ci(ci)
+    return _T("–" if c is None else f"[{c[0]:.{nd}f}, {c[1]:.{nd}f}]")
+
+
+def _turns(x) -> list[str]:
+    if x is None:
+        return []
+    if isinstance(x, str):  # a one-turn answer given as a plain string
+        return [x]
+    return ["" if t is None else str(t) for t in x] if isinstance(x, (list, tuple)) else [str(x)]
+
+
+def _view(res: dict) -> dict:
+    """The results with every optional piece defaulted, so the renderers never meet a None they must guess at."""
+    models = {str(k): _d(m) for k, m in _d(res.get("models")).items()}
+    judge = _d(res.get("judge"))
+    cons = _num(judge.get("consistency"))
+    near = judge.get("near_chance") is True or (cons is not None and cons < NEAR_CHANCE)
+    pairs = [p for p in (res.get("pairwise") or []) if isinstance(p, dict)]
+    qs = [q for q in (res.get("questions") or []) if isinstance(q, dict)]
+    return {"title": str(res.get("title") or "baize eval"), "created": res.get("created"),
+            "n_questions": res.get("n_questions"), "questions_file": res.get("questions_file"),
+            "models": models, "judge": judge or None, "consistency": cons, "near_chance": near,
+            "pairwise": pairs, "questions": qs, "config": _d(res.get("config")),
+            "ledger": _d(res.get("ledger")), "seconds": _num(res.get("seconds"))}
+
+
+def _warning(v) -> str | None:
+    if not v["near_chance"]:
+        return None
+    c = v["consistency"]
+    how = f"only {c:.0%} of the time" if c is not None else "too rarely"
+    return (f"Warning: the judge agrees with itself under swapped order {how}, so its verdicts are near chance "
+            f"and the win rates should not be trusted.")
+
+
+def _judge_line(v) -> str | None:
+    j = v["judge"]
+    if not j:
+        return None
+    c = v["consistency"]
+    parts = [f"Judge {j.get('spec') or '?'}: "
+             + (f"agrees with itself under swapped order on {c:.0%} of pairs" if c is not None
+                else "no consistency measured (no pairwise verdicts)")]
+    if _num(j.get("pairs_judged")) is not None:
+        parts.append(f"{j['pairs_judged']:g} pairwise verdicts")
+    if _num(j.get("unparseable")) is not None:
+        parts.append(f"{j['unparseable']:g} unparseable")
+    return "; ".join(parts) + f" (below {NEAR_CHANCE:.0%} counts as near chance)."
+
+
+# --- tables, shared by both formats: (headers, rows) with cells as plain strings --------------------
+
+def _drop_empty(headers, rows, keep: int = 1):
+    """Columns with nothing in any row go: old results have no mean_tokens, a run without references no NLL."""
+    cols = [i for i in range(len(headers)) if i < keep or any(r[i] not in ("", "–") for r in rows)]
+    return [headers[i] for i in cols], [[r[i] for i in cols] for r in rows]
+
+
+def _models_table(v):
+    rows = []
+    for name, m in v["models"].items():
+        s, nll = _d(m.get("score")), _d(m.get("nll"))
+        score = "–" if _num(s.get("mean")) is None else f"{s['mean']:.2f} {_fci(s.get('ci'))}".replace(" –", "")
+        rows.append([name, _T(score), _int(s.get("n")), _int(m.get("answers")), _f(m.get("mean_words"), 1),
+                     _f(m.get("mean_tokens"), 1), _f(nll.get("data"), 3), _f(nll.get("reference"), 3),
+                     str(m.get("spec") or ""), str(m.get("lineage") or "")])
+    return _drop_empty(["model", "score (95% CI)", "scored", "answers", "mean words", "mean tokens",
+                        "NLL data", "NLL reference", "spec", "lineage"], rows)
+
+
+def _pair_cells(p):
+    return [_int(p.get("win")), _int(p.get("tie")), _int(p.get("loss")), _f(p.get("win_rate"), 3), _fci(p.get("ci"))]
+
+
+def _pairs_table(v):
+    rows = [[f"{p.get('a')} vs {p.get('b')}", *_pair_cells(p), _int(p.get("unjudged")), _int(p.get("n"))]
+            for p in v["pairwise"]]
+    return _drop_empty(["a vs b", "win", "tie", "loss", "win rate", "95% CI", "unjudged", "n"], rows)
+
+
+def _pair_cats_table(v):
+    rows = [[f"{p.get('a')} vs {p.get('b')}", str(c), *_pair_cells(_d(t))]
+            for p in v["pairwise"] for c, t in _d(p.get("by_category")).items()]
+    return ["a vs b", "category", "win", "tie", "loss", "win rate", "95% CI"], rows
+
+
+def _score_cats(v):
+    """Categories in first-seen order, and the models that have scores at all."""
+    scored = [n for n, m in v["models"].items() if _num(_d(m.get("score")).get("mean")) is not None]
+    cats = list(dict.fromkeys(str(c) for n in scored for c in _d(v["models"][n]["score"].get("by_category"))))
+    return scored, cats
+
+
+def _score_cats_table(v):
+    scored, cats = _score_cats(v)
+    rows = [[c] + [_f({str(k): x for k, x in _d(v["models"][n]["score"].get("by_category")).items()}.get(c))
+                   for n in scored] for c in cats]
+    return ["category", *scored], rows
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]<>|#~!])")
+
+
+def _md(s) -> str:
+    """One line of untrusted text, inert in Markdown: a newline or `|` would end the cell, `<` start HTML."""
+    if isinstance(s, _T):
+        return str(s)
+    s = " ".join(str(s).split()).replace("&", "&amp;")
+    return _MD_SPECIAL.sub(r"\\\1", s)
+
+
+def _fence(text) -> str:
+    """A fenced block no content can close: the fence is longer than any backtick run inside."""
+    text = str(text)
+    n = max([3] + [len(r) + 1 for r in re.findall(r"`+", text)])
+    return f"{'`' * n}text\n{text}\n{'`' * n}"
+
+
+def _md_table(headers, rows) -> str:
+    if not rows:
+        return ""
+    align = ["---" if i == 0 or not all(isinstance(r[i], _T) for r in rows) else "---:" for i in range(len(headers))]
+    lines = ["| " + " | ".join(_md(h) for h in headers) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(_md(c) or " " for c in r) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _verdict_text(vd: dict) -> str:
+    a, b, w = str(vd.get("a")), str(vd.get("b")), vd.get("winner")
+    what = {"a": f"{a} better", "b": f"{b} better", "tie": "tie"}.get(w, "unjudged")
+    cons = {True: "; both orders agree", False: "; the two orders disagree"}.get(vd.get("consistent"), "")
+    return f"{a} vs {b}: {what}{cons}"
+
+
+def render_md(v: dict) -> str:
+    out = [f"# {_md(v['title'])}", ""]
+    meta = [f"created {_md(v['created'])}" if v["created"] else "",
+            f"{v['n_questions']:g} questions" if _num(v["n_questions"]) is not None else "",
+            f"judge {_md(v['judge'].get('spec') or '?')}" if v["judge"] else "no judge"]
+    out += [" · ".join(m for m in meta if m), ""]
+    if (w := _warning(v)):
+        out += [f"> **{w}**", ""]
+    out += ["## Models", "", _md_table(*_models_table(v)) or "No models.", "",
+            "Score: mean 1-10 judge score with a bootstrap 95% interval. "
+            "NLL: mean negative log-likelihood per assistant token (lower is better).", ""]
+    if v["pairwise"]:
+        out += ["## Pairwise win rates", "", "Win rate of a over b, ties count half; 95% bootstrap interval.", "",
+                _md_table(*_pairs_table(v))]
+        if (t := _pair_cats_table(v))[1]:
+            out += ["### By category", "", _md_table(*t)]
+    if (j := _judge_line(v)):
+        out += ["## Judge reliability", "", _md(j), ""]
+    if (t := _score_cats_table(v))[1]:
+        out += ["## Scores by category", "", _md_table(*t)]
+    if v["questions"]:
+        out += ["## Side by side", ""]
+        for q in v["questions"]:
+            out += _md_question(q, list(v["models"]))
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _md_question(q: dict, names: list[str]) -> list[str]:
+    answers, scores, refs = _d(q.get("answers")), _d(q.get("scores")), _turns(q.get("reference"))
+    names = names + [str(n) for n in answers if str(n) not in names]
+    out = [f"### {_md(q.get('question_id', '?'))} · {_md(q.get('category') or 'uncategorised')}", ""]
+    for i, turn in enumerate(_turns(q.get("turns"))):
+        out += [f"**Turn {i + 1}: question**", "", _fence(turn), ""]
+        if i < len(refs) and refs[i]:
+            out += ["*reference*", "", _fence(refs[i]), ""]
+        for n in names:
+            a = _turns(answers.get(n))
+            score = f" (score {_f(scores.get(n), 1)})" if i == 0 and _num(scores.get(n)) is not None else ""
+            out += [f"**{_md(n)}**{score}", "", _fence(a[i]) if i < len(a) else "*(no answer)*", ""]
+    verdicts = [vd for vd in (q.get("verdicts") or []) if isinstance(vd, dict)]
+    if verdicts:
+        out += ["Verdicts:", ""] + [f"- {_md(_verdict_text(vd))}" for vd in verdicts] + [""]
+    return out
+
+
+# --- plots: PNG data URIs from the Agg canvas (no pyplot, so no global backend state) -------------
+
+def _label(s, n: int = 28) -> str:
+    """Untrusted text as a matplotlib label: `$` pairs would otherwise be parsed as mathtext."""
+    s = " ".join(str(s).split())
+    s = s if len(s) <= n else s[:n - 1] + "…"
+    return s.replace("$", r"\$")
+
+
+def _png(draw, size=(6.4, 3.0)) -> tuple[str, int, int]:
+    import base64
+    import io
+    import struct
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=size, layout="constrained")
+    FigureCanvasAgg(fig)
+    draw(fig, fig.add_subplot())
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=150, bbox_inches="tight", pad_inches=0.08, metadata={"Software": None})
+    png = buf.getvalue()
+    w, h = struct.unpack(">II", png[16:24])  # IHDR: shown at 2/3 size, so it stays sharp on a dense screen
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii"), w * 2 // 3, h * 2 // 3
+
+
+def _draw_winrates(v):
+    pairs = [p for p in v["pairwise"] if _num(p.get("win_rate")) is not None]
+    if not pairs:
+        return None
+
+    def draw(fig, ax):
+        y = list(range(len(pairs)))
+        wr = [float(p["win_rate"]) for p in pairs]
+        cis = [_ci(p.get("ci")) or (w, w) for p, w in zip(pairs, wr)]
+        err = [[max(0.0, w - c[0]) for w, c in zip(wr, cis)], [max(0.0, c[1] - w) for w, c in zip(wr, cis)]]
+        colors = ["#2da44e" if c[0] > 0.5 else "#cf222e" if c[1] < 0.5 else "#6e7781" for c in cis]
+        ax.barh(y, wr, xerr=err, color=colors, alpha=0.85, capsize=4, height=0.55)
+        ax.axvline(0.5, color="#24292f", ls="--", lw=1)
+        for yi, w, c in zip(y, wr, cis):
+            ax.text(min(c[1], 0.86) + 0.02, yi, f"{w:.2f}", va="center", fontsize=9)
+        ax.set_yticks(y, [_label(f"{p.get('a')} vs {p.get('b')}", 34) for p in pairs])
+        ax.set_xlim(0, 1)
+        ax.invert_yaxis()
+        ax.set_xlabel("win rate of a over b (ties count half), 95% interval")
+        ax.grid(axis="x", alpha=0.3)
+    return "Win rates", draw, (6.4, 1.2 + 0.5 * len(pairs))
+
+
+def _draw_scores(v):
+    scored, cats = _score_cats(v)
+    if not scored:
+        return None
+
+    def draw(fig, ax):
+        groups = cats + ["overall"]
+        width = 0.8 / len(scored)
+        for i, n in enumerate(scored):
+            s = v["models"][n]["score"]
+            bc = {str(k): x for k, x in _d(s.get("by_category")).items()}
+            vals = [_num(bc.get(c)) if _num(bc.get(c)) is not None else math.nan for c in cats] + [float(s["mean"])]
+            ci = _ci(s.get("ci"))
+            err = [[0.0] * len(cats) + [max(0.0, vals[-1] - ci[0]) if ci else 0.0],
+                   [0.0] * len(cats) + [max(0.0, ci[1] - vals[-1]) if ci else 0.0]]
+            xs = [g + (i - (len(scored) - 1) / 2) * width for g in range(len(groups))]
+            ax.bar(xs, vals, width * 0.92, yerr=err, capsize=3, label=_label(n), color=f"C{i}")
+        ax.set_xticks(range(len(groups)), [_label(g, 16) for g in groups], rotation=20 if len(groups) > 5 else 0)
+        ax.set_ylim(0, 10.5)
+        ax.set_ylabel("judge score (1-10)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8, ncols=min(4, len(scored)), loc="upper left", bbox_to_anchor=(0, 1.2), frameon=False)
+    return "Scores by category", draw, (min(12.0, max(6.4, 1.1 * (len(cats) + 1) * max(1, len(scored) / 2))), 3.4)
+
+
+def _draw_lengths(v):
+    names = [n for n, m in v["models"].items() if _num(m.get("mean_words")) is not None]
+    if not names:
+        return None
+
+    def draw(fig, ax):
+        vals = [float(v["models"][n]["mean_words"]) for n in names]
+        bars = ax.bar(range(len(names)), vals, 0.6, color=[f"C{list(v['models']).index(n)}" for n in names])
+        ax.bar_label(bars, fmt="%.0f", fontsize=9, padding=2)
+        ax.set_xticks(range(len(names)), [_label(n, 16) for n in names])
+        ax.set_ylabel("mean words per answer")
+        ax.set_ylim(0, max(vals + [1.0]) * 1.18)
+        ax.grid(axis="y", alpha=0.3)
+    return "Answer lengths", draw, (max(3.6, 1.2 * len(names) + 1.6), 3.0)
+
+
+def _draw_loss(v):
+    curves = {}
+    for i, (n, m) in enumerate(v["models"].items()):
+        recs = [r for r in (m.get("loss_curve") or []) if isinstance(r, dict) and _num(r.get("step")) is not None]
+        pts = {k: [(r["step"], r[k]) for r in recs if _num(r.get(k)) is not None] for k in ("loss", "eval_loss")}
+        if pts["loss"] or pts["eval_loss"]:
+            curves[n] = (i, pts)
+    if not curves:
+        return None
+
+    def draw(fig, ax):
+        for n, (i, pts) in curves.items():
+            if pts["loss"]:
+                ax.plot(*zip(*pts["loss"]), "-", color=f"C{i}", lw=1.4, label=f"{_label(n)} train")
+            if pts["eval_loss"]:
+                ax.plot(*zip(*pts["eval_loss"]), "o--", color=f"C{i}", lw=1.4, ms=4, label=f"{_label(n)} eval")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return "Training loss", draw, (6.4, 3.2)
+
+
+def _draw_consistency(v):
+    c = v["consistency"]
+    if c is None:
+        return None
+
+    def draw(fig, ax):
+        ax.barh([0], [c], color="#cf222e" if v["near_chance"] else "#2da44e", height=0.5)
+        ax.axvline(NEAR_CHANCE, color="#24292f", ls="--", lw=1.2)
+        ax.text(NEAR_CHANCE, 0.42, f" near chance below {NEAR_CHANCE:.1f}", fontsize=8, va="bottom")
+        ax.text(min(c, 0.88) + 0.01, 0, f"{c:.0%}", va="center", fontsize=10, fontweight="bold")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(-0.5, 0.8)
+        ax.set_yticks([])
+        ax.set_xlabel("judge agrees with itself when the order is swapped")
+    return "Judge consistency", draw, (6.4, 1.5)
+
+
+def _plots(v: dict) -> dict:
+    """name -> (title, data URI, width, height) or (title, None, why): a plot that fails loses only itself."""
+    out = {}
+    for key, make in (("winrates", _draw_winrates), ("consistency", _draw_consistency), ("scores", _draw_scores),
+                      ("lengths", _draw_lengths), ("loss", _draw_loss)):
+        try:
+            spec = make(v)
+            if spec:
+                out[key] = (spec[0], *_png(spec[1], spec[2]))
+        except Exception as e:  # noqa: BLE001 - the tables and answers are worth more than one figure
+            log.warning("report: the %s plot failed: %s", key, e)
+            out[key] = (key, None, f"plot not drawn: {type(e).__name__}: {e}")
+    return out
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+CSS = """
+*{box-sizing:border-box}
+body{margin:0;background:#f4f5f7;color:#1f2328;font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif}
+main{max-width:1280px;margin:0 auto;padding:20px 28px 48px}
+h1{font-size:1.7rem;margin:.3rem 0 .1rem}
+h2{font-size:1.2rem;margin:0 0 .7rem}
+h3{font-size:1.02rem;margin:1.1rem 0 .5rem}
+.meta,.note{color:#59636e;font-size:.92rem}
+section{background:#fff;border:1px solid #dfe3e8;border-radius:10px;padding:16px 22px;margin:16px 0}
+.warn{background:#ffebe9;border:2px solid #cf222e;color:#82071e;border-radius:10px;padding:12px 18px;margin:16px 0;font-weight:600}
+.row{display:flex;flex-wrap:wrap;gap:22px;align-items:flex-start}
+.row>*{min-width:0;max-width:100%}
+.scroll{overflow-x:auto;max-width:100%}
+table{border-collapse:collapse;font-size:.9rem}
+th,td{padding:5px 10px;border-bottom:1px solid #e6e9ed;text-align:left;vertical-align:top}
+th{background:#f3f5f7;font-weight:600;white-space:nowrap}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.txt{max-width:28rem;overflow-wrap:anywhere;white-space:pre-wrap}
+figure{margin:0}
+figure img{display:block;max-width:100%;height:auto}
+figcaption{font-size:.85rem;color:#59636e;margin-top:2px}
+.failed{color:#9a6700;font-style:italic}
+.q{border-top:1px solid #e6e9ed;padding-top:6px;margin-top:14px}
+.q:first-of-type{border-top:none;margin-top:0}
+.cat{display:inline-block;background:#ddf4ff;color:#0550ae;border-radius:999px;padding:0 9px;font-size:.8rem;font-weight:500;margin-left:6px;vertical-align:2px}
+.grid{display:grid;gap:8px;align-items:stretch}
+.cell{border:1px solid #e1e4e8;border-radius:8px;padding:8px 11px;background:#fbfcfd;min-width:0}
+.label.model{text-transform:none;letter-spacing:0;font-size:.85rem;font-weight:600;color:#1f2328}
+.score{font-weight:500;color:#59636e;margin-left:8px}
+.turn{grid-column:1/-1;background:#eef4ff;border-color:#c8dafc}
+.ref{grid-column:1/-1;background:#eefbf1;border-color:#b9e6c4}
+.label{font-size:.75rem;text-transform:uppercase;letter-spacing:.04em;color:#59636e;margin-bottom:2px}
+.text{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.92rem}
+.none{color:#8c959f;font-style:italic}
+ul.verdicts{margin:.5rem 0 0;padding-left:1.2rem;font-size:.9rem}
+details summary{cursor:pointer;font-weight:600}
+"""
+
+
+def _e(s) -> str:
+    import html
+    return html.escape(str(s), quote=True)
+
+
+def _html_table(headers, rows) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f'<td class="{"num" if isinstance(c, _T) else "txt"}">{_e(c)}</td>' for c in r)
+                   + "</tr>" for r in rows)
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
+
+
+def _fig(plots, key) -> str:
+    if key not in plots:
+        return ""
+    title, uri, *rest = plots[key]
+    if uri is None:
+        return f'<p class="failed">{_e(title)}: {_e(rest[0])}</p>'
+    w, h = rest
+    return f'<figure><img src="{uri}" width="{w}" height="{h}" alt="{_e(title)}"></figure>'
+
+
+def render_html(v: dict, plots: dict | None = None) -> str:
+    plots = plots if plots is not None else _plots(v)
+    meta = [f"created {v['created']}" if v["created"] else "",
+            f"{v['n_questions']:g} questions" if _num(v["n_questions"]) is not None else "",
+            f"from {v['questions_file']}" if v["questions_file"] else "",
+            f"judge {v['judge'].get('spec') or '?'}" if v["judge"] else "no judge",
+            f"{v['seconds']:.0f} s" if v["seconds"] is not None else ""]
+    body = [f"<h1>{_e(v['title'])}</h1>", f'<div class="meta">{_e(" · ".join(m for m in meta if m))}</div>']
+    if (w := _warning(v)):
+        body.append(f'<div class="warn" role="alert">{_e(w)}</div>')
+    body.append('<section><h2>Models</h2><div class="row">'
+                f"<div>{_html_table(*_models_table(v)) or '<p>No models.</p>'}"
+                '<p class="note">Score: mean 1-10 judge score with a bootstrap 95% interval. NLL: mean negative '
+                "log-likelihood per assistant token (lower is better).</p></div>"
+                f"{_fig(plots, 'lengths')}</div></section>")
+    if v["pairwise"]:
+        cats = _html_table(*_pair_cats_table(v))
+        body.append('<section><h2>Pairwise win rates</h2><p class="note">Win rate of a over b, ties count half; '
+                    "95% bootstrap interval; green: a is better beyond the interval, red: worse.</p>"
+                    f'<div class="row">{_html_table(*_pairs_table(v))}{_fig(plots, "winrates")}</div>'
+                    + (f"<h3>By category</h3>{cats}" if cats else "") + "</section>")
+    if (j := _judge_line(v)):
+        body.append(f'<section><h2>Judge reliability</h2><p>{_e(j)}</p>{_fig(plots, "consistency")}</section>')
+    if (t := _score_cats_table(v))[1] or "scores" in plots:
+        body.append(f'<section><h2>Scores by category</h2><div class="row">{_html_table(*t)}'
+                    f'{_fig(plots, "scores")}</div></section>')
+    if "loss" in plots:
+        body.append('<section><h2>Training loss</h2><p class="note">The loss curves of the runs compared '
+                    f'(dashed: eval loss).</p>{_fig(plots, "loss")}</section>')
+    if v["questions"]:
+        body.append("<section><h2>Side by side</h2>"
+                    + "".join(_html_question(q, list(v["models"])) for q in v["questions"]) + "</section>")
+    if (cfg := _config_rows(v)):
+        body.append(f"<section><details><summary>Eval config</summary>{_html_table(['setting', 'value'], cfg)}"
+                    "</details></section>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
+            '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{_e(v['title'])}</title>\n<style>{CSS}</style></head>\n"
+            "<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")
+
+
+def _html_question(q: dict, names: list[str]) -> str:
+    answers, scores, refs = _d(q.get("answers")), _d(q.get("scores")), _turns(q.get("reference"))
+    names = names + [str(n) for n in answers if str(n) not in names]
+    cells = []
+    for i, turn in enumerate(_turns(q.get("turns"))):
+        cells.append(f'<div class="cell turn"><div class="label">turn {i + 1}</div><div class="text">{_e(turn)}</div></div>')
+        if i < len(refs) and refs[i]:
+            cells.append(f'<div class="cell ref"><div class="label">reference</div><div class="text">{_e(refs[i])}</div></div>')
+        for n in names:
+            a = _turns(answers.get(n))
+            inner = f'<div class="text">{_e(a[i])}</div>' if i < len(a) else '<div class="none">no answer</div>'
+            s = _num(scores.get(n))
+            score = f'<span class="score">score {s:.1f}</span>' if s is not None else ""
+            cells.append(f'<div class="cell"><div class="label model">{_e(n)}{score}</div>{inner}</div>')
+    verdicts = [vd for vd in (q.get("verdicts") or []) if isinstance(vd, dict)]
+    vl = ('<ul class="verdicts">' + "".join(f"<li>{_e(_verdict_text(vd))}</li>" for vd in verdicts) + "</ul>"
+          if verdicts else "")
+    cols = max(1, len(names))
+    return (f'<div class="q"><h3>{_e(q.get("question_id", "?"))}<span class="cat">{_e(q.get("category") or "uncategorised")}</span></h3>'
+            f'<div class="grid" style="grid-template-columns:repeat({cols},minmax(0,1fr))">{"".join(cells)}</div>{vl}</div>')
+
+
+def _config_rows(v) -> list:
+    import json
+
+    def show(x):
+        return x if isinstance(x, str) else json.dumps(x, default=str, ensure_ascii=False)
+    rows = [[str(k), show(x)] for k, x in v["config"].items()]
+    rows += [[f"cost: {k}", show(x)] for k, x in v["ledger"].items()]
+    return rows
