@@ -183,9 +183,15 @@ class _Lazy:
     """The model loads only when something is missing from the caches."""
 
     def __init__(self, spec: str, cfg: EvalConfig):
+        import threading
         self.spec, self.cfg, self.llm = spec, cfg, None
+        self.lock = threading.Lock()  # the runner's workers ask at once: one loads, the others wait
 
     def get(self):
+        with self.lock:
+            return self._load()
+
+    def _load(self):
         if self.llm is None:
             from .llm import load_llm
             self.llm = load_llm(self.spec, base_url=self.cfg.base_url, api_key=self.cfg.api_key,

@@ -31,7 +31,8 @@ class PipelineConfig:
     mode: str = _opt("turns", "collection mode", choices=["oneshot", "turns"])
     max_turns: int = _opt(2, "exchanges per dialogue (turns mode)")
     max_tokens: int = _opt(160, "max new tokens per teacher call")
-    temperature: float = _opt(0.7, "teacher temperature (a 135M teacher rambles at 1.0)")
+    temperature: float = _opt(0.7, "sampling temperature of the teacher and of SDF's candidates (the paper: 1.0; "
+                                   "a 135M model rambles there)")
     concurrency: int = _opt(8, "dialogues, prompts or questions in flight")
     base: str = _opt("default", "model to tune")
     format: str = _opt("template", "chat format to train with", choices=["baize", "template"])
@@ -109,6 +110,7 @@ def run(cfg: PipelineConfig) -> dict:
     sdf_out = out / "sdf.jsonl"
     scfg = SDFConfig(policy=str(v1), judge=cfg.judge, prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
                      out=str(sdf_out), n=cfg.n, max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency,
+                     temperature=cfg.temperature,
                      judge_base_url=cfg.base_url)
     s, prefs = sdf(scfg)
     print_run(s, f"sdf -> {sdf_out}", console, unit="prompts")
