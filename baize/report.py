@@ -54,10 +54,10 @@ def _f(x, nd: int = 2) -> _T:
 
 def _int(x) -> _T:
     n = _num(x)
-    return _T("–" if n is None else f"{n:g}")
+    return _T("–" if n is None else str(int(n)) if n == int(n) else f"{n:g}")  # :g alone makes 1e+06 of counts
 
 
-def _ci(ci, nd: int = 2) -> tuple[float, float] | None:
+def _ci(ci) -> tuple[float, float] | None:
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(_num(c) is not None for c in ci):
         return float(ci[0]), float(ci[1])
     return None
@@ -109,9 +109,9 @@ def _judge_line(v) -> str | None:
              + (f"agrees with itself under swapped order on {c:.0%} of pairs" if c is not None
                 else "no consistency measured (no pairwise verdicts)")]
     if _num(j.get("pairs_judged")) is not None:
-        parts.append(f"{j['pairs_judged']:g} pairwise verdicts")
+        parts.append(f"{_int(j['pairs_judged'])} pairwise verdicts")
     if _num(j.get("unparseable")) is not None:
-        parts.append(f"{j['unparseable']:g} unparseable")
+        parts.append(f"{_int(j['unparseable'])} unparseable")
     return "; ".join(parts) + f" (below {NEAR_CHANCE:.0%} counts as near chance)."
 
 
@@ -133,6 +133,14 @@ def _models_table(v):
                      str(m.get("spec") or ""), str(m.get("lineage") or "")])
     return _drop_empty(["model", "score (95% CI)", "scored", "answers", "mean words", "mean tokens",
                         "NLL data", "NLL reference", "spec", "lineage"], rows)
+
+
+def _models_note(v) -> str:
+    headers = _models_table(v)[0]
+    return " ".join(t for cond, t in (
+        ("scored" in headers, "Score: mean 1-10 judge score with a bootstrap 95% interval."),
+        (any(h.startswith("NLL") for h in headers),
+         "NLL: mean negative log-likelihood per assistant token (lower is better).")) if cond)
 
 
 def _pair_cells(p):
@@ -204,14 +212,14 @@ def _verdict_text(vd: dict) -> str:
 def render_md(v: dict) -> str:
     out = [f"# {_md(v['title'])}", ""]
     meta = [f"created {_md(v['created'])}" if v["created"] else "",
-            f"{v['n_questions']:g} questions" if _num(v["n_questions"]) is not None else "",
+            f"{_int(v['n_questions'])} questions" if _num(v["n_questions"]) is not None else "",
             f"judge {_md(v['judge'].get('spec') or '?')}" if v["judge"] else "no judge"]
     out += [" · ".join(m for m in meta if m), ""]
     if (w := _warning(v)):
         out += [f"> **{w}**", ""]
-    out += ["## Models", "", _md_table(*_models_table(v)) or "No models.", "",
-            "Score: mean 1-10 judge score with a bootstrap 95% interval. "
-            "NLL: mean negative log-likelihood per assistant token (lower is better).", ""]
+    out += ["## Models", "", _md_table(*_models_table(v)) or "No models.", ""]
+    if (note := _models_note(v)):
+        out += [note, ""]
     if v["pairwise"]:
         out += ["## Pairwise win rates", "", "Win rate of a over b, ties count half; 95% bootstrap interval.", "",
                 _md_table(*_pairs_table(v))]
@@ -285,8 +293,9 @@ def _draw_winrates(v):
         colors = ["#2da44e" if c[0] > 0.5 else "#cf222e" if c[1] < 0.5 else "#6e7781" for c in cis]
         ax.barh(y, wr, xerr=err, color=colors, alpha=0.85, capsize=4, height=0.55)
         ax.axvline(0.5, color="#24292f", ls="--", lw=1)
-        for yi, w, c in zip(y, wr, cis):
-            ax.text(min(c[1], 0.86) + 0.02, yi, f"{w:.2f}", va="center", fontsize=9)
+        for yi, w, c in zip(y, wr, cis):  # beside the axes, where no error bar can run over it
+            ax.text(1.02, yi, f"{w:.3f} [{c[0]:.2f}, {c[1]:.2f}]", va="center", fontsize=9,
+                    transform=ax.get_yaxis_transform())
         ax.set_yticks(y, [_label(f"{p.get('a')} vs {p.get('b')}", 34) for p in pairs])
         ax.set_xlim(0, 1)
         ax.invert_yaxis()
@@ -307,16 +316,16 @@ def _draw_scores(v):
             s = v["models"][n]["score"]
             bc = {str(k): x for k, x in _d(s.get("by_category")).items()}
             vals = [_num(bc.get(c)) if _num(bc.get(c)) is not None else math.nan for c in cats] + [float(s["mean"])]
-            ci = _ci(s.get("ci"))
-            err = [[0.0] * len(cats) + [max(0.0, vals[-1] - ci[0]) if ci else 0.0],
-                   [0.0] * len(cats) + [max(0.0, ci[1] - vals[-1]) if ci else 0.0]]
             xs = [g + (i - (len(scored) - 1) / 2) * width for g in range(len(groups))]
-            ax.bar(xs, vals, width * 0.92, yerr=err, capsize=3, label=_label(n), color=f"C{i}")
+            ax.bar(xs, vals, width * 0.92, label=_label(n), color=f"C{i}")
+            if (ci := _ci(s.get("ci"))):  # only the overall mean has an interval
+                ax.errorbar([xs[-1]], [vals[-1]], yerr=[[max(0.0, vals[-1] - ci[0])], [max(0.0, ci[1] - vals[-1])]],
+                            fmt="none", ecolor="#24292f", capsize=3)
         ax.set_xticks(range(len(groups)), [_label(g, 16) for g in groups], rotation=20 if len(groups) > 5 else 0)
         ax.set_ylim(0, 10.5)
         ax.set_ylabel("judge score (1-10)")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=8, ncols=min(4, len(scored)), loc="upper left", bbox_to_anchor=(0, 1.2), frameon=False)
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), frameon=False)
     return "Scores by category", draw, (min(12.0, max(6.4, 1.1 * (len(cats) + 1) * max(1, len(scored) / 2))), 3.4)
 
 
@@ -333,7 +342,7 @@ def _draw_lengths(v):
         ax.set_ylabel("mean words per answer")
         ax.set_ylim(0, max(vals + [1.0]) * 1.18)
         ax.grid(axis="y", alpha=0.3)
-    return "Answer lengths", draw, (max(3.6, 1.2 * len(names) + 1.6), 3.0)
+    return "Answer lengths", draw, (max(3.4, 1.0 * len(names) + 1.4), 2.5)
 
 
 def _draw_loss(v):
@@ -410,7 +419,7 @@ table{border-collapse:collapse;font-size:.9rem}
 th,td{padding:5px 10px;border-bottom:1px solid #e6e9ed;text-align:left;vertical-align:top}
 th{background:#f3f5f7;font-weight:600;white-space:nowrap}
 td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-td.txt{max-width:28rem;overflow-wrap:anywhere;white-space:pre-wrap}
+td.txt{max-width:28rem;overflow-wrap:break-word;white-space:pre-wrap}
 figure{margin:0}
 figure img{display:block;max-width:100%;height:auto}
 figcaption{font-size:.85rem;color:#59636e;margin-top:2px}
@@ -459,18 +468,16 @@ def _fig(plots, key) -> str:
 def render_html(v: dict, plots: dict | None = None) -> str:
     plots = plots if plots is not None else _plots(v)
     meta = [f"created {v['created']}" if v["created"] else "",
-            f"{v['n_questions']:g} questions" if _num(v["n_questions"]) is not None else "",
+            f"{_int(v['n_questions'])} questions" if _num(v["n_questions"]) is not None else "",
             f"from {v['questions_file']}" if v["questions_file"] else "",
             f"judge {v['judge'].get('spec') or '?'}" if v["judge"] else "no judge",
             f"{v['seconds']:.0f} s" if v["seconds"] is not None else ""]
     body = [f"<h1>{_e(v['title'])}</h1>", f'<div class="meta">{_e(" · ".join(m for m in meta if m))}</div>']
     if (w := _warning(v)):
         body.append(f'<div class="warn" role="alert">{_e(w)}</div>')
-    body.append('<section><h2>Models</h2><div class="row">'
-                f"<div>{_html_table(*_models_table(v)) or '<p>No models.</p>'}"
-                '<p class="note">Score: mean 1-10 judge score with a bootstrap 95% interval. NLL: mean negative '
-                "log-likelihood per assistant token (lower is better).</p></div>"
-                f"{_fig(plots, 'lengths')}</div></section>")
+    note = _models_note(v)
+    body.append(f"<section><h2>Models</h2>{_html_table(*_models_table(v)) or '<p>No models.</p>'}"
+                + (f'<p class="note">{_e(note)}</p>' if note else "") + f"{_fig(plots, 'lengths')}</section>")
     if v["pairwise"]:
         cats = _html_table(*_pair_cats_table(v))
         body.append('<section><h2>Pairwise win rates</h2><p class="note">Win rate of a over b, ties count half; '
@@ -503,21 +510,25 @@ def _html_question(q: dict, names: list[str]) -> str:
     names = names + [str(n) for n in answers if str(n) not in names]
     cells = []
     for i, turn in enumerate(_turns(q.get("turns"))):
-        cells.append(f'<div class="cell turn"><div class="label">turn {i + 1}</div><div class="text">{_e(turn)}</div></div>')
+        cells.append(f'<div class="cell turn"><div class="label">turn {i + 1}</div>'
+                     f'<div class="text">{_e(turn)}</div></div>')
         if i < len(refs) and refs[i]:
-            cells.append(f'<div class="cell ref"><div class="label">reference</div><div class="text">{_e(refs[i])}</div></div>')
+            cells.append(f'<div class="cell ref"><div class="label">reference</div>'
+                         f'<div class="text">{_e(refs[i])}</div></div>')
         for n in names:
             a = _turns(answers.get(n))
             inner = f'<div class="text">{_e(a[i])}</div>' if i < len(a) else '<div class="none">no answer</div>'
-            s = _num(scores.get(n))
+            s = _num(scores.get(n)) if i == 0 else None  # one score per question: shown once
             score = f'<span class="score">score {s:.1f}</span>' if s is not None else ""
             cells.append(f'<div class="cell"><div class="label model">{_e(n)}{score}</div>{inner}</div>')
     verdicts = [vd for vd in (q.get("verdicts") or []) if isinstance(vd, dict)]
     vl = ('<ul class="verdicts">' + "".join(f"<li>{_e(_verdict_text(vd))}</li>" for vd in verdicts) + "</ul>"
           if verdicts else "")
     cols = max(1, len(names))
-    return (f'<div class="q"><h3>{_e(q.get("question_id", "?"))}<span class="cat">{_e(q.get("category") or "uncategorised")}</span></h3>'
-            f'<div class="grid" style="grid-template-columns:repeat({cols},minmax(0,1fr))">{"".join(cells)}</div>{vl}</div>')
+    cat = _e(q.get("category") or "uncategorised")
+    return (f'<div class="q"><h3>{_e(q.get("question_id", "?"))}<span class="cat">{cat}</span></h3>'
+            f'<div class="grid" style="grid-template-columns:repeat({cols},minmax(0,1fr))">{"".join(cells)}</div>'
+            f"{vl}</div>")
 
 
 def _config_rows(v) -> list:
