@@ -56,9 +56,11 @@ def eval_questions(sets, per_category=4):
     picks = {"coding": [r for r in sets["stackoverflow"] if 20 <= len(r["seed"]) <= 90],
              "medical": [r for r in sets["medquad"] if len(r["answer"]) <= 700],
              "instruction": [r for r in sets["alpaca"] if len(r["seed"]) <= 160 and len(r["reference"]) <= 400]}
+    drawn = {cat: rng.sample(pool, per_category) for cat, pool in picks.items()}
     out = []
-    for cat, pool in picks.items():
-        for i, r in enumerate(rng.sample(pool, per_category)):
+    for i in range(per_category):  # categories interleaved, so `--limit N` keeps a mix
+        for cat, rows in drawn.items():
+            r = rows[i]
             ref = r.get("answer") or r.get("reference")
             out.append({"question_id": f"{cat}-{i + 1}", "category": cat,
                         "turns": [r["seed"], FOLLOW_UPS[cat][i % 2]], "source": r["source"],
