@@ -225,7 +225,7 @@ def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfi
         msgs, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
         for turn in item.q.turns:
             msgs.append({"role": "user", "content": turn})
-            c = llm.chat(msgs, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+            c = llm.chat(list(msgs), temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                          seed=cfg.seed)[0]
             ledger.add(c, name)
             for k, v in (("prompt_tokens", c.prompt_tokens), ("completion_tokens", c.completion_tokens), ("calls", 1)):
