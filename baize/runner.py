@@ -88,6 +88,7 @@ class Summary:
     seconds: float = 0.0
     stopped: str = ""
     ledger: dict = field(default_factory=dict)
+    total: dict = field(default_factory=dict)  # the output so far, over every resumed run
 
     @property
     def done(self) -> int:
@@ -191,8 +192,30 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
         summary.cost = round(ledger.cost, 6)
         summary.ledger = ledger.as_dict()
         bar.close()
-        atomic_write_text(sidecar(out, "summary.json"), json.dumps(summary.as_dict(), indent=2) + "\n")
+        path = sidecar(out, "summary.json")
+        summary.total = _totals(path, summary, len(kept_w.ids), len(rej_w.ids))
+        atomic_write_text(path, json.dumps(summary.as_dict(), indent=2) + "\n")
     return summary
+
+
+def _totals(path: Path, summary: Summary, kept: int, rejected: int) -> dict:
+    """The whole output so far, across resumed runs: the file's counts and every run's ledger summed,
+    so a rerun's summary does not lose what the earlier runs spent."""
+    before = {}
+    if path.exists():
+        try:
+            prev = json.loads(path.read_text())
+            before = prev.get("total", {}).get("ledger") or prev.get("ledger") or {}
+        except (ValueError, AttributeError):
+            before = {}  # an unreadable summary only loses the earlier runs' ledger
+    ledger = {role: dict(r) for role, r in before.items()}
+    for role, r in summary.ledger.items():
+        acc = ledger.setdefault(role, {k: 0 for k in r})
+        for k, v in r.items():
+            acc[k] = round(acc.get(k, 0) + v, 6)
+    sum_ = lambda k: sum(r.get(k, 0) for r in ledger.values())  # noqa: E731
+    return {"kept": kept, "rejected": rejected, "prompt_tokens": sum_("prompt_tokens"),
+            "completion_tokens": sum_("completion_tokens"), "cost": round(sum_("cost"), 6), "ledger": ledger}
 
 
 class Progress:
@@ -241,6 +264,9 @@ def print_summary(s: Summary, title: str, console=None, *, unit: str = "dialogue
                       f"{r['calls']}, {r['prompt_tokens']} / {r['completion_tokens']}, {r['cost']:.4f}")
     t.add_row("tokens in / out", f"{s.prompt_tokens} / {s.completion_tokens}")
     t.add_row("cost", f"{s.cost:.4f}")
+    if s.total and s.skipped:
+        t.add_row("all runs: tokens in / out, cost", f"{s.total['prompt_tokens']} / {s.total['completion_tokens']}, "
+                                                     f"{s.total['cost']:.4f}")
     t.add_row(f"{unit}/s", f"{s.as_dict()['items_per_s']}")
     if s.stopped:
         t.add_row("stopped", s.stopped)

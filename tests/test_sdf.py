@@ -242,3 +242,16 @@ def test_cli_one_line_errors(tmp_path):
                     "--out", str(tmp_path / "z.jsonl"), "--no-progress", "--max-unparseable", "4")
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0
     assert "garbage-judge" in p.stderr and "I cannot decide." in p.stderr
+
+
+def test_the_summary_keeps_the_ledger_of_earlier_runs(tmp_path):
+    cfg = cfg_for(tmp_path, limit=6, concurrency=2, max_tokens_total=200, price_in=1.0, judge_price_out=2.0)
+    s1, _ = sdf(cfg, FakeLLM(varied_policy()), FakeLLM(name="j"))
+    cfg.max_tokens_total = None
+    s2, _ = sdf(cfg, FakeLLM(varied_policy()), FakeLLM(name="j"))
+    s3, _ = sdf(cfg, FakeLLM(varied_policy()), FakeLLM(name="j"))  # nothing left to do
+    total = json.loads(sidecar(cfg.out, "summary.json").read_text())["total"]
+    assert s3.kept == 0 and total["kept"] == 6
+    for role in ("policy", "judge"):
+        assert total["ledger"][role]["calls"] == s1.ledger[role]["calls"] + s2.ledger[role]["calls"]
+    assert total["cost"] == pytest.approx(s1.cost + s2.cost) and total["cost"] > 0
