@@ -219,6 +219,7 @@ def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfi
     """{question_id: [answer per turn]}; generates what the cache lacks for this model's key."""
     key = model_key(lazy.spec, cfg)
     path = out / "answers" / f"{name}.jsonl"
+    ledger = ledger.child()  # this file's summary counts this model's calls alone
 
     def work(item):
         llm = lazy.get()
@@ -292,6 +293,7 @@ def _h(*texts) -> str:
 
 
 def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
+    ledger = ledger.child()
     items = []
     for q in questions:
         for a, b in pairs:
@@ -311,6 +313,7 @@ def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, consol
 
 
 def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
+    ledger = ledger.child()
     items = [_Item(f"{q.id}:{n}:{_h(judge.name, answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
              for q in questions for n in names if q.id in answers[n]]
 

@@ -29,10 +29,17 @@ class Ledger:
 
     `prices` maps a role to (price per 1K prompt tokens, per 1K completion tokens)."""
 
-    def __init__(self, max_tokens_total: int | None = None, prices: dict[str, tuple[float, float]] | None = None):
+    def __init__(self, max_tokens_total: int | None = None, prices: dict[str, tuple[float, float]] | None = None,
+                 parent: Ledger | None = None):
         self.max_tokens_total, self.prices = max_tokens_total, dict(prices or {})
         self.lock = threading.Lock()
         self.roles: dict[str, dict] = {}
+        self.parent = parent
+
+    def child(self) -> Ledger:
+        """A ledger for one part of a stage (eval's answers of one model): it counts its own calls for
+        that part's summary, and every call in this one too, whose budget it shares."""
+        return Ledger(prices=self.prices, parent=self)
 
     def add(self, completion=None, role: str = "teacher", *, usage: dict | None = None) -> None:
         """Count one Completion, or a usage dict {prompt_tokens, completion_tokens, calls}."""
@@ -43,6 +50,8 @@ class Ledger:
             r = self.roles.setdefault(role, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
             for k in r:
                 r[k] += int(usage.get(k, 0))
+        if self.parent is not None:
+            self.parent.add(role=role, usage=usage)
 
     def _sum(self, key: str) -> int:
         return sum(r[key] for r in list(self.roles.values()))
@@ -69,6 +78,8 @@ class Ledger:
         return sum(self.role_cost(role) for role in list(self.roles))
 
     def exhausted(self) -> bool:
+        if self.parent is not None:
+            return self.parent.exhausted()
         b = self.max_tokens_total
         return b is not None and self.prompt_tokens + self.completion_tokens >= b
 

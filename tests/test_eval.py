@@ -155,3 +155,16 @@ def test_cli_one_line_errors(tmp_path):
     p = run("--models", "a=openai:a", "--judge", "openai:j", "--base-url", "http://127.0.0.1:9/v1",
             "--out", str(tmp_path / "e"), "--no-progress")
     assert p.returncode == 2 and p.stderr.strip().count("\n") == 0 and "cannot connect" in p.stderr
+
+
+def test_each_part_keeps_its_own_ledger_and_the_results_the_whole(tmp_path):
+    fakes, cfg = models_for(tmp_path)
+    cfg.judge_price_in = 1.0
+    res = evaluate(cfg, llms=fakes, judge_llm=FakeLLM(name="judge"))
+    out = Path(cfg.out)
+    a = json.loads((out / "answers" / "a.summary.json").read_text())["ledger"]
+    assert set(a) == {"a"} and a["a"]["calls"] == 12  # 6 questions, 2 turns
+    pairs = json.loads((out / "verdicts.summary.json").read_text())["ledger"]
+    assert set(pairs) == {"judge"} and pairs["judge"]["calls"] == 3 * 6 * 2
+    assert res["ledger"]["judge"]["calls"] == 3 * 6 * 2 + 3 * 6 and res["ledger"]["c"]["calls"] == 12
+    assert res["ledger"]["judge"]["cost"] > 0
