@@ -40,6 +40,11 @@ class PipelineConfig:
     batch_size: int = _opt(8, "effective batch for the demo runs")
     quantize: str | None = _opt(None, "8bit | 4bit base weights for training (CUDA)", choices=["8bit", "4bit"])
     sdf_prompts: int = _opt(8, "SDF prompts: the seeds after the collected ones")
+    sdf_policy: str | None = _opt(None, "sample SDF candidates from this spec instead of v1 in-process, e.g. "
+                                        "openai:v1 with vLLM serving the base and runs/.../v1 as a LoRA module")
+    sdf_base_url: str | None = _opt(None, "base URL of an openai: --sdf-policy (e.g. http://127.0.0.1:8000/v1)")
+    stop_after: str | None = _opt(None, "stop after this stage (then start vLLM on v1 and rerun with --sdf-policy)",
+                                  choices=["collect", "v1", "sdf", "v2"])
     n: int = _opt(4, "SDF candidates per prompt (the paper: 4)")
     sdf_max_tokens: int = _opt(96, "max new tokens per SDF candidate")
     v2_steps: int = _opt(4, "training steps for v2 (SFT from v1 on the SDF best answers)")
@@ -98,26 +103,31 @@ def run(cfg: PipelineConfig) -> dict:
     print_summary(summary, str(dialogues), console)
     print_stats(stats(dialogues))
     times["collect"] = time.monotonic() - t
+    if cfg.stop_after == "collect":
+        return times
 
     v1 = out / "v1"
     t = _step(console, f"2/{steps} train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
     _train_once(console, v1, TrainConfig(base=cfg.base, data=str(dialogues), out=str(v1), format=cfg.format,
                                          max_steps=cfg.max_steps, batch_size=cfg.batch_size, quantize=cfg.quantize))
     times["train_v1"] = time.monotonic() - t
+    if cfg.stop_after == "v1":
+        return times
 
     t = _step(console, f"3/{steps} SDF: v1 samples {cfg.n} answers to each of {cfg.sdf_prompts} new prompts, "
                        f"judge {cfg.judge} ranks them")
     sdf_out = out / "sdf.jsonl"
-    scfg = SDFConfig(policy=str(v1), judge=cfg.judge, prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
+    scfg = SDFConfig(policy=cfg.sdf_policy or str(v1), base_url=cfg.sdf_base_url, judge=cfg.judge, prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
                      out=str(sdf_out), n=cfg.n, max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency,
-                     temperature=cfg.temperature,
-                     judge_base_url=cfg.base_url)
+                     temperature=cfg.temperature, judge_base_url=cfg.base_url)
     s, prefs = sdf(scfg)
     print_run(s, f"sdf -> {sdf_out}", console, unit="prompts")
     agree = prefs["mean_agreement"]
     console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs; judge order agreement "
                   f"{'n/a' if agree is None else f'{agree:.2f}'} (1: the same ranking in both orders, 0: reversed)")
     times["sdf"] = time.monotonic() - t
+    if cfg.stop_after == "sdf":
+        return times
 
     v2 = out / "v2"
     t = _step(console, f"4/{steps} train v2: v1's adapter continued on the SDF best answers (the paper), {cfg.v2_steps} steps")
@@ -127,6 +137,8 @@ def run(cfg: PipelineConfig) -> dict:
     _train_once(console, v2, TrainConfig(from_run=str(v1), data=str(sdf_out), out=str(v2), max_steps=cfg.v2_steps,
                                          batch_size=min(cfg.batch_size, prefs["prompts"]), quantize=cfg.quantize))
     times["train_v2"] = time.monotonic() - t
+    if cfg.stop_after == "v2":
+        return times
     compared = {"base": cfg.base, "v1": str(v1), "v2": str(v2)}
     if cfg.dpo:
         t = _step(console, f"5/{steps} train v2-dpo: DPO from v1 on the SDF preference pairs, {cfg.v2_steps} steps")

@@ -59,3 +59,13 @@ def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path):
         assert p.returncode == 0, p.stderr[-3000:]
         assert (out / "eval" / "verdicts.jsonl").read_text() == before
         assert len(list(read_jsonl(out / "sdf.jsonl"))) == 4
+
+
+def test_pipeline_stops_after_a_stage(tiny_model_dir, tmp_path, capsys):
+    from baize.cli import main
+    out = tmp_path / "demo"
+    with ServerThread(make_app()) as url:
+        assert main(["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url,
+                     "--base", str(tiny_model_dir), "--limit", "2", "--stop-after", "collect"]) == 0
+    assert len(list(read_jsonl(out / "dialogues.jsonl"))) == 2 and not (out / "v1").exists()
+    assert "2/6 train v1" not in capsys.readouterr().out
