@@ -16,6 +16,7 @@ STAGES = [
     "baize.sdf",       # sdf (Baize v2 data: sample, judge, keep the best and the ranking)
     "baize.train",     # train
     "baize.merge",     # merge
+    "baize.export",    # export (one GGUF file for llama.cpp / Ollama, + a Modelfile)
     "baize.evaluate",  # eval (judged win rates, scores, NLL, report)
     "baize.chat",      # chat
     "baize.server",    # serve
