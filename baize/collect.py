@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import add_dataclass_args, dataclass_from_args
+from .filters import DEFAULT_REJECT_PATTERNS, NearDup, reject_reason  # noqa: F401  (re-exported: the filters used to live here)
+from .filters import FilterConfig, apply_judge, check, check_config, compile_patterns, mark_rejected
 from .runner import Ledger, Summary, print_summary as _print_summary, run_items
 from .schema import read_jsonl, repair_torn_tail
 
@@ -33,17 +35,10 @@ ASSISTANT_PROMPT = (
     "You are a helpful AI assistant chatting with a human about the topic: '{seed}'. Answer in detail "
     "and accurately. Do not ask the human questions."
 )
-DEFAULT_REJECT_PATTERNS = [
-    r"\bas an ai (language )?model\b",
-    r"\bI'?m (sorry|afraid),? but I (can(no|')t|am unable)",
-    r"\bI (cannot|can't|am unable to) (help|assist|provide|fulfill|answer)",
-    r"\bmy knowledge cutoff\b",
-    r"\btrained by openai\b",
-]
 
 
 @dataclass
-class CollectConfig:
+class _CollectFields:
     seeds: str = field(default="quora", metadata={"help": "JSONL/CSV/TXT file, MedQuAD XML folder, hf:DATASET[:SPLIT]:FIELD, or quora|stackoverflow|medquad|alpaca"})
     out: str = field(default="data/dialogues.jsonl", metadata={"help": "output JSONL; .rejected.jsonl, .failed.jsonl, .config.json, .summary.json beside it"})
     teacher: str = field(default="default", metadata={"help": "model spec: default, hf:PATH, openai:MODEL, gguf:PATH"})
@@ -62,15 +57,17 @@ class CollectConfig:
     max_tokens_total: int | None = field(default=None, metadata={"help": "token budget (in+out); stops cleanly when spent"})
     price_in: float = field(default=0.0, metadata={"help": "price per 1K prompt tokens, for the cost ledger"})
     price_out: float = field(default=0.0, metadata={"help": "price per 1K completion tokens"})
-    min_turns: int = field(default=1, metadata={"help": "reject dialogues with fewer exchanges"})
-    min_chars: int = field(default=2, metadata={"help": "reject dialogues with a turn shorter than this"})
-    reject_pattern: list[str] = field(default_factory=list, metadata={"help": "extra refusal/boilerplate regex (repeatable)"})
-    default_reject_patterns: bool = field(default=True, metadata={"help": "use the built-in refusal patterns"})
-    near_dup: float = field(default=0.85, metadata={"help": "reject dialogues this similar (Jaccard, 0 disables) to a kept one"})
     retry_failed: bool = field(default=True, metadata={"help": "on rerun, retry seeds that failed before"})
     request_retries: int = field(default=6, metadata={"help": "HTTP retries per call (backoff, Retry-After)"})
     timeout: float = field(default=120.0, metadata={"help": "HTTP timeout per call, seconds"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+
+
+@dataclass
+class CollectConfig(FilterConfig, _CollectFields):
+    """collect's own fields, then the filters' (--min-turns ... --off-topic, --judge, --min-score),
+    which `baize data filter` shares: dataclasses put base fields in reverse MRO order, so listing
+    FilterConfig first puts its flags after collect's in --help."""
 
 
 # --- parsing the one-shot transcript -----------------------------------------------------------
@@ -113,60 +110,6 @@ def parse_transcript(text: str, truncated: bool = False) -> list[dict]:
     while msgs and msgs[-1]["role"] == "user":
         msgs.pop()
     return msgs
-
-
-# --- quality filters ----------------------------------------------------------------------------
-
-_LEAK = re.compile(r"\[\s*\|?\s*(human|ai|assistant|user)\s*\|?\s*\]|^\s*(human|ai):", re.IGNORECASE | re.MULTILINE)
-
-
-def reject_reason(msgs: list[dict], cfg: CollectConfig, patterns: list[re.Pattern]) -> str | None:
-    if not msgs:
-        return "unparseable"
-    if sum(m["role"] == "assistant" for m in msgs) < cfg.min_turns:
-        return "too_few_turns"
-    if any(len(m["content"].strip()) < cfg.min_chars for m in msgs):
-        return "short_turn"
-    if any(_LEAK.search(m["content"]) for m in msgs):
-        return "role_leakage"
-    ai = [m["content"].rstrip() for m in msgs if m["role"] == "assistant"]
-    human = [m["content"].rstrip() for m in msgs if m["role"] == "user"]
-    # the AI asking the questions while the human answers them
-    if sum(a.endswith("?") for a in ai) * 2 > len(ai) and sum("?" in h for h in human) * 2 < len(human):
-        return "role_leakage"
-    if any(p.search(m["content"]) for m in msgs if m["role"] == "assistant" for p in patterns):
-        return "refusal"
-    return None
-
-
-class NearDup:
-    """MinHash LSH over word 3-grams (datasketch): is this dialogue nearly one already kept?"""
-
-    def __init__(self, threshold: float):
-        self.lsh = None
-        if threshold > 0:
-            from datasketch import MinHash, MinHashLSH
-            self.lsh = MinHashLSH(threshold=threshold, num_perm=64)
-            # every MinHash uses the same permutations; drawing them (numpy RNG) per dialogue cost more
-            # than hashing the dialogue, on the collector's main thread
-            self._empty = MinHash(num_perm=64)
-
-    def _minhash(self, msgs):
-        words = re.findall(r"\w+", " ".join(m["content"] for m in msgs).lower())
-        mh = self._empty.copy()
-        mh.update_batch([" ".join(words[i:i + 3]).encode() for i in range(max(1, len(words) - 2))])
-        return mh
-
-    def seen(self, key: str, msgs: list[dict]) -> bool:
-        """True if near a kept dialogue; otherwise remember this one."""
-        if self.lsh is None:
-            return False
-        mh = self._minhash(msgs)
-        if self.lsh.query(mh):
-            return True
-        if key not in self.lsh:
-            self.lsh.insert(key, mh)
-        return False
 
 
 # --- one dialogue -------------------------------------------------------------------------------
@@ -226,14 +169,14 @@ def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict]
 
 # --- the run ------------------------------------------------------------------------------------
 
-def collect(cfg: CollectConfig, llm=None, *, console=None) -> Summary:
+def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Summary:
     """Run (or resume) a collection; returns the summary of this invocation."""
     from .llm import load_llm
     from .seeds import load_seeds
+    check_config(cfg)
     out = Path(cfg.out)
     seeds = load_seeds(cfg.seeds, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
-    patterns = [re.compile(p, re.IGNORECASE) for p in
-                (DEFAULT_REJECT_PATTERNS if cfg.default_reject_patterns else []) + list(cfg.reject_pattern)]
+    patterns = compile_patterns(cfg)
     neardup = NearDup(cfg.near_dup)
     if out.exists():
         repair_torn_tail(out)
@@ -244,7 +187,14 @@ def collect(cfg: CollectConfig, llm=None, *, console=None) -> Summary:
                        max_retries=cfg.request_retries, timeout=cfg.timeout, max_batch=max(1, cfg.concurrency))
     if hasattr(llm, "check"):
         llm.check()  # an unreachable endpoint or a bad key fails now, in one line, not per seed
-    ledger = Ledger(cfg.max_tokens_total, {"teacher": (cfg.price_in, cfg.price_out)})
+    judge = None
+    if cfg.judge:
+        from .judge import load_judge
+        if judge_llm is None and cfg.judge == cfg.teacher and not cfg.judge.startswith("openai:"):
+            judge_llm = llm  # one copy of a local model in memory
+        judge = load_judge(cfg, out.with_name(out.stem + ".judge_cache"), judge_llm, orders=2)
+    ledger = Ledger(cfg.max_tokens_total, {"teacher": (cfg.price_in, cfg.price_out),
+                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)})
 
     def meta_of(seed) -> dict:
         return {"seed": seed.text, "source": seed.source, "teacher": llm.name, "mode": cfg.mode,
@@ -257,18 +207,26 @@ def collect(cfg: CollectConfig, llm=None, *, console=None) -> Summary:
         rec = {"id": seed.id, "messages": msgs, "meta": {**meta_of(seed), "usage": usage}}
         if raw and not msgs:
             rec["meta"]["raw"] = raw  # kept so a template or parser problem can be diagnosed
-        return rec
+        # the text filters are stateless, so they run here, in the worker; the judge too, so its
+        # calls overlap the teacher's; near-duplicates keep state and wait for `accept`
+        if (r := check(msgs, cfg, patterns, seed.text)):
+            return mark_rejected(rec, r)
+        return apply_judge(rec, judge, cfg, ledger) if judge else rec
 
     def accept(seed, rec) -> str | None:  # on the runner's thread: NearDup keeps state
-        reason = reject_reason(rec["messages"], cfg, patterns)
-        if reason is None and neardup.seen(seed.id, rec["messages"]):
-            reason = "near_duplicate"
-        return reason
+        if (twin := neardup.match(seed.id, rec["messages"])):
+            rec["meta"]["reject_detail"] = f"nearly {twin}"
+            return "near_duplicate"
+        return None
 
-    return run_items(seeds, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="collect", noun="seeds",
-                     config=cfg, config_extra={"api_key": "***" if cfg.api_key else None},
-                     retry_failed=cfg.retry_failed, accept=accept, meta_of=meta_of, progress=cfg.progress,
-                     console=console)
+    secret = {"api_key": "***" if cfg.api_key else None, "judge_api_key": "***" if cfg.judge_api_key else None}
+    try:
+        return run_items(seeds, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="collect",
+                         noun="seeds", config=cfg, config_extra=secret, retry_failed=cfg.retry_failed, accept=accept,
+                         meta_of=meta_of, progress=cfg.progress, console=console)
+    finally:
+        if judge is not None:
+            judge.close()
 
 
 def print_summary(s: Summary, out: str, console=None) -> None:

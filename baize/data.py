@@ -1,4 +1,4 @@
-"""`baize data stats | export | import`: look at a dialogue file and move it between formats.
+"""`baize data stats | filter | export | import`: look at a dialogue file, clean it, move it between formats.
 
 The paper's released files ({"topic", "input"} with [|Human|]/[|AI|], JSON arrays of 50K+ items)
 import into our JSONL, so its 158K dialogues train directly; ShareGPT export feeds other trainers.
@@ -60,6 +60,23 @@ def sdf_stats(records: list[dict]) -> dict:
             if any(cands) else None}
 
 
+def _excerpt(text: str, n: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[:n - 3] + "..."
+
+
+def reject_example(r: dict) -> dict:
+    """A rejected record as a short example: its id, the turn at fault and an excerpt of it."""
+    meta, msgs = r.get("meta", {}), r.get("messages") or []
+    turn = meta.get("reject_turn")
+    if not isinstance(turn, int) or not 0 <= turn < len(msgs):
+        # older files (and reasons about the whole dialogue) name no turn: show its last one
+        turn = len(msgs) - 1 if msgs else None
+    text = msgs[turn]["content"] if turn is not None else meta.get("raw", "")
+    return {"id": r.get("id"), "turn": turn, "role": msgs[turn]["role"] if turn is not None else None,
+            "excerpt": _excerpt(text), "detail": meta.get("reject_detail", "")}
+
+
 def stats(path: str | Path) -> dict:
     path = Path(path)
     if not path.exists():
@@ -68,6 +85,7 @@ def stats(path: str | Path) -> dict:
     if isinstance(head, dict) and {"prompt", "chosen", "rejected"} <= set(head):
         return prefs_stats(path)
     turns, words, sources, modes, reasons = [], [], Counter(), Counter(), Counter()
+    examples: dict[str, dict] = {}
     pt = ct = 0
     n = 0
     for r in read_jsonl(path, validate=True):
@@ -79,6 +97,7 @@ def stats(path: str | Path) -> dict:
         modes[meta.get("mode", "?")] += 1
         if meta.get("reject_reason"):
             reasons[meta["reject_reason"]] += 1
+            examples.setdefault(meta["reject_reason"], reject_example(r))
         u = meta.get("usage") or {}
         for part in ([v for v in u.values() if isinstance(v, dict)] or [u]):  # SDF: per role
             pt += part.get("prompt_tokens", 0)
@@ -86,7 +105,9 @@ def stats(path: str | Path) -> dict:
     rej = sidecar(path, "rejected")
     if rej.exists() and rej != path:
         for r in read_jsonl(rej):
-            reasons[r.get("meta", {}).get("reject_reason", "?")] += 1
+            reason = r.get("meta", {}).get("reject_reason", "?")
+            reasons[reason] += 1
+            examples.setdefault(reason, reject_example(r))
     if n == 0:
         raise BaizeError(f"{path}: no dialogues in the file")
     sdf = None
@@ -99,6 +120,7 @@ def stats(path: str | Path) -> dict:
         "words_per_dialogue": {"mean": round(statistics.mean(words), 1), "median": statistics.median(words)},
         "teacher_tokens": {"prompt": pt, "completion": ct},
         "sources": dict(sources.most_common()), "modes": dict(modes), "reject_reasons": dict(reasons.most_common()),
+        "reject_examples": {k: examples[k] for k, _ in reasons.most_common()},
     }
 
 
@@ -124,6 +146,9 @@ def print_stats(s: dict) -> None:
     t.add_row("sources", ", ".join(f"{k} {v}" for k, v in s["sources"].items()))
     t.add_row("modes", ", ".join(f"{k} {v}" for k, v in s["modes"].items()))
     t.add_row("rejected", ", ".join(f"{k} {v}" for k, v in s["reject_reasons"].items()) or "0")
+    for reason, ex in s.get("reject_examples", {}).items():
+        where = f"{ex['id']}, turn {ex['turn']} ({ex['role']})" if ex["turn"] is not None else str(ex["id"])
+        t.add_row(f"  e.g. {reason}", f"{where}{': ' + ex['detail'] if ex['detail'] else ''}\n{ex['excerpt']!r}")
     if s.get("sdf"):
         d = s["sdf"]
         t.add_row("SDF candidates per prompt", f"mean {d['candidates_per_prompt']['mean']}; "
@@ -166,12 +191,19 @@ def import_baize(path: str | Path, out: str | Path, source: str | None = None) -
 
 
 def add_cli(sub) -> None:
-    p = sub.add_parser("data", help="dialogue files: stats, export, import")
+    from .config import add_dataclass_args
+    from .filters import DataFilterConfig
+    p = sub.add_parser("data", help="dialogue files: stats, filter, export, import")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = dsub.add_parser("stats", help="dialogues, turns, tokens, sources, reject reasons")
     s.add_argument("file")
     s.add_argument("--json", action="store_true", help="print JSON instead of a table")
     s.set_defaults(func=_stats)
+    f = dsub.add_parser("filter", help="apply collect's filters (and --judge) to a dialogue file: kept to --out, "
+                                       "the rejected with reasons to OUT.rejected.jsonl")
+    f.add_argument("file", help="dialogue JSONL (collected, imported, or a .rejected.jsonl to re-check)")
+    add_dataclass_args(f, DataFilterConfig)
+    f.set_defaults(func=_filter)
     e = dsub.add_parser("export", help="write the paper's format (baize) or ShareGPT")
     e.add_argument("file")
     e.add_argument("--format", choices=["baize", "sharegpt"], default="baize")
@@ -187,3 +219,13 @@ def add_cli(sub) -> None:
 def _stats(a) -> None:
     s = stats(a.file)
     print(json.dumps(s, indent=2)) if a.json else print_stats(s)
+
+
+def _filter(a) -> int:
+    from .config import dataclass_from_args
+    from .filters import DataFilterConfig, filter_file
+    from .runner import print_summary
+    cfg = dataclass_from_args(DataFilterConfig, a, input=a.file)
+    s = filter_file(cfg)
+    print_summary(s, f"data filter {a.file} -> {cfg.out}")
+    return 130 if s.stopped == "interrupted" else 0

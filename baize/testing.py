@@ -56,6 +56,9 @@ def default_reply(messages: list[dict]) -> str:
         if text.count("[AI]") >= 2:
             return "[END]"
         return f"Tell me more about {topic} (part {text.count('[AI]') + 1})?"
+    if (n := sum(m["role"] == "assistant" for m in messages)):
+        # a later answer says something new, as a real teacher's does: collect rejects a repeated answer
+        return f"More on {topic}, point {n + 1}: other details, with an example and a practical tip."
     return f"Here is a thorough answer about {topic}: it has several parts, each explained in turn."
 
 

@@ -212,10 +212,12 @@ def test_custom_reject_pattern_and_near_duplicates(tmp_path):
         if topic == seeds[2].text:
             return canned_transcript(topic).replace("Sure.", "Sure, let us delve into it.")
         return canned_transcript(topic)
-    cfg = cfg_for(tmp_path, limit=6, concurrency=1, reject_pattern=[r"\bdelve\b"])
+    # repetition off: the copy names seed 0's question in every turn, a loop when read as seed 1's dialogue
+    cfg = cfg_for(tmp_path, limit=6, concurrency=1, reject_pattern=[r"\bdelve\b"], repetition=0)
     s = collect(cfg, FakeLLM(teacher))
     assert s.rejected == {"near_duplicate": 1, "refusal": 1} and s.kept == 4
-    cfg2 = cfg_for(tmp_path / "nodedup", limit=6, concurrency=1, near_dup=0, default_reject_patterns=False)
+    cfg2 = cfg_for(tmp_path / "nodedup", limit=6, concurrency=1, near_dup=0, default_reject_patterns=False,
+                   repetition=0)
     assert collect(cfg2, FakeLLM(teacher)).kept == 6
 
 
