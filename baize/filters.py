@@ -1,43 +1,57 @@
 """Quality filters for dialogues, shared by `baize collect` and `baize data filter`.
 
-Each filter gives a reason the user can count and look up (`baize data stats` shows one example
-per reason). The first ones are the shape checks collect always had (unparseable, too_few_turns,
-short_turn, role_leakage, refusal); then four text filters for what weak teachers (small local
-models, cheap endpoints) write at scale, stdlib only, each a threshold where 0 disables it:
+Each rejection gives a reason, the turn at fault (meta.reject_turn) and a detail, so `baize data
+stats` can show one example per reason. First the shape checks collect always had (unparseable,
+too_few_turns, short_turn, role_leakage, refusal); then the text filters for what weak teachers
+(small local models, cheap endpoints) write at scale. Stdlib only: words are lowercased, fenced
+and inline code removed; "content words" drop stopwords and chat filler, with a crude stemmer.
+Each filter is a number where 0 disables it; the reason is that of the earliest offending turn.
 
-  echo        the human repeats an earlier AI turn: the fraction of the human turn's words that lie
-              in runs of 3+ words copied from earlier AI turns (the seed's phrases and the human's own
-              earlier words do not count: naming the topic or the AI's term is not an echo)
-  repetition  loops: the fraction of a turn's word 4-grams that already occurred earlier in that
-              turn or in an earlier turn of the same speaker (fenced code and inline code removed,
-              4-grams of only stopwords/numbers and the seed's own 4-grams ignored)
-  non_answer  the AI restates the question or says nothing new: the fraction of the AI turn's
-              content words (stopwords dropped, crude stems) absent from the seed and every human
-              turn so far, rejected below the threshold (0 content words counts as 0)
-  off_topic   the dialogue drifts away from the seed: a later exchange (a human turn after the
-              first, with its answer) mentioning none of the seed's content words, or a human turn
-              asking what "the topic" is
+  echo        a human turn copying earlier AI turns: the fraction of its words in runs of 3+
+              words found in an earlier AI turn (not counting the seed's phrases or the human's own
+              earlier words), with at least 10 words copied or 90% of a short turn
+  role_leakage (always on) a human turn in the AI's voice: "as a chatbot, I don't...", "I'm here to
+              assist you", "How can I help you?"
+  repetition  loops: the fraction of a turn's word 3-grams (not all stopwords/numbers) said earlier
+              in that turn or in the same speaker's earlier turns (the seed's 3-grams may recur
+              across turns: naming the topic is no loop); the seed itself is not checked
+  non_answer  an AI turn restating the question: fewer than this fraction of its content words are
+              new (not in the seed or the human turns) and half of them sit in 3-word phrases of
+              the question; or 80% of its words are such phrases; or 8+ words and no content word.
+              Only the request is "the question", not the material after its first blank line
+              (a paraphrase or an extraction copies that by design); 1-2 content-word answers and
+              yes/no answers are never non-answers
+  off_topic   a later exchange with this many content words or more (chat words such as
+              "conversation", "assist", "topic" do not count), none of them in the seed or the
+              dialogue before it; or a human asking what to talk about ("What would you like to
+              discuss next?", "What is the topic?"). The first answer is not checked: a list of
+              games for "Suggest some games" shares no word with its question
 
-Thresholds, chosen on the table in tests/test_filters.py and on 64 dialogues of the embedded
-teacher (SmolLM2-135M, turns mode, see the README):
+Thresholds, chosen on the table in tests/test_filters.py, the 175 reference answers of the
+alpaca sample (gold answers: none is rejected by these filters) and 64 dialogues of the embedded
+teacher (SmolLM2-135M, `--mode turns --max-turns 2`):
 
   filter      default  what chose it
-  echo        0.6      copied human turns score 0.9-1.0 (the "I'm sorry for any misunderstanding..."
-                       turn); a follow-up quoting one phrase of the answer scores 0.2-0.45
-  repetition  0.3      looping answers (the "iPhone 6s is the latest version..." one, an answer
-                       repeated in the next turn) score 0.35-1.0; long good answers, lists and
-                       tables of parallel items stay below 0.12, code blocks are not counted
+  echo        0.5      copied human turns score 0.55-1.0 (the issue's "I'm sorry for any
+                       misunderstanding, but as an AI..." 0.91, SmolLM2's 0.55-0.92); quoting a
+                       phrase back scores up to 0.54 ("What do you mean by 'proof it overnight in
+                       the fridge'?") and passes because it copies fewer than 10 words
+  repetition  0.3      loops score 0.31-1.0 (the issue's iPhone answer 0.41, a sentence said three
+                       times 0.68, an answer repeated next turn 1.0); the good table stays at or below
+                       0.10 (lists, tables, code, "iPhone 6s Plus" named five times), the alpaca
+                       references at or below 0.27 (a list repeating "spiritual, devout, pious");
+                       milder SmolLM2 loops at 0.24-0.29 pass
   non_answer  0.2      the question as the answer and "The answer to your question is: '<the
-                       question>'" score 0; terse but real answers ("Java 17.", "Yes, the Plus has
-                       the larger battery.") score 0.25 or more
-  off_topic   on (1)   an exchange that names nothing of the seed; short seeds ("What is a red
-                       giant?": red, giant) match on any one content word, so a follow-up about
-                       "stars" after an answer about red giants is off topic only if it never says
-                       red or giant, which is rare in practice
+                       question>'" score 0; good answers 0.66 or more
+  off_topic   8        SmolLM2's drifting exchanges ("I'm afraid I don't have the capability to
+                       respond in real-time...") have 10-20 content words; a short follow-up that
+                       refers back ("Where does it happen?" / "In the chloroplasts of leaf cells.")
+                       has under 8 and passes
 
 The optional judge (`--judge SPEC --min-score K`) scores every AI turn of a dialogue that passed
 the text filters, in its context (the dialogue up to the human turn it answers); the dialogue's
-score is the lowest, since every AI turn is trained on. Below K: reason low_score.
+score is the lowest, since every AI turn is trained on. Below K: reason low_score; a verdict that
+does not parse: unjudged. Near-duplicates are checked last (they keep state, on the runner's thread).
 """
 from __future__ import annotations
 
@@ -60,14 +74,14 @@ class FilterConfig:
     reject_pattern: list[str] = field(default_factory=list, metadata={"help": "extra refusal/boilerplate regex (repeatable)"})
     default_reject_patterns: bool = _opt(True, "use the built-in refusal patterns")
     near_dup: float = _opt(0.85, "reject dialogues this similar (Jaccard, 0 disables) to a kept one")
-    echo: float = _opt(0.5, "reject a human turn with this fraction of its words copied (runs of 3+) from earlier "
-                            "AI turns; 0 disables")
-    repetition: float = _opt(0.3, "reject a turn with this fraction of its word 4-grams already said in the turn or "
+    echo: float = _opt(0.5, "reject a human turn with this fraction of its words copied (in runs of 3+, 10 words or "
+                            "more) from earlier AI turns; 0 disables")
+    repetition: float = _opt(0.3, "reject a turn with this fraction of its word 3-grams already said in the turn or "
                                   "the speaker's earlier turns (a loop); 0 disables")
-    non_answer: float = _opt(0.2, "reject an AI turn with less than this fraction of content words new (not in the "
-                                  "seed or human turns): the question restated; 0 disables")
-    off_topic: int = _opt(8, "reject an exchange with this many content words or more, none of them in the seed or "
-                             "the dialogue before it, or a human asking what the topic is; 0 disables")
+    non_answer: float = _opt(0.2, "reject an AI turn with less than this fraction of its content words new (not in "
+                                  "the seed or human turns) that repeats the question's phrases; 0 disables")
+    off_topic: int = _opt(8, "reject a later exchange with this many content words or more, none of them in the seed "
+                             "or the dialogue before it, or a human asking what to talk about; 0 disables")
     judge: str | None = _opt(None, "score each dialogue that passes the text filters with this judge model "
                                    "(default, openai:MODEL, a run directory, hf:PATH); off by default")
     min_score: float | None = _opt(None, "with --judge: reject dialogues whose lowest AI-turn score (1-10) is below "

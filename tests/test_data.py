@@ -109,3 +109,32 @@ def test_stats_of_sdf_and_preference_files_show_length_bias(tmp_path):
     assert p["kind"] == "preferences" and p["pairs"] == 15 and p["prompts"] == 5
     assert p["chosen_longer"] == 1.0 and p["chosen_words"]["mean"] > p["rejected_words"]["mean"]
     assert p["rank_margin"] == {"1": 5, "2": 5, "3": 5}
+
+
+def test_stats_show_one_example_per_reject_reason(tmp_path, capsys):
+    from baize.data import print_stats
+    long_echo = "I'm sorry for any misunderstanding, but as an AI designed to assist with this topic, " * 4
+    rejected = [
+        {"id": "r-1", "messages": RECORDS[0]["messages"][:2] + [{"role": "user", "content": long_echo},
+                                                                {"role": "assistant", "content": "Ok."}],
+         "meta": {"reject_reason": "echo", "reject_turn": 2, "reject_detail": "0.95 of the human turn copied"}},
+        {"id": "r-2", "messages": RECORDS[1]["messages"], "meta": {"reject_reason": "echo", "reject_turn": 0}},
+        {"id": "r-3", "messages": RECORDS[0]["messages"], "meta": {"reject_reason": "refusal"}},  # no turn named
+    ]
+    write_jsonl(tmp_path / "d.jsonl", RECORDS)
+    write_jsonl(tmp_path / "d.rejected.jsonl", rejected)
+    s = stats(tmp_path / "d.jsonl")
+    assert s["reject_reasons"] == {"echo": 2, "refusal": 1}
+    ex = s["reject_examples"]["echo"]
+    assert (ex["id"], ex["turn"], ex["role"], ex["detail"]) == ("r-1", 2, "user", "0.95 of the human turn copied")
+    assert ex["excerpt"].startswith("I'm sorry for any misunderstanding") and len(ex["excerpt"]) <= 160
+    assert ex["excerpt"].endswith("...")
+    assert s["reject_examples"]["refusal"] == {"id": "r-3", "turn": 3, "role": "assistant",
+                                               "excerpt": "It trains few parameters.", "detail": ""}
+    print_stats(s)
+    table = "".join(capsys.readouterr().out.split())
+    assert "e.g.echo" in table and "r-1,turn2(user)" in table and "e.g.refusal" in table
+    # and in --json
+    from baize.cli import main
+    assert main(["data", "stats", str(tmp_path / "d.jsonl"), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["reject_examples"]["echo"]["id"] == "r-1"

@@ -267,3 +267,207 @@ def test_near_dup_match_names_the_kept_twin():
     nd = NearDup(0.85)
     assert nd.match("a", msgs) is None
     assert nd.match("b", msgs) == "a"
+
+
+# --- in collect -----------------------------------------------------------------------------------
+
+def _records(path):
+    from baize.schema import read_jsonl
+    return list(read_jsonl(path)) if Path(path).exists() else []
+
+
+def _seed_of(messages):
+    import re
+    return re.search(r"topic: '(.*?)'\.", "\n".join(m["content"] for m in messages), re.DOTALL).group(1)
+
+
+def test_collect_rejects_degenerate_turns_with_reason_and_turn(tmp_path):
+    """A weak teacher in turns mode: for some seeds the human repeats the AI, the AI loops, or the
+    AI gives the question back; the rest are fine."""
+    from baize.collect import CollectConfig, collect
+    from baize.schema import sidecar
+    from baize.seeds import load_seeds
+    from baize.testing import FakeLLM
+    seeds = load_seeds("quora", limit=6)
+    answer = {s.text: f"A real answer about {s.text}, with facts, numbers and one example." for s in seeds}
+    loop = "Paris is the capital of France and its largest city by far. "
+
+    def teacher(msgs):
+        topic = _seed_of(msgs)
+        human = "playing a curious human" in msgs[0]["content"]
+        n = msgs[-1]["content"].count("[AI]") if human else sum(m["role"] == "assistant" for m in msgs)
+        if topic == seeds[0].text and human:  # echo: the human writes the AI's last answer again
+            return msgs[-1]["content"].split("\n[AI] ")[-1]
+        if topic == seeds[1].text and not human:
+            return loop * 4
+        if topic == seeds[2].text and not human and n == 0:
+            return topic  # the question as the answer
+        if human:
+            return "[END]" if n >= 2 else "Which part of that matters most in practice, and why?"
+        return answer[topic] if n == 0 else f"The part that matters most is the second one, point {n}: it saves time."
+    cfg = CollectConfig(seeds="quora", limit=6, out=str(tmp_path / "d.jsonl"), mode="turns", max_turns=3,
+                        progress=False, concurrency=3)
+    s = collect(cfg, FakeLLM(teacher))
+    rej = {r["id"]: r["meta"] for r in _records(sidecar(cfg.out, "rejected"))}
+    assert s.kept == 3 and s.rejected == {"echo": 1, "repetition": 1, "non_answer": 1}
+    assert (rej[seeds[0].id]["reject_reason"], rej[seeds[0].id]["reject_turn"]) == ("echo", 2)
+    assert (rej[seeds[1].id]["reject_reason"], rej[seeds[1].id]["reject_turn"]) == ("repetition", 1)
+    assert (rej[seeds[2].id]["reject_reason"], rej[seeds[2].id]["reject_turn"]) == ("non_answer", 1)
+    assert all(m["reject_detail"] for m in rej.values())
+    # each filter off: that dialogue is kept
+    cfg2 = CollectConfig(**{**vars(cfg), "out": str(tmp_path / "off.jsonl"), "echo": 0, "repetition": 0,
+                            "non_answer": 0})
+    assert collect(cfg2, FakeLLM(teacher)).kept == 6
+
+
+def _judge_reply(messages):
+    """A judge that rates an answer 2 when it says 'weak', else 8 (and records how many run at once)."""
+    import re
+    import time
+    with _judge_reply.lock:
+        _judge_reply.now += 1
+        _judge_reply.most = max(_judge_reply.most, _judge_reply.now)
+    time.sleep(0.02)
+    with _judge_reply.lock:
+        _judge_reply.now -= 1
+    answer = re.search(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End", messages[-1]["content"], re.S).group(1)
+    return "Short explanation.\nRating: [[" + ("2" if "weak" in answer else "8") + "]]"
+
+
+def _reset_judge():
+    import threading
+    _judge_reply.lock, _judge_reply.now, _judge_reply.most = threading.Lock(), 0, 0
+
+
+def test_collect_judge_scores_each_ai_turn_and_rejects_low_ones(tmp_path):
+    from baize.collect import CollectConfig, collect
+    from baize.schema import sidecar
+    from baize.seeds import load_seeds
+    from baize.testing import FakeLLM, canned_transcript
+    seeds = load_seeds("quora", limit=8)
+    weak = {seeds[1].text, seeds[4].text}
+
+    def teacher(msgs):
+        topic = _seed_of(msgs)
+        text = canned_transcript(topic)
+        if topic in weak:  # the second answer is the weak one
+            text = text.replace("Start with an introductory text", "A weak and vague reply about an introductory text")
+        if topic == seeds[6].text:
+            return "[Human] Tell me?\n[AI] ok\n"  # short_turn: rejected before any judge call
+        return text
+    _reset_judge()
+    judge = FakeLLM(_judge_reply, name="fake-judge", prompt_tokens=100, completion_tokens=10)
+    cfg = CollectConfig(seeds="quora", limit=8, out=str(tmp_path / "d.jsonl"), progress=False, concurrency=4,
+                        min_chars=3, judge="fake-judge", min_score=5, judge_price_in=1.0, judge_price_out=2.0)
+    s = collect(cfg, FakeLLM(teacher), judge_llm=judge)
+    kept, rej = _records(cfg.out), _records(sidecar(cfg.out, "rejected"))
+    assert s.kept == 5 and s.rejected == {"low_score": 2, "short_turn": 1}
+    assert len(judge.calls) == 7 * 2  # two AI turns per judged dialogue; the short one was never judged
+    assert _judge_reply.most > 1  # judged in the workers, concurrently
+    for r in kept:
+        assert r["meta"]["judge_score"] == 8 and r["meta"]["judge_scores"] == [8, 8]
+        assert r["meta"]["judge"] == "fake-judge" and r["meta"]["judge_usage"]["calls"] == 2
+        assert r["meta"]["usage"]["calls"] == 1  # the teacher's usage is its own
+    low = {r["id"]: r["meta"] for r in rej if r["meta"]["reject_reason"] == "low_score"}
+    assert set(low) == {seeds[1].id, seeds[4].id}
+    for m in low.values():
+        assert m["judge_score"] == 2 and m["judge_scores"] == [8, 2] and m["reject_turn"] == 3
+        assert m["reject_detail"] == "judge score 2 < 5"
+    assert s.ledger["judge"]["calls"] == 14 and s.ledger["teacher"]["calls"] == 8
+    assert s.ledger["judge"]["cost"] == pytest.approx(14 * (100 * 1.0 + 10 * 2.0) / 1000)
+    # every verdict is cached beside the output
+    assert (tmp_path / "d.judge_cache" / "judge_cache.jsonl").read_text().count("\n") == 14
+    # the judge's context is the dialogue up to the human turn it answers
+    ctx = [c for c in judge.calls if "What should I read next" in c[-1]["content"]]
+    assert ctx and all("[The Start of the Conversation]" in c[-1]["content"] for c in ctx)
+
+
+def test_collect_judge_without_min_score_only_records(tmp_path):
+    from baize.collect import CollectConfig, collect
+    from baize.testing import FakeLLM
+    _reset_judge()
+    cfg = CollectConfig(seeds="quora", limit=3, out=str(tmp_path / "d.jsonl"), progress=False, judge="j")
+    s = collect(cfg, FakeLLM(), judge_llm=FakeLLM(_judge_reply, name="j"))
+    assert s.kept == 3 and all(r["meta"]["judge_score"] == 8 for r in _records(cfg.out))
+
+
+def test_min_score_without_judge_is_one_line(tmp_path):
+    from baize.cli import main
+    err = pytest.importorskip("io").StringIO()
+    import contextlib
+    with contextlib.redirect_stderr(err):
+        rc = main(["collect", "--limit", "1", "--out", str(tmp_path / "d.jsonl"), "--min-score", "6", "--no-progress"])
+    assert rc == 2 and err.getvalue().strip() == "baize: error: --min-score needs a judge: add --judge SPEC (e.g. --judge default)"
+
+
+# --- baize data filter --------------------------------------------------------------------------
+
+def _file_of_table(path):
+    from baize.schema import write_jsonl
+    recs = [{"id": f"good-{name}", "messages": msgs, "meta": {"seed": seed, "source": "table"}}
+            for name, seed, msgs, _ in GOOD]
+    recs += [{"id": f"bad-{name}", "messages": msgs, "meta": {"seed": seed, "source": "table"}}
+             for name, seed, msgs, _, _ in BAD]
+    recs.append({**recs[0], "id": "good-again"})  # a near-duplicate of a kept one
+    write_jsonl(path, recs)
+    return recs
+
+
+def test_data_filter_cleans_a_file_without_a_teacher(tmp_path):
+    from baize.filters import DataFilterConfig, filter_file
+    from baize.schema import sidecar
+    recs = _file_of_table(tmp_path / "in.jsonl")
+    cfg = DataFilterConfig(input=str(tmp_path / "in.jsonl"), out=str(tmp_path / "clean.jsonl"), progress=False)
+    s = filter_file(cfg)
+    kept, rej = _records(cfg.out), _records(sidecar(cfg.out, "rejected"))
+    assert sorted(r["id"] for r in kept) == sorted(f"good-{g[0]}" for g in GOOD)
+    want = {f"bad-{b[0]}": b[3] for b in BAD} | {"good-again": "near_duplicate"}
+    assert {r["id"]: r["meta"]["reject_reason"] for r in rej} == want
+    assert next(r for r in rej if r["id"] == "good-again")["meta"]["reject_detail"] == f"nearly good-{GOOD[0][0]}"
+    assert s.kept == len(GOOD) and sum(s.rejected.values()) == len(BAD) + 1
+    assert kept[0] == next(r for r in recs if r["id"] == kept[0]["id"])  # kept records unchanged
+    # a rerun has nothing to do; the input is never rewritten
+    assert filter_file(cfg).skipped == len(recs)
+    # the rejected file filtered again with echo off: the echoes come back
+    cfg2 = DataFilterConfig(input=str(sidecar(cfg.out, "rejected")), out=str(tmp_path / "second.jsonl"), echo=0,
+                            near_dup=0, progress=False)
+    filter_file(cfg2)
+    again = {r["id"]: r["meta"] for r in _records(cfg2.out)}
+    assert list(again) == ["good-again"] and "reject_reason" not in again["good-again"]  # no old verdict carried
+    second = {r["id"]: r["meta"]["reject_reason"] for r in _records(sidecar(cfg2.out, "rejected"))}
+    # the human who copies the AI's apology also speaks as the AI: with echo off, that is the reason
+    assert second["bad-human-repeats-the-ai-apology"] == "role_leakage" and "echo" not in second.values()
+
+
+def test_data_filter_with_judge_is_cached(tmp_path):
+    from baize.filters import DataFilterConfig, filter_file
+    from baize.testing import FakeLLM
+    _file_of_table(tmp_path / "in.jsonl")
+    _reset_judge()
+    judge = FakeLLM(_judge_reply, name="j")
+    cache = str(tmp_path / "cache")
+    cfg = DataFilterConfig(input=str(tmp_path / "in.jsonl"), out=str(tmp_path / "a.jsonl"), judge="j", min_score=5,
+                           judge_cache=cache, progress=False, concurrency=4)
+    s = filter_file(cfg, judge_llm=judge)
+    n_ai = sum(m["role"] == "assistant" for g in GOOD for m in g[2])
+    assert len(judge.calls) == n_ai and s.ledger["judge"]["calls"] == n_ai and s.kept == len(GOOD)
+    assert all(r["meta"]["judge_score"] == 8 for r in _records(cfg.out))
+    again = FakeLLM(_judge_reply, name="j")
+    cfg2 = DataFilterConfig(**{**vars(cfg), "out": str(tmp_path / "b.jsonl")})
+    assert filter_file(cfg2, judge_llm=again).kept == len(GOOD) and again.calls == []  # all from the cache
+
+
+def test_data_filter_cli(tmp_path, capsys):
+    from baize.cli import main
+    from baize.schema import sidecar
+    _file_of_table(tmp_path / "in.jsonl")
+    out = tmp_path / "clean.jsonl"
+    assert main(["data", "filter", str(tmp_path / "in.jsonl"), "--out", str(out), "--no-progress",
+                 "--repetition", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "kept" in printed and "rejected: echo" in printed and "rejected: repetition" not in printed
+    assert json.loads(sidecar(out, "config.json").read_text())["repetition"] == 0
+    assert main(["data", "filter", str(tmp_path / "in.jsonl"), "--no-progress"]) == 2
+    assert "give --out OUT" in capsys.readouterr().err
+    assert main(["data", "filter", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "in.jsonl")]) == 2
+    assert "is the input file" in capsys.readouterr().err
