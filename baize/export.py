@@ -227,8 +227,9 @@ def _natural(name: str):
 # --- the file ------------------------------------------------------------------------------------------
 
 def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dtype: str = "f16",
-               name: str | None = None) -> dict:
-    """Write a LLaMA model directory (weights, tokenizer) and a chat template as one GGUF file."""
+               name: str | None = None, extra: dict | None = None) -> dict:
+    """Write a LLaMA model directory (weights, tokenizer) and a chat template as one GGUF file; `extra`:
+    more metadata (str, or list of str)."""
     import gguf
     import numpy as np
     import torch
@@ -314,6 +315,8 @@ def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dt
         if "add_space_prefix" in tf:
             w.add_add_space_prefix(tf["add_space_prefix"])
         special.add_to_gguf(w, quiet=True)
+        for k, v in (extra or {}).items():
+            w.add_array(k, v) if isinstance(v, list) else w.add_string(k, v)
 
         # header and tensor infos first, then one tensor at a time: memory stays at one tensor, not the model
         for gname, _, shape, qt in plan:
@@ -487,8 +490,11 @@ def export(src: str, out: str | Path, *, format: str = "gguf", dtype: str = "f16
             template = baize_chat_template(None, bos)
         if not isinstance(template, str):
             raise BaizeError("the tokenizer has several named chat templates: GGUF export needs one")
-        info = write_gguf(rec["dir"], out, chat_template=template, dtype=dtype, name=name or rec["name"])
         stop = rec.get("stop") or get_format(fmt, tok).stop
+        # how baize prompts this model, for tools that read more than the template (llama.cpp ignores them)
+        extra = {"baize.format": fmt, "baize.stop": list(stop),
+                 **({"baize.system": rec["system"]} if rec.get("system") is not None else {})}
+        info = write_gguf(rec["dir"], out, chat_template=template, dtype=dtype, name=name or rec["name"], extra=extra)
     info.update(format=fmt, system=rec.get("system"), source=str(src), kind=kind)
     if ollama:
         tag = re.sub(r"[^a-z0-9._-]+", "-", (name or out.stem).lower()).strip("-.") or "baize"

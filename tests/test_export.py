@@ -53,7 +53,7 @@ def _metadata(path):
     """(tensor table, metadata) of a GGUF file, by the reader transformers' GGUF loader uses (the gguf
     package's GGUFReader takes seconds on a 49k vocabulary)."""
     from transformers.integrations.gguf.reader import GgufHeader, read_gguf_metadata
-    meta, _ = read_gguf_metadata(str(path), ("tokenizer.ggml.tokens",))
+    meta, _ = read_gguf_metadata(str(path), ("tokenizer.ggml.tokens", "baize.stop"))
     return GgufHeader.from_file(str(path)).tensors, meta
 
 
@@ -104,6 +104,7 @@ def test_file_layout_and_metadata(exported, tiny_model_dir):
         assert len(tokens) == len(token_types) == meta["llama.vocab_size"] == 49152
         assert tokens[1] == "<|im_start|>" and token_types[1] == 3  # CONTROL
         assert meta["general.sampling.top_p"] == pytest.approx(0.95)
+        assert (meta["baize.format"], meta["baize.system"], meta["baize.stop"]) == ("baize", "Be helpful.", ["[|Human|]", "[|AI|]"])
         sizes[dtype] = sum(t.nbytes for t in r)
     assert sizes["q8_0"] < 0.56 * sizes["f16"]  # Q8_0: 34 bytes per 32 weights, f16: 64
 
@@ -164,13 +165,9 @@ def test_template_format_run_and_model_directory(run, tiny_model_dir, tmp_path):
     assert 'SYSTEM """Be brief."""' in mf and 'PARAMETER stop "<|im_end|>"' in mf
 
 
-def test_sentencepiece_style_tokenizer_and_untied_head(tmp_path):
-    """A byte-fallback BPE (LLaMA-2 style) vocabulary becomes llama.cpp's 'llama' tokenizer; an untied head
-    is written as output.weight."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, LlamaTokenizer
-
-    from baize.export import export
+def _byte_fallback_tokenizer():
+    """A tiny LLaMA-2-style tokenizer: byte-fallback BPE over a few letters."""
+    from transformers import LlamaTokenizer
     vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"<0x{b:02X}>": 3 + b for b in range(256)}}
     for c in "▁abcdehilnorstw":
         vocab.setdefault(c, len(vocab))
@@ -181,6 +178,18 @@ def test_sentencepiece_style_tokenizer_and_untied_head(tmp_path):
     tok = LlamaTokenizer(vocab=vocab, merges=merges, unk_token="<unk>", bos_token="<s>", eos_token="</s>",
                          add_bos_token=True)
     assert tok("hi")["input_ids"][0] == 1
+    return tok
+
+
+def test_sentencepiece_style_tokenizer_and_untied_head(tmp_path):
+    """A byte-fallback BPE (LLaMA-2 style) vocabulary becomes llama.cpp's 'llama' tokenizer; an untied head
+    is written as output.weight."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from baize.export import export
+    tok = _byte_fallback_tokenizer()
+    vocab = tok.get_vocab()
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
                       num_attention_heads=4, num_key_value_heads=4, bos_token_id=1, eos_token_id=2,
@@ -200,6 +209,29 @@ def test_sentencepiece_style_tokenizer_and_untied_head(tmp_path):
     ids = torch.randint(3, len(vocab), (1, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         a, b = AutoModelForCausalLM.from_pretrained(tmp_path / "m")(input_ids=ids).logits, model(input_ids=ids).logits
+    assert (a - b).abs().max() / a.abs().max() < TOLERANCE["f16"]
+
+
+def test_mistral_without_sliding_window_is_written_as_llama(tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
+
+    from baize.export import export
+    tok = _byte_fallback_tokenizer()
+    for window in (None, 16):
+        cfg = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                            num_attention_heads=4, num_key_value_heads=2, sliding_window=window,
+                            max_position_embeddings=64)
+        torch.manual_seed(0)
+        MistralForCausalLM(cfg).save_pretrained(tmp_path / f"m{window}")
+        tok.save_pretrained(tmp_path / f"m{window}")
+    with pytest.raises(BaizeError, match="sliding-window"):
+        export(str(tmp_path / "m16"), tmp_path / "m16.gguf")
+    export(str(tmp_path / "mNone"), tmp_path / "m.gguf")
+    ids = torch.randint(3, len(tok), (1, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(tmp_path / "mNone")(input_ids=ids).logits
+        b = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="m.gguf")(input_ids=ids).logits
     assert (a - b).abs().max() / a.abs().max() < TOLERANCE["f16"]
 
 
