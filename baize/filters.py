@@ -501,14 +501,19 @@ def filter_file(cfg: DataFilterConfig, *, judge_llm=None, console=None):
     from pathlib import Path
 
     from .runner import Ledger, run_items
-    from .schema import read_jsonl, repair_torn_tail
+    from .schema import read_jsonl, read_jsonl_where, repair_torn_tail, validate_record
     check_config(cfg)
     src, out = Path(cfg.input), Path(cfg.out or "")
     if not cfg.out:
         raise BaizeError("data filter: give --out OUT for the kept dialogues (the input file is never rewritten)")
     if out.resolve() == src.resolve():
         raise BaizeError(f"data filter: --out {out} is the input file; write the kept dialogues to another file")
-    items = [_Item(str(r["id"]), r) for r in read_jsonl(src, validate=True)]
+    items = []
+    for where, r in read_jsonl_where(src):
+        # a collection's own .rejected.jsonl holds unparseable records with no messages: unparseable again
+        if not (isinstance(r, dict) and r.get("messages") == [] and "id" in r):
+            validate_record(r, where)
+        items.append(_Item(str(r["id"]), r))
     patterns = compile_patterns(cfg)
     neardup = NearDup(cfg.near_dup)
     if out.exists():

@@ -409,6 +409,7 @@ def _file_of_table(path):
     recs += [{"id": f"bad-{name}", "messages": msgs, "meta": {"seed": seed, "source": "table"}}
              for name, seed, msgs, _, _ in BAD]
     recs.append({**recs[0], "id": "good-again"})  # a near-duplicate of a kept one
+    recs.append({"id": "no-transcript", "messages": [], "meta": {"raw": "Sorry.", "reject_reason": "unparseable"}})
     write_jsonl(path, recs)
     return recs
 
@@ -421,10 +422,10 @@ def test_data_filter_cleans_a_file_without_a_teacher(tmp_path):
     s = filter_file(cfg)
     kept, rej = _records(cfg.out), _records(sidecar(cfg.out, "rejected"))
     assert sorted(r["id"] for r in kept) == sorted(f"good-{g[0]}" for g in GOOD)
-    want = {f"bad-{b[0]}": b[3] for b in BAD} | {"good-again": "near_duplicate"}
+    want = {f"bad-{b[0]}": b[3] for b in BAD} | {"good-again": "near_duplicate", "no-transcript": "unparseable"}
     assert {r["id"]: r["meta"]["reject_reason"] for r in rej} == want
     assert next(r for r in rej if r["id"] == "good-again")["meta"]["reject_detail"] == f"nearly good-{GOOD[0][0]}"
-    assert s.kept == len(GOOD) and sum(s.rejected.values()) == len(BAD) + 1
+    assert s.kept == len(GOOD) and sum(s.rejected.values()) == len(BAD) + 2
     assert kept[0] == next(r for r in recs if r["id"] == kept[0]["id"])  # kept records unchanged
     # a rerun has nothing to do; the input is never rewritten
     assert filter_file(cfg).skipped == len(recs)
