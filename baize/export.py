@@ -43,7 +43,11 @@ def _describe(src: str) -> tuple[str, dict]:
     if src == "default":
         return "model", {"dir": str(models.default_model_dir()), "name": models.DEFAULT_NAME}
     p = Path(src)
-    if models.read_run(p):
+    try:
+        run = models.read_run(p)
+    except ValueError as e:
+        raise BaizeError(f"{p / models.RUN_FILE} is not valid JSON: {e}") from None
+    if run:
         return "run", {"dir": src, "name": p.resolve().name}
     if (p / MERGED_FILE).is_file():
         return "merged", {"dir": src, "name": p.resolve().name, **json.loads((p / MERGED_FILE).read_text())}
@@ -209,7 +213,7 @@ def _weights(model_dir: Path) -> dict[str, Path]:
     out = {}
     for f in files:
         with safe_open(f, framework="pt") as st:
-            out.update({k: f for k in st.keys()})
+            out.update(dict.fromkeys(st.keys(), f))
     return out
 
 
@@ -271,7 +275,10 @@ def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dt
         else:
             qt = Q.F16  # llama.cpp's fallback for rows that do not split into Q8_0 blocks
         plan.append((gname, hf, shape, qt))
-    n_vocab = next(s[0] for g, _, s, _ in plan if g == "token_embd.weight")
+    shapes = {g: shape for g, _, shape, _ in plan}
+    if "token_embd.weight" not in shapes:
+        raise BaizeError(f"{model_dir} has no token embeddings (model.embed_tokens.weight)")
+    n_vocab = shapes["token_embd.weight"][0]
     if scaling["rope_type"] == "llama3":
         plan.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, (head_dim // 2,), Q.F32))
 
@@ -304,8 +311,9 @@ def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dt
             w.add_rope_scaling_factor(float(scaling["factor"]))
         w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if dtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_sampling_temp(float(SAMPLING["temperature"]))
-        w.add_sampling_top_p(float(SAMPLING["top_p"]))
+        if hasattr(w, "add_sampling_temp"):  # the paper's sampling as the file's defaults (gguf >= 0.17)
+            w.add_sampling_temp(float(SAMPLING["temperature"]))
+            w.add_sampling_top_p(float(SAMPLING["top_p"]))
         w.add_tokenizer_model(tf["model"])
         w.add_tokenizer_pre(tf["pre"])
         w.add_token_list(tf["tokens"])
@@ -411,13 +419,13 @@ def ollama_template(render, bos: str = "") -> str | None:
     def jinja(messages):
         text = render(messages)
         return text[len(bos):] if bos and text.startswith(bos) else text  # llama.cpp adds BOS itself
-    for kind, (_, py) in OLLAMA_TEMPLATES.items():
-        try:
-            if all(jinja(p) == py(p) for p in PROBES):
-                return kind
-        except Exception:  # a template that needs more than messages: no match
-            continue
-    return None
+    from jinja2 import TemplateError
+    try:
+        rendered = [jinja(p) for p in PROBES]
+    except (TemplateError, TypeError, ValueError, KeyError, IndexError):  # needs more than messages (tools...)
+        return None
+    return next((kind for kind, (_, py) in OLLAMA_TEMPLATES.items()
+                 if all(r == py(p) for r, p in zip(rendered, PROBES))), None)
 
 
 def _implied_system(kind: str, render, bos: str = "") -> str | None:
@@ -426,7 +434,7 @@ def _implied_system(kind: str, render, bos: str = "") -> str | None:
     text = text[len(bos):] if bos and text.startswith(bos) else text
     m = {"chatml": r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n",
          "llama3": r"<\|start_header_id\|>system<\|end_header_id\|>\n\n(.*?)<\|eot_id\|>"}.get(kind)
-    found = re.match(m, text, re.S) if m else None
+    found = re.match(m, text, re.DOTALL) if m else None
     return found.group(1) if found else None
 
 

@@ -22,8 +22,9 @@ TEXTS = ["Hello world 12345", "<|im_start|>user\nHi there!<|im_end|>\n", "  two 
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir, tmp_path_factory):
-    from baize.train import TrainConfig, train
     from test_train import write_dialogues
+
+    from baize.train import TrainConfig, train
     tmp = tmp_path_factory.mktemp("export-run")
     cfg = TrainConfig(base=str(tiny_model_dir), data=str(write_dialogues(tmp / "d.jsonl", n=8)), out=str(tmp / "v1"),
                       batch_size=4, micro_batch_size=4, max_steps=1, save_steps=1, precision="fp32",
@@ -185,7 +186,12 @@ def test_sentencepiece_style_tokenizer_and_untied_head(tmp_path):
     """A byte-fallback BPE (LLaMA-2 style) vocabulary becomes llama.cpp's 'llama' tokenizer; an untied head
     is written as output.weight."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+    )
 
     from baize.export import export
     tok = _byte_fallback_tokenizer()
