@@ -130,6 +130,13 @@ def test_tokenizer_and_chat_template_from_the_file(exported, run, merged):
     assert meta["tokenizer.chat_template"] == got.chat_template
 
 
+def test_a_merged_directory_exports_the_same_file(exported, merged, tmp_path):
+    from baize.export import export
+    info = export(str(merged), tmp_path / "v1.gguf")
+    assert info["kind"] == "merged" and info["format"] == "baize" and info["system"] == "Be helpful."
+    assert (tmp_path / "v1.gguf").read_bytes() == exported["f16"].read_bytes()
+
+
 def test_ollama_modelfile_for_a_baize_run(exported, capsys):
     mf = (exported["f16"].parent / "Modelfile").read_text()
     assert mf.splitlines()[1] == "FROM ./v1.gguf"
