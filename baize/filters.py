@@ -10,8 +10,10 @@ Each filter is a number where 0 disables it; the reason is that of the earliest 
   echo        a human turn copying earlier AI turns: the fraction of its words in runs of 3+
               words found in an earlier AI turn (not counting the seed's phrases or the human's own
               earlier words), with at least 10 words copied or 90% of a short turn
-  role_leakage (always on) a human turn in the AI's voice: "as a chatbot, I don't...", "I'm here to
-              assist you", "How can I help you?"
+  role_leakage (always on) a human turn in the AI's voice ("as a chatbot, I don't...", "I'm here to
+              assist you", "I'd be delighted to continue", "feel free to ask"), or carrying the
+              self-chat prompt's words ("The human's next message: ..."); no seed of the four
+              sample sets (1,050 human-written questions) matches
   repetition  loops: the fraction of a turn's word 3-grams (not all stopwords/numbers) said earlier
               in that turn or in the same speaker's earlier turns (the seed's 3-grams may recur
               across turns: naming the topic is no loop); the seed itself is not checked
@@ -224,19 +226,32 @@ _HUMAN_AS_AI = re.compile(
     r"\bas an? (?:[\w-]+ )?(?:ai|chatbot|language model)\b[^.?!\n]{0,60}?,\s*I(?:'m| am)? "
     r"(?:don't|do not|can't|cannot|not|unable|have no)\b"
     r"|\bI(?:'m| am) (?:an? )?(?:ai|chatbot|language model|virtual assistant|ai assistant)\b"
-    r"|\bI(?:'m| am) (?:designed|programmed|here) to (?:assist|help)\b"
-    r"|\bhow (?:can|may) I (?:assist|help) you\b", re.IGNORECASE)
+    r"|\bI(?:'m| am) (?:always )?(?:designed|programmed|here) to (?:assist|help|chat)\b"
+    r"|\bhow (?:can|may) I (?:assist|help) you\b"
+    r"|\bI(?:'d| would|'m| am) (?:be )?(?:more than )?(?:delighted|happy|glad) to (?:help|assist|continue|chat)\b"
+    r"|\bI(?:'ll| will) do my best to (?:help|assist|provide|answer)\b"
+    r"|\bI(?:'m| am) (?:sorry|afraid),? but I(?:'m| am)? (?:unable|not able) to (?:provide|assist|answer|help)\b"
+    r"|\bfeel free to ask\b|\bif you have any (?:more |other |further )?questions\b"
+    r"|^\W*(?:that's |what )?an? (?:very |really )?(?:great|good|excellent|insightful) question\b",
+    re.IGNORECASE | re.MULTILINE)
+# the self-chat prompt's own words in the dialogue: "The human's next message: ..."
+_PROMPT_LEAK = re.compile(r"\bthe (?:human|ai)'s (?:next )?(?:message|reply|response)\b"
+                          r"|\bhere(?:'s| is) (?:a |the )?(?:possible )?next question\b", re.IGNORECASE)
 
 
 def speaks_as_ai(msgs: list[dict], seed: str, threshold: float = 1):
     for i, m in enumerate(msgs):
         if m["role"] == "user" and _HUMAN_AS_AI.search(m["content"]):
             return i, "the human speaks as the AI"
+        if m["role"] == "user" and _PROMPT_LEAK.search(m["content"]):
+            return i, "the human line is the teacher's note about the dialogue"
     return None
 
 
 def repetition(msgs: list[dict], seed: str, threshold: float, n: int = 3, min_grams: int = 6):
-    seed_grams = set(_grams(words(seed), n))
+    seed_list = _grams(words(seed), n)
+    seed_grams = set(seed_list)
+    seed_loops = {g for g in seed_grams if seed_list.count(g) > 1}  # a seed that repeats itself may be quoted
     said: dict[str, set] = {"user": set(), "assistant": set()}
     for i, m in enumerate(msgs):
         if m["content"].strip() == seed.strip():
@@ -247,7 +262,7 @@ def repetition(msgs: list[dict], seed: str, threshold: float, n: int = 3, min_gr
         repeated = 0
         for g in grams:
             # naming the topic in every turn is no loop; naming it over and over within one turn is
-            repeated += g in here or (g in seen and g not in seed_grams)
+            repeated += g not in seed_loops and (g in here or (g in seen and g not in seed_grams))
             here.add(g)
         seen |= here
         if len(grams) >= min_grams and repeated / len(grams) >= threshold:
@@ -299,7 +314,8 @@ _TOPIC_ASK = re.compile(
     r"\b(what|which)('s| is| was| are)? (the|this|our) (main )?(topic|subject)\b"
     r"|\b(tell|remind|give) me (about |more about )?(the|this|our) (topic|subject)\b"
     r"|\bthe topic (is|was|of (this|our|the) conversation)\b"
-    r"|\bwhat (would|do) you (like|want) to (talk about|discuss|chat about)\b"
+    r"|\bwhat (would|do) you (like|want) to (talk about|discuss|chat about|explore)\b"
+    r"|\bnext topic\b|\btopic you('d| would) like\b"
     r"|\b(do you have|is there) (a|any) (specific |particular )?(topic|subject|question)s? (in mind|you)\b"
     r"|\bwhat('s| is) on your mind\b", re.IGNORECASE)
 

@@ -189,6 +189,20 @@ BAD = [
         U("I'm really sorry for any confusion, but as a chatbot, I don't have the capability to perform advanced "
           "calculations."),
         A("No problem: there is nothing to calculate; deposit it with your PAN.")], "role_leakage", 2),
+    ("human-offers-to-help", "What is pure consciousness?", [
+        U("What is pure consciousness?"),
+        A("In several contemplative traditions, pure consciousness is awareness without any object: no thought, "
+          "perception or feeling, only the knowing itself, which meditators describe as still and boundless."),
+        U("I'd be delighted to continue the conversation. If you have a question or want to explore the nuances of "
+          "consciousness further, I'm always happy to chat. What's the next topic you'd like to discuss?"),
+        A("Tell me how meditation is supposed to reach it.")], "role_leakage", 2),
+    ("prompt-leak", "Why is India failing so miserably at the Rio Olympics?", [
+        U("Why is India failing so miserably at the Rio Olympics?"),
+        A("India sent its largest team ever, but funding reaches few sports, and most athletes train without "
+          "foreign coaching or competition exposure."),
+        U("The human's next message: How much does India spend on sport per athlete?"),
+        A("Far less than the medal-winning nations: a few hundred crore rupees a year across all sports.")],
+     "role_leakage", 2),
 ]
 
 
@@ -297,7 +311,7 @@ def test_collect_rejects_degenerate_turns_with_reason_and_turn(tmp_path):
         human = "playing a curious human" in msgs[0]["content"]
         n = msgs[-1]["content"].count("[AI]") if human else sum(m["role"] == "assistant" for m in msgs)
         if topic == seeds[0].text and human:  # echo: the human writes the AI's last answer again
-            return msgs[-1]["content"].split("\n[AI] ")[-1]
+            return answer[topic]
         if topic == seeds[1].text and not human:
             return loop * 4
         if topic == seeds[2].text and not human and n == 0:
@@ -472,3 +486,14 @@ def test_data_filter_cli(tmp_path, capsys):
     assert "give --out OUT" in capsys.readouterr().err
     assert main(["data", "filter", str(tmp_path / "in.jsonl"), "--out", str(tmp_path / "in.jsonl")]) == 2
     assert "is the input file" in capsys.readouterr().err
+
+
+def test_a_seed_that_repeats_itself_may_be_quoted():
+    seed = ("Tell me why this joke is not funny.\n\nKnock knock!\nWho is there?\nBanana.\nBanana who?\nKnock knock!\n"
+            "Who is there?\nBanana.\nBanana who?\nKnock knock!\nWho is there?\nOrange.\nOrange who?\n"
+            "Orange you glad I did not say banana?")
+    msgs = [U("Can you explain this?\n\n" + seed.split("\n\n", 1)[1]),
+            A("It relies on one weak pun, orange / aren't, and makes you sit through the banana lines to get there.")]
+    assert _run(seed, msgs) is None
+    loop = "The punchline is a pun on the word orange and aren't. "
+    assert _run(seed, [msgs[0], A(loop * 3)]).reason == "repetition"
