@@ -2,7 +2,9 @@
 
 Each rejection gives a reason, the turn at fault (meta.reject_turn) and a detail, so `baize data
 stats` can show one example per reason. First the shape checks collect always had (unparseable,
-too_few_turns, short_turn, role_leakage, refusal); then the text filters for what weak teachers
+too_few_turns, short_turn, role_leakage, refusal: the built-in patterns now also catch the small
+teachers' "as a chatbot, I can't...", "I'm an AI designed to...", "I don't have the ability to");
+then the text filters for what weak teachers
 (small local models, cheap endpoints) write at scale. Stdlib only: words are lowercased, fenced
 and inline code removed; "content words" drop stopwords and chat filler, with a crude stemmer.
 Each filter is a number where 0 disables it; the reason is that of the earliest offending turn.
@@ -19,7 +21,9 @@ Each filter is a number where 0 disables it; the reason is that of the earliest 
               across turns: naming the topic is no loop); the seed itself is not checked
   non_answer  an AI turn restating the question: fewer than this fraction of its content words are
               new (not in the seed or the human turns) and half of them sit in 3-word phrases of
-              the question; or 80% of its words are such phrases; or 8+ words and no content word.
+              the question (compared stemmed: "Why does public education fail?" restates "Why is
+              public education failing?"); or 80% of its words are such phrases; or 8+ words and
+              no content word.
               Only the request is "the question", not the material after its first blank line
               (a paraphrase or an extraction copies that by design); 1-2 content-word answers and
               yes/no answers are never non-answers
@@ -106,6 +110,11 @@ DEFAULT_REJECT_PATTERNS = [
     r"\bI (cannot|can't|am unable to) (help|assist|provide|fulfill|answer)",
     r"\bmy knowledge cutoff\b",
     r"\btrained by openai\b",
+    # the same boilerplate from small local teachers ("as a chatbot, I can't engage...")
+    r"\bas an? (?:[\w-]+ )?(?:ai|chatbot|language model)\b[^.?!\n]{0,60}?,\s*I(?:'m| am)? (?:don't|do not|can't|cannot|not|unable)\b",
+    r"\bI(?:'m| am) (?:just |only )?an? (?:ai|chatbot|language model|virtual assistant)\b",
+    r"\bI(?:'m| am) not (?:equipped|able|designed|programmed) to (?:assist|help|provide|answer|recommend|give)\b",
+    r"\bI (?:don't|do not) have the (?:ability|capability|capacity) to\b",
 ]
 
 
@@ -285,17 +294,18 @@ def non_answer(msgs: list[dict], seed: str, threshold: float, min_content: int =
     and at least half of them sit in phrases (3+ words) copied from the question; or 80% of its
     words are such phrases; or it has eight words or more without a single content word. Choosing among options the question lists, or
     copying the material it came with, is answering, not restating."""
-    known, asked = content_stems(_question_part(seed)), set(_grams(words(_question_part(seed)), 3))
+    # phrases are compared stemmed: "Why does public education fail?" copies "Why is public education failing?"
+    known, asked = content_stems(_question_part(seed)), set(_grams([_stem(w) for w in words(_question_part(seed))], 3))
     for i, m in enumerate(msgs):
         if m["role"] == "user":
             known |= content_stems(_question_part(m["content"]))
-            asked.update(_grams(words(_question_part(m["content"])), 3))
+            asked.update(_grams([_stem(w) for w in words(_question_part(m["content"]))], 3))
             continue
         ws, stems = words(m["content"]), content_stems(m["content"])
         if not stems and sum(w.isalpha() for w in ws) >= filler_words:  # "Sure! I'd be happy to help with that."
             return i, "no content words at all"
         copied = [False] * len(ws)
-        for j, g in enumerate(_grams(ws, 3)):
+        for j, g in enumerate(_grams([_stem(w) for w in ws], 3)):
             if g in asked:
                 copied[j:j + 3] = [True] * 3
         if len(ws) >= 4 and sum(copied) >= 0.8 * len(ws):
@@ -372,18 +382,19 @@ def check(msgs: list[dict], cfg: FilterConfig, patterns: list[re.Pattern], seed:
         return Reject("too_few_turns")
     for i, m in enumerate(msgs):
         if len(m["content"].strip()) < cfg.min_chars:
-            return Reject("short_turn", i)
+            return Reject("short_turn", i, f"{len(m['content'].strip())} characters")
     for i, m in enumerate(msgs):
-        if _LEAK.search(m["content"]):
-            return Reject("role_leakage", i)
+        if (leak := _LEAK.search(m["content"])):
+            return Reject("role_leakage", i, f"a role marker inside the turn: {leak.group(0).strip()!r}")
     ai = [m["content"].rstrip() for m in msgs if m["role"] == "assistant"]
     human = [m["content"].rstrip() for m in msgs if m["role"] == "user"]
     # the AI asking the questions while the human answers them
     if sum(a.endswith("?") for a in ai) * 2 > len(ai) and sum("?" in h for h in human) * 2 < len(human):
-        return Reject("role_leakage", next(i for i, m in enumerate(msgs) if m["role"] == "assistant"))
+        return Reject("role_leakage", next(i for i, m in enumerate(msgs) if m["role"] == "assistant"),
+                      "the AI asks the questions")
     for i, m in enumerate(msgs):
-        if m["role"] == "assistant" and any(p.search(m["content"]) for p in patterns):
-            return Reject("refusal", i)
+        if m["role"] == "assistant" and (hit := next((h for p in patterns if (h := p.search(m["content"]))), None)):
+            return Reject("refusal", i, f"matches {hit.group(0)!r}")
     # the text filters see the conversation only; indices map back to the record's messages
     idx = [i for i, m in enumerate(msgs) if m["role"] in ("user", "assistant")]
     turns = [msgs[i] for i in idx]

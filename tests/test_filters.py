@@ -146,9 +146,10 @@ BAD = [
     ("human-repeats-the-ai", "Will Trump seek a deal with Iran to help with a failed US Afghanistan Policy?", [
         U("Will Trump seek a deal with Iran to help with a failed US Afghanistan Policy?"), A(IRAN), U(IRAN),
         A(IRAN.replace("misunderstanding", "confusion earlier"))], "echo", 2),
+    # the AI's apology is itself boilerplate now (the shape checks come first, at the earlier turn)
     ("human-repeats-the-ai-apology", "How do I say thank you in Japanese?", [
         U("How do I say thank you in Japanese?"), A(SORRY), U(SORRY.replace("You may", "Maybe you could")),
-        A("Arigatou gozaimasu is the polite form.")], "echo", 2),
+        A("Arigatou gozaimasu is the polite form.")], "refusal", 1),
     ("sentence-looped-three-times", "What is the difference between the iPhone 6s and iPhone 6s Plus?", [
         U("What is the difference between the iPhone 6s and iPhone 6s Plus?"),
         A(IPHONE_66S + " " + IPHONE_66S + " The Plus has a bigger screen."),
@@ -450,8 +451,8 @@ def test_data_filter_cleans_a_file_without_a_teacher(tmp_path):
     again = {r["id"]: r["meta"] for r in _records(cfg2.out)}
     assert list(again) == ["good-again"] and "reject_reason" not in again["good-again"]  # no old verdict carried
     second = {r["id"]: r["meta"]["reject_reason"] for r in _records(sidecar(cfg2.out, "rejected"))}
-    # the human who copies the AI's apology also speaks as the AI: with echo off, that is the reason
-    assert second["bad-human-repeats-the-ai-apology"] == "role_leakage" and "echo" not in second.values()
+    # the human who copies the AI's answer: with echo off, the AI repeating itself next is the reason
+    assert second["bad-human-repeats-the-ai"] == "repetition" and "echo" not in second.values()
 
 
 def test_data_filter_with_judge_is_cached(tmp_path):
@@ -497,3 +498,20 @@ def test_a_seed_that_repeats_itself_may_be_quoted():
     assert _run(seed, msgs) is None
     loop = "The punchline is a pun on the word orange and aren't. "
     assert _run(seed, [msgs[0], A(loop * 3)]).reason == "repetition"
+
+
+@pytest.mark.parametrize("answer", [
+    "I'm sorry for your loss, but as a chatbot, I can't engage in conversations about that.",
+    "What a challenging question! I'm an AI designed to assist and provide information.",
+    "I'm not equipped to recommend books, but here are some.",
+    "As an AI designed to assist with this topic, I don't have the ability to provide real-time translations.",
+])
+def test_small_teachers_boilerplate_is_a_refusal(answer):
+    r = _run("How do I improve my English?", [U("How do I improve my English?"), A(answer)])
+    assert (r.reason, r.turn) == ("refusal", 1)
+
+
+def test_question_restated_in_other_words_is_a_non_answer():
+    r = _run("Why is public education failing?", [U("Why is public education failing?"),
+                                                  A("Why does public education fail?")])
+    assert (r.reason, r.turn) == ("non_answer", 1)
