@@ -113,7 +113,7 @@ DEFAULT_REJECT_PATTERNS = [
     # the same boilerplate from small local teachers ("as a chatbot, I can't engage...")
     r"\bas an? (?:[\w-]+ )?(?:ai|chatbot|language model)\b[^.?!\n]{0,60}?,\s*I(?:'m| am)? (?:don't|do not|can't|cannot|not|unable)\b",
     r"\bI(?:'m| am) (?:just |only )?an? (?:ai|chatbot|language model|virtual assistant)\b",
-    r"\bI(?:'m| am) not (?:equipped|able|designed|programmed) to (?:assist|help|provide|answer|recommend|give)\b",
+    r"\bI(?:'m| am) (?:not (?:equipped|able|designed|programmed)|unable) to (?:assist|help|provide|answer|recommend|give|engage)\b",
     r"\bI (?:don't|do not) have the (?:ability|capability|capacity) to\b",
 ]
 
@@ -236,7 +236,7 @@ _HUMAN_AS_AI = re.compile(
     r"(?:don't|do not|can't|cannot|not|unable|have no)\b"
     r"|\bI(?:'m| am) (?:an? )?(?:ai|chatbot|language model|virtual assistant|ai assistant)\b"
     r"|\bI(?:'m| am) (?:always )?(?:designed|programmed|here) to (?:assist|help|chat)\b"
-    r"|\bhow (?:can|may) I (?:assist|help) you\b"
+    r"|\bhow (?:can|may) I (?:assist|help) you\b|\bwhat would you like to know\b"
     r"|\bI(?:'d| would|'m| am) (?:be )?(?:more than )?(?:delighted|happy|glad) to (?:help|assist|continue|chat)\b"
     r"|\bI(?:'ll| will) do my best to (?:help|assist|provide|answer)\b"
     r"|\bI(?:'m| am) (?:sorry|afraid),? but I(?:'m| am)? (?:unable|not able) to (?:provide|assist|answer|help)\b"
