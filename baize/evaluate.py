@@ -269,6 +269,23 @@ def nll(lazy: _Lazy, records: list[dict]) -> float | None:
     return round(total / count, 4) if count else None
 
 
+def reference_dialogues(questions: list[Question]) -> list[dict]:
+    """One dialogue per question with a reference: each turn's question, then its reference answer.
+    Turn k's context is the earlier turns with their references, not a model's own answers, so every
+    model is scored on the same text; the dialogue stops at the first turn without one (a later
+    reference would follow an answer nobody wrote)."""
+    out = []
+    for q in questions:
+        msgs = []
+        for turn, ref in zip(q.turns, q.reference or []):
+            if not ref:
+                break
+            msgs += [{"role": "user", "content": turn}, {"role": "assistant", "content": ref}]
+        if msgs:
+            out.append({"messages": msgs})
+    return out
+
+
 # --- judging ------------------------------------------------------------------------------------
 
 def judge_inputs(q: Question, answers: list[str]) -> tuple[str, str]:
@@ -398,8 +415,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     nll_sets = {}
     if cfg.nll_data:
         nll_sets["data"] = [r for r in read_jsonl(cfg.nll_data, validate=True)]
-    refs = [{"messages": [{"role": "user", "content": q.turns[0]}, {"role": "assistant", "content": q.reference[0]}]}
-            for q in questions if q.reference and q.reference[0]]
+    refs = reference_dialogues(questions)
     if refs:
         nll_sets["reference"] = refs
     for name, spec in models.items():

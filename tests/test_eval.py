@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from baize.config import BaizeError
-from baize.evaluate import (EvalConfig, bootstrap_ci, evaluate, load_questions, pair_stats, parse_models,
-                            win_rate)
+from baize.evaluate import (EvalConfig, Question, bootstrap_ci, evaluate, load_questions, pair_stats,
+                            parse_models, reference_dialogues, win_rate)
 from baize.testing import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,6 +144,16 @@ def test_nll_of_local_models_on_dialogues_and_references(tmp_path, tiny_model_di
     assert 9 < nll["data"] < 13 and 9 < nll["reference"] < 13
     assert res["pairwise"] == [] and res["judge"] is None
     llm.engine.close()
+
+
+def test_reference_nll_scores_every_turn_in_the_references_context():
+    two = Question("m", "math", ["2+2?", "Times 3?"], ["4", "12"])
+    gap = Question("g", "math", ["a?", "b?"], [None, "b"])  # turn 2's reference follows no written answer
+    first = Question("f", "math", ["x?", "y?"], ["x"])
+    assert reference_dialogues([two, gap, first]) == [
+        {"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"},
+                      {"role": "user", "content": "Times 3?"}, {"role": "assistant", "content": "12"}]},
+        {"messages": [{"role": "user", "content": "x?"}, {"role": "assistant", "content": "x"}]}]
 
 
 def test_cli_one_line_errors(tmp_path):
