@@ -12,7 +12,7 @@ LLaMA graph expects, the token list and types (llama.cpp's `get_vocab_base`), th
 SentencePiece scores for byte-fallback BPE tokenizers (from the merge ranks; the gguf package's
 LlamaHfVocab gives every token -1000) and llama3 rope factors (llama.cpp's formula).
 
-`--ollama` adds a Modelfile beside the file: a Go template equivalent to the run's chat format (checked
+`--ollama` adds NAME.Modelfile beside NAME.gguf: a Go template equivalent to the run's chat format (checked
 at export time against the Jinja template on probe dialogues), the system prompt `baize chat` would use,
 the format's stop strings and the paper's sampling settings.
 """
@@ -46,8 +46,11 @@ def _describe(src: str) -> tuple[str, dict]:
     try:
         run = models.read_run(p)
     except ValueError as e:
-        raise BaizeError(f"{p / models.RUN_FILE} is not valid JSON: {e}") from None
-    if run:
+        raise BaizeError(f"{p / models.RUN_FILE} is not valid JSON ({e}): fix it, or train the run again") from None
+    if run is not None:
+        if not isinstance(run, dict) or not isinstance(run.get("base"), str):
+            raise BaizeError(f"{p / models.RUN_FILE} names no \"base\" model: add the base the run was trained "
+                             f"on, or train the run again")
         return "run", {"dir": src, "name": p.resolve().name}
     if (p / MERGED_FILE).is_file():
         return "merged", {"dir": src, "name": p.resolve().name, **json.loads((p / MERGED_FILE).read_text())}
@@ -439,7 +442,7 @@ def _implied_system(kind: str, render, bos: str = "") -> str | None:
 
 
 def modelfile(gguf_name: str, *, tok, chat_template: str, system: str | None, stop: list[str],
-              bos: str = "", tag: str = "NAME") -> tuple[str, str | None]:
+              bos: str = "", tag: str = "NAME", mf_name: str = "Modelfile") -> tuple[str, str | None]:
     """(Modelfile text, template kind or None)."""
     from .chat_format import BaizeFormat, guardrail_prompt
     render = _renderer(tok, chat_template)
@@ -450,7 +453,7 @@ def modelfile(gguf_name: str, *, tok, chat_template: str, system: str | None, st
         sys_prompt = _implied_system(kind, render, bos) or ""
     # `baize chat` stops at the baize markers whatever the format (the guardrail describes them)
     stops = list(dict.fromkeys(list(stop) + list(BaizeFormat.stop)))
-    lines = [f"# written by `baize export`; create the model with: ollama create {tag} -f Modelfile",
+    lines = [f"# written by `baize export`; create the model with: ollama create {tag} -f {mf_name}",
              f"FROM ./{gguf_name}"]
     if kind:
         lines.append(f'TEMPLATE """{OLLAMA_TEMPLATES[kind][0]()}"""')
@@ -506,9 +509,10 @@ def export(src: str, out: str | Path, *, format: str = "gguf", dtype: str = "f16
     info.update(format=fmt, system=rec.get("system"), source=str(src), kind=kind)
     if ollama:
         tag = re.sub(r"[^a-z0-9._-]+", "-", (name or out.stem).lower()).strip("-.") or "baize"
+        # named after the file: two exports into one folder (f16 and q8_0, say) keep their own Modelfile
+        mf = out.with_name(f"{out.stem}.Modelfile")
         text, tkind = modelfile(out.name, tok=tok, chat_template=template, system=rec.get("system"), stop=stop,
-                                bos=bos, tag=tag)
-        mf = out.parent / "Modelfile"
+                                bos=bos, tag=tag, mf_name=mf.name)
         mf.write_text(text, encoding="utf-8")
         info.update(modelfile=str(mf), ollama_template=tkind, ollama_create=f"ollama create {tag} -f {mf}")
     return info
@@ -532,6 +536,6 @@ def add_cli(sub) -> None:
     e.add_argument("--out", required=True, help="the .gguf file to write")
     e.add_argument("--dtype", default="f16", choices=["f16", "q8_0"],
                    help="weights: f16 (default) or q8_0; norms stay f32")
-    e.add_argument("--ollama", action="store_true", help="also write a Modelfile beside it for `ollama create`")
+    e.add_argument("--ollama", action="store_true", help="also write NAME.Modelfile beside it for `ollama create -f`")
     e.add_argument("--name", help="the model's name in the file and for ollama create (default: the source's)")
     e.set_defaults(func=_cli_export)

@@ -11,6 +11,7 @@ backend alone.
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from typing import Iterator, Protocol
@@ -230,6 +231,32 @@ class HFLLM:
                 yield piece
 
 
+def gguf_prompting(meta: dict) -> tuple[list[str], str | None]:
+    """(stop strings, system prompt) that `baize export` recorded in a GGUF's metadata, else ([], None).
+    Values come as the gguf package reads them, or as llama.cpp renders them to strings."""
+    stop = meta.get("baize.stop")
+    if isinstance(stop, str):  # llama.cpp's rendering of a string array: ["a", "b"]
+        try:
+            stop = json.loads(stop, strict=False)
+        except ValueError:
+            stop = None
+    stop = [s for s in stop if isinstance(s, str) and s] if isinstance(stop, list) else []
+    system = meta.get("baize.system")
+    return stop, system if isinstance(system, str) and system else None
+
+
+def gguf_string_arrays(path: str, keys) -> dict:
+    """String-array metadata values of a GGUF file, by the gguf package (a few seconds on a large
+    vocabulary, so only for the keys llama.cpp does not hand over); {} when unreadable."""
+    try:
+        from gguf import GGUFReader
+        reader = GGUFReader(path)
+        fields = {k: reader.get_field(k) for k in keys}
+        return {k: [bytes(f.parts[i]).decode("utf-8") for i in f.data] for k, f in fields.items() if f is not None}
+    except Exception:  # no gguf package, an odd file: the defaults are a convenience, not a requirement
+        return {}
+
+
 class LlamaCppLLM:
     """A GGUF file through llama.cpp (pip install 'baize[llamacpp]'); one request at a time."""
 
@@ -242,14 +269,26 @@ class LlamaCppLLM:
             raise LLMError(f"gguf:{path}: no such file: give the path of a .gguf model file (or gguf:default)")
         self.name = f"gguf:{path}"
         self.llama = Llama(model_path=path, n_ctx=n_ctx, verbose=False)
+        meta = getattr(self.llama, "metadata", None)
+        meta = dict(meta) if isinstance(meta, dict) else {}
+        if "baize.format" in meta and "baize.stop" not in meta:
+            meta.update(gguf_string_arrays(path, ("baize.stop",)))  # llama.cpp drops array values
+        self.stop, self.system = gguf_prompting(meta)
         self._lock = threading.Lock()  # a llama.cpp context is not thread-safe
 
+    def _args(self, messages, stop):
+        """The file's system prompt when the dialogue has none; its stop strings besides the caller's."""
+        if self.system and not (messages and messages[0]["role"] == "system"):
+            messages = [{"role": "system", "content": self.system}] + list(messages)
+        return messages, list(dict.fromkeys(list(stop or []) + self.stop)) or None
+
     def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        messages, stop = self._args(messages, stop)
         out = []
         for i in range(n):
             with self._lock:
                 r = self.llama.create_chat_completion(messages=messages, temperature=temperature, top_p=top_p,
-                                                      max_tokens=max_tokens, stop=stop or None,
+                                                      max_tokens=max_tokens, stop=stop,
                                                       seed=None if seed is None else seed + i)
             u = r.get("usage", {})
             out.append(Completion(r["choices"][0]["message"]["content"] or "", u.get("prompt_tokens", 0),
@@ -257,9 +296,10 @@ class LlamaCppLLM:
         return out
 
     def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        messages, stop = self._args(messages, stop)
         with self._lock:
             for chunk in self.llama.create_chat_completion(messages=messages, temperature=temperature, top_p=top_p,
-                                                           max_tokens=max_tokens, stop=stop or None, seed=seed,
+                                                           max_tokens=max_tokens, stop=stop, seed=seed,
                                                            stream=True):
                 piece = chunk["choices"][0]["delta"].get("content")
                 if piece:

@@ -1,5 +1,7 @@
 """`baize export`: GGUF files that load back with transformers' GGUF loader and match the merged model,
 carry the run's chat template, and an Ollama Modelfile; on a tiny random LLaMA (offline)."""
+import contextlib
+import io
 import json
 import shutil
 import subprocess
@@ -40,14 +42,16 @@ def merged(run, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def exported(run, tmp_path_factory):
-    """The run exported at both dtypes: f16 through the CLI (with --ollama), q8_0 through the API."""
+    """The run exported at both dtypes into one folder, both with --ollama: f16 through the CLI (its
+    output kept), q8_0 through the API."""
     from baize.cli import main
     from baize.export import export
     out = tmp_path_factory.mktemp("export-out")
-    assert main(["export", str(run), "--format", "gguf", "--out", str(out / "v1.gguf"), "--ollama"]) == 0
-    info = export(str(run), out / "q8" / "v1-q8_0.gguf", dtype="q8_0")
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert main(["export", str(run), "--format", "gguf", "--out", str(out / "v1.gguf"), "--ollama"]) == 0
+    info = export(str(run), out / "v1-q8_0.gguf", dtype="q8_0", ollama=True)
     assert info["dtype"] == "q8_0" and info["format"] == "baize" and info["kind"] == "run"
-    return {"f16": out / "v1.gguf", "q8_0": out / "q8" / "v1-q8_0.gguf"}
+    return {"f16": out / "v1.gguf", "q8_0": out / "v1-q8_0.gguf", "printed": printed.getvalue()}
 
 
 def _metadata(path):
@@ -89,7 +93,8 @@ def test_file_layout_and_metadata(exported, tiny_model_dir):
     import gguf
     Q = gguf.GGMLQuantizationType
     sizes = {}
-    for dtype, path in exported.items():
+    for dtype in TOLERANCE:
+        path = exported[dtype]
         r, meta = _metadata(path)
         types = {t.name: t.ggml_type for t in r}
         assert "output.weight" not in types  # tied embeddings: llama.cpp reuses token_embd
@@ -137,9 +142,16 @@ def test_a_merged_directory_exports_the_same_file(exported, merged, tmp_path):
     assert (tmp_path / "v1.gguf").read_bytes() == exported["f16"].read_bytes()
 
 
-def test_ollama_modelfile_for_a_baize_run(exported, capsys):
-    mf = (exported["f16"].parent / "Modelfile").read_text()
-    assert mf.splitlines()[1] == "FROM ./v1.gguf"
+def test_ollama_modelfile_for_a_baize_run(exported):
+    folder = exported["f16"].parent
+    mf = (folder / "v1.Modelfile").read_text()
+    assert mf.splitlines()[:2] == ["# written by `baize export`; create the model with: ollama create v1 -f v1.Modelfile",
+                                   "FROM ./v1.gguf"]
+    # the CLI prints the command to run, with the Modelfile's path
+    assert f"ollama create v1 -f {folder / 'v1.Modelfile'}\n" in exported["printed"]
+    # a second export into the same folder writes its own Modelfile, not over the first
+    assert (folder / "v1-q8_0.Modelfile").read_text().splitlines()[1] == "FROM ./v1-q8_0.gguf"
+    assert not (folder / "Modelfile").exists()
     assert 'TEMPLATE """{{ if .System }}{{ .System }}' in mf and '[|Human|] {{ .Content }}' in mf
     assert 'SYSTEM """Be helpful."""' in mf
     assert 'PARAMETER stop "[|Human|]"' in mf and 'PARAMETER stop "[|AI|]"' in mf
@@ -168,8 +180,8 @@ def test_template_format_run_and_model_directory(run, tiny_model_dir, tmp_path):
         for d in DIALOGUES:
             want = fmt.render(([{"role": "system", "content": system}] if system and d[0]["role"] != "system" else []) + d)
             assert tok.apply_chat_template(d, chat_template=template, tokenize=False, add_generation_prompt=True) == want
-    mf = (tmp_path / "t" / "Modelfile").read_text()
-    assert "ollama create baize-tiny -f Modelfile" in mf and "<|im_start|>{{ .Role }}" in mf
+    mf = (tmp_path / "t" / "t.Modelfile").read_text()
+    assert "ollama create baize-tiny -f t.Modelfile" in mf and "<|im_start|>{{ .Role }}" in mf
     assert 'SYSTEM """Be brief."""' in mf and 'PARAMETER stop "<|im_end|>"' in mf
 
 
@@ -284,6 +296,102 @@ def test_bad_source_is_a_one_line_error(tmp_path, src):
     assert p.returncode == 2, p.stderr
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("baize: error:") and "run directory" in lines[0]
+
+
+@pytest.mark.parametrize("record", ["{not json", '{"format": "baize"}', "[]"])
+def test_bad_run_record_is_a_one_line_error_naming_it(tmp_path, capsys, record):
+    from baize.cli import main
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "baize_run.json").write_text(record)
+    assert main(["export", str(tmp_path / "v1"), "--out", str(tmp_path / "x.gguf")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(tmp_path / "v1" / "baize_run.json") in err
+    assert ("not valid JSON" if record.startswith("{not") else 'no "base"') in err and "train the run again" in err
+
+
+def test_prompting_defaults_from_the_file_metadata(exported):
+    """The stop strings and system prompt `baize export` records, as the gguf package reads them and as
+    llama.cpp hands them over (strings only: it drops array values)."""
+    import gguf
+
+    from baize.llm import gguf_prompting
+    reader = gguf.GGUFReader(exported["q8_0"])
+    meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith(("baize.", "general."))}
+    assert gguf_prompting(meta) == (["[|Human|]", "[|AI|]"], "Be helpful.")
+    assert gguf_prompting({**meta, "baize.stop": '["[|Human|]", "a \\"quoted\\" stop"]'}) == \
+        (["[|Human|]", 'a "quoted" stop'], "Be helpful.")
+    for junk in ({}, {"baize.stop": "not a list", "baize.system": ""}, {"baize.stop": [1, ""], "baize.system": 3}):
+        assert gguf_prompting(junk) == ([], None)
+
+
+def test_llama_cpp_backend_uses_the_file_defaults(exported, monkeypatch):
+    """Without llama-cpp-python: a stand-in Llama that, like llama.cpp, exposes only string metadata."""
+    import types
+
+    from baize.llm import LlamaCppLLM
+    _, meta = _metadata(exported["q8_0"])
+    calls = []
+
+    class Llama:
+        def __init__(self, model_path, **kw):
+            self.metadata = {k: str(v) for k, v in meta.items() if not isinstance(v, list)}
+
+        def create_chat_completion(self, **kw):
+            calls.append(kw)
+            if kw.get("stream"):
+                return iter([{"choices": [{"delta": {"content": "ok"}}]}])
+            return {"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}], "usage": {}}
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
+    llm = LlamaCppLLM(str(exported["q8_0"]))
+    assert llm.chat([{"role": "user", "content": "Hi"}], stop=["END", "[|AI|]"])[0].text == "ok"
+    assert calls[-1]["messages"][0] == {"role": "system", "content": "Be helpful."}
+    assert calls[-1]["stop"] == ["END", "[|AI|]", "[|Human|]"]
+    own = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
+    assert list(llm.stream(own)) == ["ok"]
+    assert calls[-1]["messages"] == own and calls[-1]["stop"] == ["[|Human|]", "[|AI|]"]
+
+
+BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+
+
+@pytest.mark.parametrize("pre, name", [
+    (BYTE_LEVEL, "gpt-2"),
+    # SmolLM/SmolLM2 as published on the hub: single digits first
+    ({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": True}, BYTE_LEVEL]}, "smollm"),
+    ({"type": "Sequence", "pretokenizers": [{"type": "Split", "pattern": {"Regex": "LLAMA3"}, "behavior": "Isolated"},
+                                            {**BYTE_LEVEL, "use_regex": False}]}, "llama-bpe"),
+])
+def test_pre_tokenizer_names(pre, name):
+    from baize.export import LLAMA3_SPLIT, _pre_name
+    if name == "llama-bpe":
+        pre["pretokenizers"][0]["pattern"]["Regex"] = LLAMA3_SPLIT
+    assert _pre_name(pre) == name
+    with pytest.raises(BaizeError, match="pre-tokenizer"):
+        _pre_name({"type": "Sequence", "pretokenizers": [{"type": "Digits", "individual_digits": False}, BYTE_LEVEL]})
+
+
+@pytest.mark.slow
+def test_the_embedded_default_exports(default_dir, tmp_path):
+    """The real SmolLM2 loads back from its file with the same logits. Its tokenizer.json, converted from
+    the embedded GGUF by transformers, has no Digits step, so it is written as 'gpt-2', not 'smollm':
+    the same tokens, as no token of its vocabulary holds a digit beside anything else."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from baize.export import export
+    info = export("default", tmp_path / "default.gguf")
+    assert info["tokenizer"] == "gpt2/gpt-2" and info["kind"] == "model"
+    assert _metadata(tmp_path / "default.gguf")[1]["tokenizer.ggml.pre"] == "gpt-2"
+    tok = AutoTokenizer.from_pretrained(default_dir)
+    text = tok.apply_chat_template([{"role": "user", "content": "Name three colours."}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = torch.tensor([tok(text)["input_ids"]])
+    with torch.no_grad():
+        a = AutoModelForCausalLM.from_pretrained(default_dir).eval()(input_ids=ids).logits
+        b = AutoModelForCausalLM.from_pretrained(tmp_path, gguf_file="default.gguf").eval()(input_ids=ids).logits
+    assert a[0, -1].argmax() == b[0, -1].argmax()
+    assert (a - b).abs().max() / a.abs().max() < TOLERANCE["f16"]
 
 
 def test_gguf_spec_loads_through_llama_cpp(exported):
