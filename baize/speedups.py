@@ -6,7 +6,9 @@ one such cost without changing the result beyond float rounding; train.py applie
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+from pathlib import Path
 
 CE_CHUNK = 64  # rows of logits per chunk: 64 x 49K fp32 is 12 MB, inside a server CPU's cache
 
@@ -67,18 +69,206 @@ def _chunked_ce():
     return ChunkedCE
 
 
-def cpu_speedups(model, *, bf16: bool, ours: bool = True) -> None:
+HEAD_CHUNK = 256  # rows of logits at a time in head_in_loss: 256 x 49K fp32 is a 50 MB buffer, reused
+
+
+@functools.cache
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (avx2, avx512f, avx512_bf16, amx_bf16, ...) from /proc/cpuinfo; empty elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+@contextlib.contextmanager
+def head_in_loss(model):
+    """During SFT on CPU, the LM head runs inside the loss, a chunk of rows at a time (torch, transformers
+    and peft have no such fused linear + cross-entropy off GPU; Liger's is Triton-only).
+
+    The stock path writes tokens x 49K logits, reads them back for the loss, and writes their gradient as
+    large again: on a small CPU the head cost more in memory traffic and page faults than in FLOPs, and
+    those tensors were a large part of the peak memory. Here the frozen head's weight multiplies each
+    chunk of hidden states into one reused buffer, where the loss and the gradient of the hidden states
+    are computed at once (the head is frozen: no weight gradient is needed), so backward only scales a
+    tokens x hidden tensor. Same formula as the stock loss; the model's `logits` output holds the hidden
+    states meanwhile, which nothing in training reads. Applies to a plain bias-free Linear head that is
+    not trained and a stock causal-LM loss; anything else (softcapping, a trained head) is left alone."""
+    from transformers.loss.loss_utils import ForCausalLMLoss
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings()
+    import torch
+    ok = (type(head) is torch.nn.Linear and head.bias is None and not head.weight.requires_grad
+          and base.loss_function in (ForCausalLMLoss, chunked_causal_lm_loss)
+          and not getattr(base.config, "final_logit_softcapping", None))
+    if not ok:
+        yield False
+        return
+    stock_loss = base.loss_function
+    base.set_output_embeddings(_pass_hidden_class()(head.weight))
+    base.loss_function = functools.partial(fused_head_loss, weight=head.weight)
+    try:
+        yield True
+    finally:
+        base.set_output_embeddings(head)
+        base.loss_function = stock_loss
+
+
+@functools.cache
+def _pass_hidden_class():
+    import torch
+
+    class PassHidden(torch.nn.Module):
+        """Where the head was: hands the hidden states to the loss (which holds the head's weight)."""
+
+        def __init__(self, weight):
+            super().__init__()
+            object.__setattr__(self, "head_weight", weight)  # not a submodule: state dicts stay the model's
+
+        def forward(self, h):
+            return h
+    return PassHidden
+
+
+def fused_head_loss(logits, labels=None, vocab_size=None, num_items_in_batch=None, ignore_index: int = -100,
+                    shift_labels=None, *, weight, **kw):
+    """transformers' causal-LM loss of `logits @ weight.T`: the `logits` it is handed are the hidden
+    states (see head_in_loss); the keyword is the one the model calls the loss with."""
+    import torch
+    hidden = logits
+    if shift_labels is None:
+        shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    y = shift_labels.reshape(-1).to(hidden.device)
+    h = hidden.reshape(-1, hidden.shape[-1])
+    rows = (y != ignore_index).nonzero().squeeze(1)
+    if len(rows) < len(y):  # unlabelled rows (prompts, padding) never reach the head
+        h, y = h[rows], y[rows]
+    total = _fused_head_ce().apply(h, weight, y)
+    n = num_items_in_batch if num_items_in_batch is not None else len(y)
+    return total / (n.to(total.device) if torch.is_tensor(n) else n)
+
+
+@functools.cache
+def _fused_head_ce():
+    import torch
+
+    class FusedHeadCE(torch.autograd.Function):
+        """Sum over rows of logsumexp(h W^T) - (h W^T)[y]; d/dh = (softmax - onehot) W, computed in forward."""
+
+        @staticmethod
+        def forward(ctx, h, w, y):
+            # under CPU autocast the head's product runs in its dtype, as the stock lm_head's would
+            dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else h.dtype
+            with torch.autocast("cpu", enabled=False):
+                hd, wd = h.detach().to(dt), w.detach().to(dt)
+                grad = torch.empty(h.shape, dtype=torch.float32, device=h.device)
+                total = torch.zeros((), dtype=torch.float32, device=h.device)
+                buf = torch.empty((min(HEAD_CHUNK, len(y)), w.shape[0]), dtype=dt, device=h.device)
+                rows = torch.arange(buf.shape[0], device=h.device)
+                for a in range(0, len(y), HEAD_CHUNK):
+                    b = min(a + HEAD_CHUNK, len(y))
+                    z = torch.mm(hd[a:b], wd.t(), out=buf[:b - a])
+                    z = z if dt == torch.float32 else z.float()
+                    lse = torch.logsumexp(z, -1)
+                    total += (lse - z.gather(1, y[a:b, None])[:, 0]).sum()
+                    z.sub_(lse[:, None]).exp_()  # softmax, in place
+                    z[rows[:b - a], y[a:b]] -= 1
+                    grad[a:b] = torch.mm(z.to(dt), wd).float()
+            ctx.save_for_backward(grad)
+            ctx.h_dtype = h.dtype
+            return total
+
+        @staticmethod
+        def backward(ctx, g):
+            (grad,) = ctx.saved_tensors
+            return (grad * g).to(ctx.h_dtype), None, None
+
+    return FusedHeadCE
+
+
+def cpu_speedups(model, *, bf16: bool, ours: bool = True) -> list[str]:
     """What `baize train` applies on CPU: bf16 frozen weights under bf16 autocast (bit-identical, always),
-    and with `ours` (--speedups) the chunked loss and the cheaper dropout mask."""
+    and with `ours` (--speedups) the chunked loss, LoRA's products folded, glibc's allocator kept from
+    returning memory to the OS, and on AVX-512 CPUs the cheaper dropout mask. `head_in_loss` (a context)
+    goes with them in SFT. Returns what was applied, for the log."""
+    done = []
     if bf16:
         frozen_linears_to_bf16(model)
+        done.append("bf16 frozen weights")
     if not ours:
-        return
-    cheap_cpu_dropout(model)
+        return done
+    if keep_freed_memory():
+        done.append("freed memory kept")
+    if "avx512f" in cpu_flags() and cheap_cpu_dropout(model):  # measured faster there; on AVX2 torch's own
+        done.append("cheaper dropout mask")                       # bernoulli mask was 11 % faster
+    if fold_lora_products(model):
+        done.append("LoRA products folded")
     from transformers.loss.loss_utils import ForCausalLMLoss
     base = model.get_base_model()
     if base.loss_function is ForCausalLMLoss:  # a model with its own loss keeps it
         base.loss_function = chunked_causal_lm_loss
+        done.append("chunked loss")
+    return done
+
+
+def keep_freed_memory() -> bool:
+    """glibc returns every large freed block to the OS (mmap'd, or trimmed off the heap), so the next
+    step's activations of the same size fault in fresh zeroed pages: on a small CPU whose memory
+    bandwidth is the limit, that cost about a tenth of a training step. Keep freed memory in the heap
+    (what jemalloc/tcmalloc do, which Intel's PyTorch CPU guide preloads); peak RSS stays the same
+    since every step reuses what the last one freed. A no-op off glibc."""
+    import ctypes
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+    return bool(libc.mallopt(M_MMAP_THRESHOLD, 1 << 30) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 40)
+                and libc.mallopt(M_TOP_PAD, 64 << 20))
+
+
+def fold_lora_products(model) -> int:
+    """peft computes `result + lora_B(lora_A(dropout(x))) * scaling`: three passes over a tokens x out
+    tensor (B's product, the scale, the sum) and three more in backward, for an update of rank 8. The
+    same sum as one `addmm_` into the base output, with the scale (and the dropout's 1/(1-p)) applied to
+    the tokens x r product instead: on a CPU whose memory bandwidth is the limit, those passes cost as
+    much as the LoRA matmuls. Plain lora.Linear layers only (not DoRA, variants, mixed adapters, merged
+    or disabled ones: those keep peft's forward). Returns how many layers were folded."""
+    import types
+
+    from peft.tuners.lora import Linear
+    n = 0
+    for m in model.modules():
+        if type(m) is Linear and not hasattr(m, "_stock_forward"):  # exact class: bnb/other layers keep theirs
+            m._stock_forward = m.forward
+            m.forward = types.MethodType(_folded_lora_forward, m)
+            n += 1
+    return n
+
+
+def _folded_lora_forward(self, x, *args, **kwargs):
+    import torch
+    active = [a for a in self.active_adapters if a in self.lora_A]
+    if (self.disable_adapters or self.merged or len(active) != 1 or kwargs.get("adapter_names") is not None
+            or active[0] in getattr(self, "lora_variant", {}) or self.use_dora.get(active[0])):
+        return self._stock_forward(x, *args, **kwargs)
+    a = active[0]
+    result = self.base_layer(x, *args, **kwargs)
+    lora_A, lora_B, drop, scale = self.lora_A[a], self.lora_B[a], self.lora_dropout[a], self.scaling[a]
+    x = self._cast_input_dtype(x, lora_A.weight.dtype)
+    if isinstance(drop, torch.nn.Identity) or not drop.training:
+        h = lora_A(x)
+    elif getattr(drop, "cut", 0):  # ours: x * keep here, its 1/(1-p) joins the scale on the rank-r product
+        keep, inv = drop.keep_mask(x)
+        h, scale = lora_A(x * keep), scale * inv
+    else:
+        h = lora_A(drop(x))
+    out = result.reshape(-1, result.shape[-1])
+    h = (h * scale).reshape(-1, h.shape[-1]).to(out.dtype)
+    # not in place: an in-place addmm_ on the (viewed) base output makes autograd copy and zero-fill it
+    return torch.addmm(out, h, lora_B.weight.t().to(out.dtype)).view(result.shape)
 
 
 def frozen_linears_to_bf16(model) -> None:
@@ -98,22 +288,30 @@ def cheap_cpu_dropout(model) -> int:
 
     nn.Dropout's bernoulli_ draws one random number per element: with LoRA on 7 linears that share 3
     inputs it took about a tenth of a CPU training step of the default model, and neither torch nor
-    peft has a cheaper mask. One 63-bit draw gives four 15-bit uniforms here (half the time per mask);
-    the drop probability is rounded to 1/32768 and the scale matches it, so the expectation is exact.
+    peft has a cheaper mask. One 64-bit draw gives four 16-bit uniforms here, compared as signed
+    numbers (no masking pass); the drop probability is rounded to 1/65536 and the scale matches it, so
+    the expectation is exact.
     Returns how many dropouts were swapped."""
     import torch
 
     class CPUDropout(torch.nn.Module):
         def __init__(self, p: float):
             super().__init__()
-            self.p, self.cut = p, round(p * 32768)
+            self.p, self.cut = p, round(p * 65536)  # drop probability cut/65536
+
+        def keep_mask(self, x):
+            """(keep, 1/(1-p)): a bool mask and the scale that keeps the expectation exact."""
+            # from the int64 minimum: all 64 bits random (random_() alone leaves the sign bit 0)
+            bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+            # a signed 16-bit uniform is below cut - 32768 with probability cut / 65536
+            keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= self.cut - 32768
+            return keep, 65536 / (65536 - self.cut)
 
         def forward(self, x):
             if not self.training or not self.cut:
                 return x
-            bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
-            keep = (bits.view(torch.int16)[:x.numel()].view(x.shape) & 0x7FFF) >= self.cut
-            return x * keep * (32768 / (32768 - self.cut))
+            keep, inv = self.keep_mask(x)
+            return x * keep * inv
 
     n = 0
     for m in model.modules():

@@ -12,7 +12,9 @@ realistic lengths (60 to 512 tokens, mean about 250). Each runs in its own proce
 is its own. Tokens/s counts real (non-padding) tokens; the figure compared is the median over the
 optimizer steps after the first (warm-up), which a neighbour's burst on a shared machine moves less
 than the mean; tokens per CPU-second (all threads) is printed too, as a check on such noise, and
---repeat N alternates the runs and keeps each one's best.
+--repeat N alternates the runs and keeps each one's best. The CPU's flags that decide the result (AVX2,
+AVX-512, native bf16, AMX) are printed with the figures and stored with them: record each machine kind
+in its own file, e.g. --json bench/results/train_throughput-$(python bench/train_throughput.py --kind).json
 """
 from __future__ import annotations
 
@@ -88,7 +90,21 @@ def run(name: str, data: Path, out: Path, flags: list[str]) -> dict:
     return s
 
 
+def cpu_info() -> dict:
+    from baize.speedups import cpu_flags
+    from baize.train import NOTED_FLAGS
+    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                  if ln.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
+    flags = sorted(NOTED_FLAGS & cpu_flags())
+    kind = ("avx512-bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "avx512" if "avx512f" in flags
+            else "avx2" if "avx2" in flags else "other")
+    return {"model": model, "flags": flags, "kind": kind, "cpus": os.cpu_count()}
+
+
 def main() -> None:
+    if "--kind" in sys.argv:  # for a results file name per machine kind
+        print(cpu_info()["kind"])
+        return
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dialogues", type=int, default=256)
     p.add_argument("--steps", type=int, default=5, help="optimizer steps per run; the first is warm-up")
@@ -97,8 +113,10 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=1, help="alternate the runs N times, keep each one's best (a shared "
                                                           "machine's neighbours slow a run, never speed it up)")
     p.add_argument("--keep", help="directory to keep the data and runs in (default: a temporary one)")
-    p.add_argument("--json", help="also write the numbers here (e.g. bench/results/train_throughput.json)")
+    p.add_argument("--json", help="also write the numbers here (e.g. bench/results/train_throughput-avx2.json)")
     args = p.parse_args()
+    cpu = cpu_info()
+    print(f"CPU: {cpu['model']}, {cpu['cpus']} cores, flags {' '.join(cpu['flags']) or '-'} ({cpu['kind']})")
     work = Path(args.keep or tempfile.mkdtemp(prefix="baize-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     data = work / "dialogues.jsonl"
@@ -123,6 +141,7 @@ def main() -> None:
     for name, s in rows + ([("(c) = (b), --lora-dropout 0", nodrop)] if nodrop else []):
         print(f"{name:30}{s['median']:>8.1f}{s['tokens_per_s']:>8.1f}{s['cpu_median']:>11.1f}{s['peak_rss_mb']:>13}"
               f"{s['wall_s']:>8}  {s['step_rates']}")
+    print(f"CPU: {cpu['kind']} ({' '.join(cpu['flags'])})")
     print(f"speed-up (b)/(a): {ours['median'] / paper['median']:.2f}x (median tokens/s), "
           f"{ours['tokens_per_s'] / paper['tokens_per_s']:.2f}x (mean), "
           f"{ours['cpu_median'] / paper['cpu_median']:.2f}x (per CPU-second)  target >= 3x")
@@ -130,8 +149,8 @@ def main() -> None:
         print(f"without LoRA dropout (c)/(a): {nodrop['median'] / paper['median']:.2f}x (median tokens/s)")
     if args.json:
         keys = ("median", "tokens_per_s", "cpu_median", "peak_rss_mb", "wall_s", "step_rates", "batching",
-                "attention", "precision", "steps", "tokens")
-        out = {"data": stats, "cpus": os.cpu_count(), "load_average_end": round(os.getloadavg()[0], 2),
+                "attention", "precision", "steps", "tokens", "cpu_speedups")
+        out = {"data": stats, "cpu": cpu, "cpus": os.cpu_count(), "load_average_end": round(os.getloadavg()[0], 2),
                "batch_size": args.batch_size, "steps": args.steps, "repeat": args.repeat,
                "runs": {k: {f: s[f] for f in keys if f in s} for k, s in
                         (("a_paper", paper), ("b_baize", ours), ("c_no_dropout", nodrop)) if s},
