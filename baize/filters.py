@@ -14,7 +14,8 @@ Each filter is a number where 0 disables it; the reason is that of the earliest 
               earlier words), with at least 10 words copied or 90% of a short turn
   role_leakage (always on) a human turn in the AI's voice ("as a chatbot, I don't...", "I'm here to
               assist you", "I'd be delighted to continue", "feel free to ask"), or carrying the
-              self-chat prompt's words ("The human's next message: ..."); no seed of the four
+              self-chat prompt's words ("The human's next message: ..."), or either side narrating
+              the chat ("The human wants to know more about..."); no seed of the four
               sample sets (1,050 human-written questions) matches
   repetition  loops: the fraction of a turn's word 3-grams (not all stopwords/numbers) said earlier
               in that turn or in the same speaker's earlier turns (the seed's 3-grams may recur
@@ -246,6 +247,10 @@ _HUMAN_AS_AI = re.compile(
 # the self-chat prompt's own words in the dialogue: "The human's next message: ..."
 _PROMPT_LEAK = re.compile(r"\bthe (?:human|ai)'s (?:next )?(?:message|reply|response)\b"
                           r"|\bhere(?:'s| is) (?:a |the )?(?:possible )?next question\b", re.IGNORECASE)
+# either side narrating the self-chat in the third person: "The human wants to know more about..."
+# (the embedded teacher's kept dialogues of a 64-seed run had it; no sample seed says it)
+_NARRATION = re.compile(r"\bthe human (?:wants|is asking|asks|would like|is looking for|has asked|is interested)\b",
+                        re.IGNORECASE)
 
 
 def speaks_as_ai(msgs: list[dict], seed: str, threshold: float = 1):
@@ -254,6 +259,8 @@ def speaks_as_ai(msgs: list[dict], seed: str, threshold: float = 1):
             return i, "the human speaks as the AI"
         if m["role"] == "user" and _PROMPT_LEAK.search(m["content"]):
             return i, "the human line is the teacher's note about the dialogue"
+        if m["role"] in ("user", "assistant") and _NARRATION.search(m["content"]):
+            return i, f"the {'human' if m['role'] == 'user' else 'AI'} line narrates the dialogue (\"the human wants...\")"
     return None
 
 

@@ -204,6 +204,14 @@ BAD = [
         U("The human's next message: How much does India spend on sport per athlete?"),
         A("Far less than the medal-winning nations: a few hundred crore rupees a year across all sports.")],
      "role_leakage", 2),
+    # the embedded teacher, 64-seed run: the AI narrates the self-chat instead of answering
+    ("ai-narrates-the-chat", "How does Paytm company earn money?", [
+        U("How does Paytm company earn money?"),
+        A("Paytm earns from merchant fees on payments, commissions on bills and tickets, lending through partner "
+          "banks, and advertising in its app."),
+        U("Which of these brings in the most?"),
+        A("The human wants to know more about the paytm business model, but they want to know more about the "
+          "paytm business model that doesn't involve earning money.")], "role_leakage", 3),
 ]
 
 
