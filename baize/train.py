@@ -469,8 +469,11 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
         applied = cpu_speedups(model, bf16=precision == "bf16", ours=cfg.speedups)
         log(f"CPU ({' '.join(sorted(f for f in cpu_flags() if f in NOTED_FLAGS)) or 'no AVX2'}): "
             f"{', '.join(applied) or 'stock implementations'}")
-    micro = cfg.micro_batch_size or (2 if device == "cpu" and batching == "packed" else 8)
-    micro = min(micro, max(1, cfg.batch_size // world))
+    per_process = max(1, cfg.batch_size // world)
+    # the default on CPU: 2 per pass (1 when that would round an odd batch up: the batch asked for is kept)
+    micro = cfg.micro_batch_size or ((2 if per_process % 2 == 0 else 1) if device == "cpu" and batching == "packed"
+                                     else 8)
+    micro = min(micro, per_process)
     accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
     if micro * accum * world != cfg.batch_size:
         log(f"batch: {micro} x {accum} accumulation x {world} processes = {micro * accum * world} dialogues per step "

@@ -477,6 +477,17 @@ def test_resume_continues_at_the_right_step(v1, tiny_model_dir, data, tmp_path, 
         assert (ref[k] - got[k]).abs().max() < 1e-5, k
 
 
+@pytest.mark.parametrize("batch,micro", [(4, 2), (3, 1)])
+def test_cpu_default_is_two_per_pass_keeping_the_batch(tiny_model_dir, data, tmp_path, batch, micro):
+    from baize.train import train
+    run = train(config(tiny_model_dir, data, tmp_path / "r", batch_size=batch, micro_batch_size=None, max_steps=1,
+                       val_size=0))
+    summary = json.loads((run / "train_summary.json").read_text())
+    saved = json.loads((run / "train_config.json").read_text())
+    assert summary["micro_batch_size"] == micro and saved["effective_batch"] == batch
+    assert "LoRA products folded" in summary["cpu_speedups"] and "head in the loss" in summary["cpu_speedups"]
+
+
 def test_from_run_continues_the_adapter(v1, data, tmp_path):
     from safetensors.torch import load_file
 
