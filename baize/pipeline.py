@@ -93,6 +93,7 @@ def run(cfg: PipelineConfig) -> dict:
     from .collect import CollectConfig, collect, print_summary
     from .data import print_stats, stats
     from .evaluate import EvalConfig, evaluate, print_results
+    from .models import read_run
     from .runner import print_summary as print_run
     from .sdf import SDFConfig, sdf
     from .train import TrainConfig
@@ -130,7 +131,9 @@ def run(cfg: PipelineConfig) -> dict:
     sdf_out = out / "sdf.jsonl"
     scfg = SDFConfig(policy=cfg.sdf_policy or str(v1), base_url=cfg.sdf_base_url, judge=cfg.judge, prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
                      out=str(sdf_out), n=cfg.n, max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency,
-                     temperature=cfg.temperature, judge_base_url=cfg.base_url)
+                     temperature=cfg.temperature, judge_base_url=cfg.base_url,
+                     # an endpoint serving v1 needs v1's system prompt from us; in-process v1 adds its own
+                     system=(read_run(v1) or {}).get("system") if cfg.sdf_policy else None)
     s, prefs = sdf(scfg)
     print_run(s, f"sdf -> {sdf_out}", console, unit="prompts")
     agree = prefs["mean_agreement"]

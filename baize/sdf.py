@@ -44,6 +44,8 @@ class SDFConfig:
     temperature: float = _opt(1.0, "policy sampling temperature (the paper: 1)")
     top_p: float = _opt(0.95, "policy nucleus sampling (the paper: 0.95)")
     max_tokens: int = _opt(512, "max new tokens per candidate")
+    system: str | None = _opt(None, "system prompt put before each prompt that has none (default: a local run adds "
+                                    "the one it was trained with; give the run's own for an openai: policy)")
     judge_max_tokens: int = _opt(512, "max new tokens per judge reply")
     judge_orders: int = _opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")
     min_agreement: float = _opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
@@ -140,7 +142,10 @@ def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> di
     """Sample, clean, rank: one SDF record (meta.reject_reason set when it is not usable)."""
     if ledger.exhausted():
         return None
-    comps = policy.chat(prompt.context, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
+    context = prompt.context
+    if cfg.system and context[0]["role"] != "system":  # an endpoint does not know the run's system prompt
+        context = [{"role": "system", "content": cfg.system}] + context
+    comps = policy.chat(context, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
                         max_tokens=cfg.max_tokens, seed=_row_seed(prompt.id))
     pol = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 1}
     for c in comps:

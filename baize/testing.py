@@ -71,6 +71,7 @@ class FakeLLM:
         self._cycle = itertools.cycle(replies) if isinstance(replies, (list, tuple)) else None
         self.prompt_tokens, self.completion_tokens, self.delay = prompt_tokens, completion_tokens, delay
         self.calls: list[list[dict]] = []
+        self.sampling: list[dict] = []  # each call's n, temperature, top_p, max_tokens, seed
         self._lock = threading.Lock()
 
     def _reply(self, messages):
@@ -84,6 +85,8 @@ class FakeLLM:
     def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
         with self._lock:
             self.calls.append(messages)
+            self.sampling.append({"n": n, "temperature": temperature, "top_p": top_p, "max_tokens": max_tokens,
+                                  "seed": seed})
         if self.delay:
             time.sleep(self.delay)
         out = []

@@ -93,6 +93,18 @@ def test_sdf_keeps_the_best_and_the_whole_ranking(tmp_path):
     assert [r["meta"]["order"] for r in read_jsonl(cfg.out)] == [r["meta"]["order"] for r in recs]
 
 
+def test_policy_gets_the_papers_sampling_and_a_given_system_prompt(tmp_path):
+    policy = FakeLLM(varied_policy(), name="fake-policy")
+    sdf(cfg_for(tmp_path, limit=2, system="You are Baize."), policy, FakeLLM(name="fake-judge"))
+    assert len(policy.calls) == 2 and all(c[0] == {"role": "system", "content": "You are Baize."} for c in policy.calls)
+    assert all(c[1]["role"] == "user" for c in policy.calls)
+    # temperature 1, top-p 0.95 (the paper's), n candidates in one call, a seed per prompt
+    assert {(a["n"], a["temperature"], a["top_p"]) for a in policy.sampling} == {(4, 1.0, 0.95)}
+    assert len({a["seed"] for a in policy.sampling}) == 2
+    rows = [json.loads(ln) for ln in (tmp_path / "sdf.jsonl").read_text().splitlines()]
+    assert all(r["messages"][0]["role"] == "user" for r in rows)  # the record stays the dialogue itself
+
+
 def test_always_first_judge_gives_no_preference(tmp_path):
     cfg = cfg_for(tmp_path, limit=3)
     first = FakeLLM(["Ranking: [[1]] > [[2]] > [[3]] > [[4]]"], name="first")
