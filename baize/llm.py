@@ -287,6 +287,7 @@ class LlamaCppLLM:
         out = []
         for i in range(n):
             with self._lock:
+                self.llama.reset()  # no reuse of the last prompt's cache: the same request gives the same text
                 r = self.llama.create_chat_completion(messages=messages, temperature=temperature, top_p=top_p,
                                                       max_tokens=max_tokens, stop=stop,
                                                       seed=None if seed is None else seed + i)
@@ -298,6 +299,7 @@ class LlamaCppLLM:
     def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
         messages, stop = self._args(messages, stop)
         with self._lock:
+            self.llama.reset()
             for chunk in self.llama.create_chat_completion(messages=messages, temperature=temperature, top_p=top_p,
                                                            max_tokens=max_tokens, stop=stop, seed=seed,
                                                            stream=True):

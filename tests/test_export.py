@@ -336,6 +336,9 @@ def test_llama_cpp_backend_uses_the_file_defaults(exported, monkeypatch):
         def __init__(self, model_path, **kw):
             self.metadata = {k: str(v) for k, v in meta.items() if not isinstance(v, list)}
 
+        def reset(self):  # llama.cpp's: forget the cached prompt
+            calls.append("reset")
+
         def create_chat_completion(self, **kw):
             calls.append(kw)
             if kw.get("stream"):
@@ -345,6 +348,7 @@ def test_llama_cpp_backend_uses_the_file_defaults(exported, monkeypatch):
     monkeypatch.setitem(sys.modules, "llama_cpp", types.SimpleNamespace(Llama=Llama))
     llm = LlamaCppLLM(str(exported["q8_0"]))
     assert llm.chat([{"role": "user", "content": "Hi"}], stop=["END", "[|AI|]"])[0].text == "ok"
+    assert calls[-2] == "reset"  # every request starts from a fresh context: the same request, the same text
     assert calls[-1]["messages"][0] == {"role": "system", "content": "Be helpful."}
     assert calls[-1]["stop"] == ["END", "[|AI|]", "[|Human|]"]
     own = [{"role": "system", "content": "Be terse."}, {"role": "user", "content": "Hi"}]
