@@ -22,13 +22,23 @@ def chunked_causal_lm_loss(logits, labels=None, vocab_size: int | None = None, n
     floats, several times over, far outside any cache). Here each chunk is upcast, reduced and
     dropped; backward recomputes its softmax from the logits autograd holds anyway. Same formula,
     same reductions (sum / num_items_in_batch, else the mean over labelled tokens)."""
+    y = _targets(labels, shift_labels, ignore_index, logits.device)
+    total = _chunked_ce().apply(logits.reshape(-1, vocab_size or logits.shape[-1]), y, ignore_index)
+    return _per_item(total, num_items_in_batch, (y != ignore_index).sum())
+
+
+def _targets(labels, shift_labels, ignore_index: int, device):
+    """The next-token target of every position, flat (transformers' shift when none is given)."""
     import torch
     if shift_labels is None:
         shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    vocab_size = vocab_size or logits.shape[-1]
-    y = shift_labels.reshape(-1).to(logits.device)
-    total = _chunked_ce().apply(logits.reshape(-1, vocab_size), y, ignore_index)
-    n = num_items_in_batch if num_items_in_batch is not None else (y != ignore_index).sum()
+    return shift_labels.reshape(-1).to(device)
+
+
+def _per_item(total, num_items_in_batch, labelled):
+    """transformers' reduction: the sum over num_items_in_batch when the Trainer gives it, else the mean."""
+    import torch
+    n = num_items_in_batch if num_items_in_batch is not None else labelled
     return total / (n.to(total.device) if torch.is_tensor(n) else n)
 
 
@@ -136,18 +146,12 @@ def fused_head_loss(logits, labels=None, vocab_size=None, num_items_in_batch=Non
                     shift_labels=None, *, weight, **kw):
     """transformers' causal-LM loss of `logits @ weight.T`: the `logits` it is handed are the hidden
     states (see head_in_loss); the keyword is the one the model calls the loss with."""
-    import torch
-    hidden = logits
-    if shift_labels is None:
-        shift_labels = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    y = shift_labels.reshape(-1).to(hidden.device)
-    h = hidden.reshape(-1, hidden.shape[-1])
+    y = _targets(labels, shift_labels, ignore_index, logits.device)
+    h = logits.reshape(-1, logits.shape[-1])
     rows = (y != ignore_index).nonzero().squeeze(1)
     if len(rows) < len(y):  # unlabelled rows (prompts, padding) never reach the head
         h, y = h[rows], y[rows]
-    total = _fused_head_ce().apply(h, weight, y)
-    n = num_items_in_batch if num_items_in_batch is not None else len(y)
-    return total / (n.to(total.device) if torch.is_tensor(n) else n)
+    return _per_item(_fused_head_ce().apply(h, weight, y), num_items_in_batch, len(y))
 
 
 @functools.cache
