@@ -2,6 +2,7 @@
 
 Policy and judge are FakeLLMs or the fake OpenAI server (through the official client, with
 faults); the CLI runs as a subprocess for kill -9 + resume and the one-line errors."""
+import collections
 import itertools
 import json
 import os
@@ -23,14 +24,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def varied_policy():
-    """Four distinct answers per prompt, of lengths 1..4 sentences in a rotating order."""
-    counter = itertools.count()
+    """Four distinct answers per prompt, of lengths 1..4 sentences in a rotating order. The count is
+    kept per prompt: one shared counter made the answers depend on how worker threads interleave,
+    so a rerun could see other candidates (and miss the judge cache)."""
+    counters = collections.defaultdict(itertools.count)
     lock = threading.Lock()
 
     def reply(messages):
-        with lock:
-            i = next(counter)
         q = messages[-1]["content"]
+        with lock:
+            i = next(counters[q])
         return " ".join([f"Answer to '{q[:30]}', part {j}." for j in range(1 + i % 4)])
     return reply
 
