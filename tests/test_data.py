@@ -93,14 +93,16 @@ def test_cli_data_commands(tmp_path, capsys):
 
 
 def test_stats_of_sdf_and_preference_files_show_length_bias(tmp_path):
+    import collections
     import itertools
 
     from baize.data import stats
     from baize.sdf import SDFConfig, sdf
     from baize.testing import FakeLLM
-    c = itertools.count()
+    counts = collections.defaultdict(itertools.count)  # per prompt: workers interleave
     cfg = SDFConfig(policy="p", judge="j", prompts="quora", limit=5, out=str(tmp_path / "s.jsonl"), progress=False)
-    sdf(cfg, FakeLLM(lambda m: "word " * (1 + next(c) % 4)), FakeLLM(name="j"))  # a judge that prefers length
+    policy = FakeLLM(lambda m: "word " * (1 + next(counts[m[-1]["content"]]) % 4))
+    sdf(cfg, policy, FakeLLM(name="j"))  # a judge that prefers length
     s = stats(tmp_path / "s.jsonl")
     assert s["sdf"]["candidates_per_prompt"]["mean"] == 4 and s["sdf"]["agreement"]["mean"] == 1.0
     assert s["sdf"]["best_is_longest"] == 1.0 and s["sdf"]["best_words"] > s["sdf"]["candidate_words"]
