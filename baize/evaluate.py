@@ -255,18 +255,22 @@ def nll(lazy: _Lazy, records: list[dict]) -> float | None:
     if not hasattr(llm, "model") or not records:
         return None
     samples = tokenize(records, llm.format, llm.tokenizer, max_length=llm.context_length, system=llm.system)
-    total = count = 0.0
-    with torch.inference_mode():
-        for s in samples:
-            labels = torch.tensor([s["labels"]])
-            if (labels != IGNORE).sum() < 1:
-                continue
-            logits = llm.model(input_ids=torch.tensor([s["input_ids"]], device=llm.model.device)).logits[0, :-1].float()
-            tgt = labels[0, 1:].to(logits.device)
-            loss = torch.nn.functional.cross_entropy(logits, tgt, ignore_index=IGNORE, reduction="sum")
-            total += float(loss)
-            count += int((tgt != IGNORE).sum())
-    return round(total / count, 4) if count else None
+
+    def score():
+        total = count = 0.0
+        with torch.inference_mode():
+            for s in samples:
+                labels = torch.tensor([s["labels"]])
+                if (labels != IGNORE).sum() < 1:
+                    continue
+                ids = torch.tensor([s["input_ids"]], device=llm.model.device)
+                logits = llm.model(input_ids=ids).logits[0, :-1].float()
+                tgt = labels[0, 1:].to(logits.device)
+                total += float(torch.nn.functional.cross_entropy(logits, tgt, ignore_index=IGNORE, reduction="sum"))
+                count += int((tgt != IGNORE).sum())
+        return round(total / count, 4) if count else None
+    # on the engine's thread: never concurrent with the model's generation for other requests
+    return llm.engine.call(score) if hasattr(llm, "engine") else score()
 
 
 def reference_dialogues(questions: list[Question]) -> list[dict]:

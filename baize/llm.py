@@ -177,15 +177,22 @@ class HFLLM:
         writing it: a small local model that cannot follow a verdict format still gives a parseable,
         comparable answer. transformers has no such call (generate() scores only what it sampled):
         one forward pass over the prompt gives every one-token option; a longer option continues
-        from the prompt's KV cache, which is cropped back afterwards."""
+        from the prompt's KV cache, which is cropped back afterwards. It runs on the engine's thread,
+        between decode steps (judge workers call it concurrently)."""
+        return self.engine.call(lambda: self._option_logprobs(messages, prefix, options))
+
+    def _option_logprobs(self, messages, prefix, options):
         import torch
+        from transformers import DynamicCache
+
+        from .engine import cache_kwarg
         prompt = self.format.render(self._with_system(messages), add_generation_prompt=True) + prefix
         ctx = self.format.encode(prompt)
         dev = self.model.device
         with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1)
+            cache, kw = DynamicCache(), cache_kwarg(self.model)
+            out = self.model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1, **{kw: cache})
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            cache = out.past_key_values
             scores = []
             for opt in options:
                 full = self.format.encode(prompt + opt)
@@ -199,8 +206,8 @@ class HFLLM:
                 toks = full[len(ctx):]
                 total = float(first[toks[0]])
                 if len(toks) > 1:
-                    more = self.model(input_ids=torch.tensor([toks[:-1]], device=dev), past_key_values=cache,
-                                      use_cache=True).logits[0].float()
+                    more = self.model(input_ids=torch.tensor([toks[:-1]], device=dev), use_cache=True,
+                                      **{kw: cache}).logits[0].float()
                     lp = torch.log_softmax(more, dim=-1)
                     total += sum(float(lp[j, toks[j + 1]]) for j in range(len(toks) - 1))
                     cache.crop(-(len(toks) - 1))  # back to the prompt alone

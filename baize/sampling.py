@@ -52,14 +52,20 @@ class RowSampler:
         rest = ~whole
         if bool(rest.any()):
             # the nucleus is a prefix of the sorted probabilities: when the top k hold top_p of the
-            # mass, only they need sorting (~10x cheaper); rows with flatter distributions are sorted
-            # whole, on their own
-            sp, si = probs[rest].topk(min(256, probs.shape[-1]), dim=-1)
-            short = (sp.sum(-1, keepdim=True) < top_ps[rest]).squeeze(1)
-            part = _draw(sp, si, u[rest], top_ps[rest])
-            if bool(short.any()):
-                rows = rest.nonzero().squeeze(1)[short]
-                fp, fi = probs[rows].sort(dim=-1, descending=True)
-                part[short] = _draw(fp, fi, u[rows], top_ps[rows])
-            sampled[rest] = part
+            # mass, only they need sorting. A cascade, k = 256, then 2048 for the rows whose nucleus
+            # is wider, then a full sort for what is left: a small model at temperature 1 is often
+            # flat enough to miss 256 (measured on SmolLM2-135M: 11 of 64 rows; past 2048, 1 of 64),
+            # and a full sort of a 49k vocabulary costs ~20 top-256s
+            rows = rest.nonzero().squeeze(1)
+            for k in (256, 2048, None):
+                if k is None or k >= probs.shape[-1]:
+                    sp, si = probs[rows].sort(dim=-1, descending=True)
+                else:
+                    sp, si = probs[rows].topk(k, dim=-1)
+                sampled[rows] = _draw(sp, si, u[rows], top_ps[rows])
+                if k is None or k >= probs.shape[-1]:
+                    break
+                rows = rows[(sp.sum(-1) < top_ps[rows].squeeze(1))]  # nucleus wider than k: next stage
+                if not len(rows):
+                    break
         return torch.where(self.greedy, choice, sampled)

@@ -5,8 +5,9 @@
     POST /v1/chat/completions    stream (SSE) or not; n, temperature, top_p, max_tokens, stop, seed
     /ui                          the web UI (--ui, or `baize ui`)
 
-Local models go through the batching engine: concurrent requests share one `generate` call, and a
-client that disconnects cancels its rows. Several run directories on the same base (base, v1, v2)
+Local models go through the continuous-batching engine (baize/engine.py): a request joins the
+running batch at the next decode step and leaves it when done, and a client that disconnects cancels
+its row. Several run directories on the same base (base, v1, v2)
 share one copy of the base weights: their adapters are loaded side by side in one peft model and the
 engine switches the active set per batch, never mixing adapters within a batch.
 """
@@ -40,7 +41,7 @@ class ServeConfig:
     max_tokens: int = field(default=512, metadata={"help": "new tokens when a request does not say"})
     temperature: float = field(default=1.0, metadata={"help": "temperature when a request does not say"})
     top_p: float = field(default=0.95, metadata={"help": "top-p when a request does not say (the paper's 0.95)"})
-    max_batch: int = field(default=16, metadata={"help": "most rows in one generate call (also the largest n)"})
+    max_batch: int = field(default=16, metadata={"help": "most rows decoding at once (also the largest n)"})
     batch_wait_ms: float = field(default=50.0, metadata={"help": "how long the engine gathers requests into a batch"})
     format: str | None = field(default=None, metadata={"help": "chat format override for models without a run "
                                                        "record: baize | template", "choices": ["baize", "template"]})

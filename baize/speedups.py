@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 from pathlib import Path
 
 CE_CHUNK = 64  # rows of logits per chunk: 64 x 49K fp32 is 12 MB, inside a server CPU's cache
@@ -91,6 +92,21 @@ def cpu_flags() -> frozenset:
         return frozenset()
     line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
     return frozenset(line.partition(":")[2].split())
+
+
+def cpu_info() -> dict:
+    """What a benchmark figure must be quoted with: the CPU model, the flags that decide its speed and
+    a kind for file names (avx2, avx512, avx512-bf16)."""
+    from .train import NOTED_FLAGS
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    model = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("model name")), "?")
+    flags = sorted(NOTED_FLAGS & cpu_flags())
+    kind = ("avx512-bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "avx512" if "avx512f" in flags
+            else "avx2" if "avx2" in flags else "other")
+    return {"model": model, "flags": flags, "kind": kind, "cpus": os.cpu_count()}
 
 
 @contextlib.contextmanager

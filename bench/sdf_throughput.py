@@ -31,12 +31,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
-def cpu_flags() -> str:
-    flags = Path("/proc/cpuinfo").read_text().split("flags", 2)[1].split("\n")[0] if Path("/proc/cpuinfo").exists() else ""
-    have = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in flags]
-    return " ".join(have) or "unknown"
-
-
 def instant_judge(k_seen: list):
     """Ranks as given, instantly: the sampling runs measure the policy alone."""
     from baize.testing import FakeLLM
@@ -137,7 +131,10 @@ def main() -> None:
     ap.add_argument("--json", default=str(HERE / "results" / "sdf_throughput.json"))
     args = ap.parse_args()
     import torch
-    res = {"machine": {"cpu_flags": cpu_flags(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+
+    from baize.speedups import cpu_info
+    res = {"machine": {"cpu_flags": " ".join(cpu_info()["flags"]) or "unknown", "cores": os.cpu_count(),
+                       "torch_threads": torch.get_num_threads(),
                        "python": platform.python_version(), "load_avg": os.getloadavg()}}
     with tempfile.TemporaryDirectory() as d:
         res["judging"] = judging(args, Path(d))

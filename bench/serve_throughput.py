@@ -148,6 +148,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
+    from baize.speedups import cpu_info
+    cpu = cpu_info()
+    print(f"CPU {cpu['model']} ({' '.join(cpu['flags'])}), {cpu['cpus']} CPUs")
     print(f"model {args.model} through `baize serve` (own process); torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; "
           f"{args.clients} clients x {args.max_tokens} max new tokens, temperature 1, top-p 0.95, seeded", flush=True)
@@ -155,7 +159,7 @@ def main(argv=None) -> int:
     if not args.gguf_only:
         seq, conc, ratio = bench(args.model, args)
         report(f"transformers + baize batching engine ({args.model})", seq, conc, ratio, args.target)
-        results.append({"model": args.model, "engine": "transformers", "sequential": seq, "concurrent": conc,
+        results.append({"model": args.model, "engine": "transformers", "cpu": cpu, "sequential": seq, "concurrent": conc,
                         "ratio": round(ratio, 2), "load_average_end": round(os.getloadavg()[0], 2)})
     if not args.no_gguf:
         try:
@@ -165,7 +169,7 @@ def main(argv=None) -> int:
         else:
             seq, conc, ratio = bench("gguf:default", args)
             report("llama.cpp, the embedded GGUF (one request at a time inside)", seq, conc, ratio, args.target)
-            results.append({"model": "gguf:default", "engine": "llama.cpp", "sequential": seq,
+            results.append({"model": "gguf:default", "engine": "llama.cpp", "cpu": cpu, "sequential": seq,
                             "concurrent": conc, "ratio": round(ratio, 2)})
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

@@ -90,18 +90,8 @@ def run(name: str, data: Path, out: Path, flags: list[str]) -> dict:
     return s
 
 
-def cpu_info() -> dict:
-    from baize.speedups import cpu_flags
-    from baize.train import NOTED_FLAGS
-    model = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                  if ln.startswith("model name")), "?") if Path("/proc/cpuinfo").exists() else "?"
-    flags = sorted(NOTED_FLAGS & cpu_flags())
-    kind = ("avx512-bf16" if {"avx512_bf16", "amx_bf16"} & set(flags) else "avx512" if "avx512f" in flags
-            else "avx2" if "avx2" in flags else "other")
-    return {"model": model, "flags": flags, "kind": kind, "cpus": os.cpu_count()}
-
-
 def main() -> None:
+    from baize.speedups import cpu_info
     if "--kind" in sys.argv:  # for a results file name per machine kind
         print(cpu_info()["kind"])
         return

@@ -2,6 +2,7 @@
 seeds do not depend on the neighbours, adapters share one queue, stops, max_tokens, cancellation and
 streaming."""
 import contextlib
+import threading
 import time
 
 import pytest
@@ -172,3 +173,107 @@ def test_streaming_deltas(engine, tiny):
     while r.finish is None and time.monotonic() < deadline:
         time.sleep(0.01)
     assert r.finish == "cancelled" and len(r.tokens) < 2000
+
+
+def test_text_is_the_full_decode_of_the_tokens(engine, tiny):
+    """The reply is detokenized a window at a time; sampled over the whole random vocabulary (odd byte
+    pieces, half characters), it must still equal decoding all its tokens at once."""
+    tok = tiny[1]
+    for seed in range(4):
+        r = engine.submit(ids(tok, "Ünïcödé, 日本語 and emoji 🙂."), GenParams(max_tokens=60, **SAMPLED), row_seed=seed)
+        c = r.result()
+        assert c.text == tok.decode(r.tokens, skip_special_tokens=True)
+        assert c.completion_tokens == 60
+
+
+def test_other_model_work_runs_on_the_engine_thread_between_steps(engine, tiny):
+    tok = tiny[1]
+    long = engine.submit(ids(tok, "A long story."), GenParams(max_tokens=80, **GREEDY))
+    wait_tokens(long, 3)
+    seen = []
+
+    def job():
+        seen.append((threading.current_thread().name, len(long.tokens), long.finish))
+        return 42
+    assert engine.call(job) == 42
+    name, at, finish = seen[0]
+    assert name == "baize-engine" and 3 <= at < 80 and finish is None  # ran while the row was decoding
+    with pytest.raises(ZeroDivisionError):  # the job's error reaches the caller; the engine goes on
+        engine.call(lambda: 1 / 0)
+    assert long.result().completion_tokens == 80
+    assert engine.call(lambda: "idle") == "idle"  # and with nothing decoding
+
+
+def test_growing_cache_gives_the_logits_of_dynamic_cache(tiny):
+    """The engine's cache writes each step in place into spare room; through growth past that room,
+    a pruned row and a trimmed column it must give what transformers' DynamicCache gives."""
+    import torch
+    from transformers import DynamicCache
+
+    from baize.engine import cache_kwarg, growing_cache
+    model, _ = tiny
+    kw = cache_kwarg(model)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 200, (3, 9))
+    caches = [growing_cache(), DynamicCache()]
+    outs = [[], []]
+    with torch.inference_mode():
+        for c, o in zip(caches, outs):
+            o.append(model(input_ids=ids, use_cache=True, **{kw: c}).logits[:, -1])
+        for step in range(140):  # past the 128 positions of room the first buffer has
+            nxt = torch.randint(5, 200, (ids.shape[0], 1))
+            if step == 60:  # a row leaves
+                for c in caches:
+                    c.batch_select_indices(torch.tensor([0, 2]))
+                ids = ids[[0, 2]]
+                nxt = nxt[[0, 2]]
+            if step == 90:  # the leading column goes (as the engine trims padding)
+                for c in caches:
+                    for layer in c.layers:
+                        layer.keys, layer.values = layer.keys[:, :, 1:], layer.values[:, :, 1:]
+            for c, o in zip(caches, outs):
+                o.append(model(input_ids=nxt, use_cache=True, **{kw: c}).logits[:, -1])
+    assert caches[0].get_seq_length() == caches[1].get_seq_length() == 9 + 140 - 1
+    assert type(caches[0].layers[0]).__name__ == "GrowingLayer"
+    for a, b in zip(*outs):
+        torch.testing.assert_close(a, b)
+
+
+def test_prefill_is_sliced_and_grouped_by_length(tiny):
+    """A burst of prompts is prefilled a slice at a time (decode steps of the running rows between the
+    slices), in batches of similar length; a short prompt may pass a long one that does not fit."""
+    from baize.engine import _similar_lengths
+    model, tok = tiny
+
+    class R:
+        def __init__(self, n):
+            self.prompt_ids = [1] * n
+    groups = _similar_lengths([R(n) for n in (400, 30, 410, 32, 35)])
+    assert [[len(r.prompt_ids) for r in g] for g in groups] == [[30, 32, 35], [400, 410]]
+    eng = BatchEngine(model, tok, max_batch=8, wait_s=0.01, eos_ids=(), prefill_tokens=60)
+    try:
+        running = eng.submit(ids(tok, "A long story."), GenParams(max_tokens=150, **GREEDY))
+        wait_tokens(running, 2)
+        seen = []
+        run = eng._run
+
+        def spy(batch):
+            seen.append((len(running.tokens), [len(r.prompt_ids) for r in batch]))
+            return run(batch)
+        eng._run = spy
+        gate = threading.Event()  # hold the engine thread so the burst arrives as one
+        held = threading.Thread(target=eng.call, args=(gate.wait,))
+        held.start()
+        burst = [eng.submit([7] * n, GenParams(max_tokens=3, **GREEDY)) for n in (50, 50, 80, 10)]
+        gate.set()
+        for r in burst:
+            r.result()
+        held.join()
+        order = [n for _, b in seen for n in b]
+        assert sorted(order) == [10, 50, 50, 80] and order.index(10) < order.index(80)  # it passed the 80
+        assert all(len(b) == 1 for _, b in seen)  # 10 and 50: too unequal to share a padded batch
+        steps = [t for t, _ in seen]
+        assert steps == sorted(steps) and len(set(steps)) == 3  # slices 50+10, 50, 80; decode between
+        assert running.result().completion_tokens == 150
+    finally:
+        eng.close()
