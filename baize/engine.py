@@ -181,32 +181,36 @@ def _growing_layer_class():
 
         def __init__(self, *a, **kw):
             self._k = self._v = None
-            self._n = 0
-            super().__init__(*a, **kw)
+            self._kn = self._vn = 0  # each its own length: `keys = cat(keys, ...)` then `values = ...`
+            super().__init__(*a, **kw)  # must not read values at the length keys just got
+
+        @staticmethod
+        def _length(t):
+            return t.shape[-2] if t is not None and t.dim() == 4 else 0
 
         @property
         def keys(self):
-            return self._k if self._k is None or self._k.dim() < 4 else self._k[:, :, :self._n]
+            return self._k if self._k is None or self._k.dim() < 4 else self._k[:, :, :self._kn]
 
         @keys.setter
         def keys(self, t):
-            self._k = t
-            self._n = t.shape[-2] if t is not None and t.dim() == 4 else 0
+            self._k, self._kn = t, self._length(t)
 
         @property
         def values(self):
-            return self._v if self._v is None or self._v.dim() < 4 else self._v[:, :, :self._n]
+            return self._v if self._v is None or self._v.dim() < 4 else self._v[:, :, :self._vn]
 
         @values.setter
         def values(self, t):
-            self._v = t
+            self._v, self._vn = t, self._length(t)
 
         def update(self, key_states, value_states, *args, **kwargs):
-            import torch
             if not self.is_initialized:
                 self.lazy_initialization(key_states, value_states)
-            n, add = self._n, key_states.shape[-2]
-            if self._k.dim() < 4 or self._k.shape[2] < n + add or self._k.shape[0] != key_states.shape[0]:
+            n, add = self._kn, key_states.shape[-2]
+            assert self._vn == n, "keys and values of a cache layer out of step"
+            if (self._k.dim() < 4 or self._k.shape[2] < n + add or self._v.shape[2] < n + add
+                    or self._k.shape[0] != key_states.shape[0]):
                 shape = (*key_states.shape[:2], n + add + self.ROOM, key_states.shape[-1])
                 k, v = key_states.new_empty(shape), value_states.new_empty(shape)
                 if n:
@@ -214,7 +218,7 @@ def _growing_layer_class():
                 self._k, self._v = k, v
             self._k[:, :, n:n + add] = key_states
             self._v[:, :, n:n + add] = value_states
-            self._n = n + add
+            self._kn = self._vn = n + add
             return self.keys, self.values
 
     return GrowingLayer

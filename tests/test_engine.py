@@ -277,3 +277,52 @@ def test_prefill_is_sliced_and_grouped_by_length(tiny):
         assert running.result().completion_tokens == 150
     finally:
         eng.close()
+
+
+def test_merged_and_pruned_rows_see_the_logits_of_a_plain_cache(tiny, monkeypatch):
+    """The engine's batch surgery (prompts of other lengths prefilled apart and merged, rows leaving,
+    padding trimmed) on its in-place cache gives the logits it gives on transformers' DynamicCache.
+    Logits, not text: on the tiny random model sampled text hardly depends on them. The tokens fed
+    are fixed, so both runs do exactly the same work."""
+    import itertools
+
+    import torch
+    from transformers import DynamicCache
+
+    import baize.engine as E
+    model, tok = tiny
+
+    def run(cache_factory):
+        seen, counter = [], itertools.count()
+
+        class FixedTokens:  # records the scores, feeds tokens that do not depend on them
+            def __init__(self, params, gens, device):
+                pass
+
+            def __call__(self, scores):
+                seen.append(scores.clone())
+                return torch.full((scores.shape[0],), 10 + next(counter) % 50, dtype=torch.long)
+        monkeypatch.setattr(E, "RowSampler", FixedTokens)
+        monkeypatch.setattr(E, "growing_cache", cache_factory)
+        eng = BatchEngine(model, tok, max_batch=8, wait_s=0.01, eos_ids=(), prefill_tokens=10_000)
+        try:
+            gate = threading.Event()
+            held = threading.Thread(target=eng.call, args=(gate.wait,))
+            held.start()
+            first = [eng.submit([5 + i] * n, GenParams(max_tokens=m, **GREEDY)) for i, (n, m) in
+                     enumerate([(40, 150), (6, 30), (8, 60)])]  # apart: too unequal to share padding
+            gate.set()
+            wait_tokens(first[0], 20)
+            late = eng.submit([9] * 70, GenParams(max_tokens=40, **GREEDY))  # joins, longer than all
+            for r in first + [late]:
+                r.result()
+            held.join()
+        finally:
+            eng.close()
+        return seen
+
+    growing = E.growing_cache  # before run() patches it
+    plain, grown = run(DynamicCache), run(growing)
+    assert len(plain) == len(grown) > 150
+    for a, b in zip(plain, grown):
+        torch.testing.assert_close(a, b)
