@@ -293,7 +293,7 @@ def test_merged_and_pruned_rows_see_the_logits_of_a_plain_cache(tiny, monkeypatc
     model, tok = tiny
 
     def run(cache_factory):
-        seen, counter = [], itertools.count()
+        seen, counter, late = [], itertools.count(), []
 
         class FixedTokens:  # records the scores, feeds tokens that do not depend on them
             def __init__(self, params, gens, device):
@@ -301,7 +301,10 @@ def test_merged_and_pruned_rows_see_the_logits_of_a_plain_cache(tiny, monkeypatc
 
             def __call__(self, scores):
                 seen.append(scores.clone())
-                return torch.full((scores.shape[0],), 10 + next(counter) % 50, dtype=torch.long)
+                i = next(counter)
+                if i == 20:  # from the engine thread: the late one joins at the same step in both runs
+                    late.append(eng.submit([9] * 70, GenParams(max_tokens=40, **GREEDY)))  # longer than all
+                return torch.full((scores.shape[0],), 10 + i % 50, dtype=torch.long)
         monkeypatch.setattr(E, "RowSampler", FixedTokens)
         monkeypatch.setattr(E, "growing_cache", cache_factory)
         eng = BatchEngine(model, tok, max_batch=8, wait_s=0.01, eos_ids=(), prefill_tokens=10_000)
@@ -312,10 +315,9 @@ def test_merged_and_pruned_rows_see_the_logits_of_a_plain_cache(tiny, monkeypatc
             first = [eng.submit([5 + i] * n, GenParams(max_tokens=m, **GREEDY)) for i, (n, m) in
                      enumerate([(40, 150), (6, 30), (8, 60)])]  # apart: too unequal to share padding
             gate.set()
-            wait_tokens(first[0], 20)
-            late = eng.submit([9] * 70, GenParams(max_tokens=40, **GREEDY))  # joins, longer than all
-            for r in first + [late]:
+            for r in first:
                 r.result()
+            late[0].result()
             held.join()
         finally:
             eng.close()
