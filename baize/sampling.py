@@ -58,12 +58,10 @@ class RowSampler:
             # and a full sort of a 49k vocabulary costs ~20 top-256s
             rows = rest.nonzero().squeeze(1)
             for k in (256, 2048, None):
-                if k is None or k >= probs.shape[-1]:
-                    sp, si = probs[rows].sort(dim=-1, descending=True)
-                else:
-                    sp, si = probs[rows].topk(k, dim=-1)
+                full_sort = k is None or k >= probs.shape[-1]
+                sp, si = probs[rows].sort(dim=-1, descending=True) if full_sort else probs[rows].topk(k, dim=-1)
                 sampled[rows] = _draw(sp, si, u[rows], top_ps[rows])
-                if k is None or k >= probs.shape[-1]:
+                if full_sort:
                     break
                 rows = rows[(sp.sum(-1) < top_ps[rows].squeeze(1))]  # nucleus wider than k: next stage
                 if not len(rows):
