@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 from pathlib import Path
 
@@ -211,7 +212,7 @@ def _fused_head_ce():
 def cpu_speedups(model, *, bf16: bool, ours: bool = True) -> list[str]:
     """What `baize train` applies on CPU: bf16 frozen weights under bf16 autocast (bit-identical, always),
     and with `ours` (--speedups) the chunked loss, LoRA's products folded, glibc's allocator kept from
-    returning memory to the OS, and on AVX-512 CPUs the cheaper dropout mask. `head_in_loss` (a context)
+    returning memory to the OS, and the cheaper dropout mask. `head_in_loss` (a context)
     goes with them in SFT. Returns what was applied, for the log."""
     done = []
     if bf16:
@@ -221,8 +222,8 @@ def cpu_speedups(model, *, bf16: bool, ours: bool = True) -> list[str]:
         return done
     if keep_freed_memory():
         done.append("freed memory kept")
-    if "avx512f" in cpu_flags() and cheap_cpu_dropout(model):  # measured faster there; on AVX2 torch's own
-        done.append("cheaper dropout mask")                       # bernoulli mask was 11 % faster
+    if cheap_cpu_dropout(model):
+        done.append("cheaper dropout mask")
     if fold_lora_products(model):
         done.append("LoRA products folded")
     from transformers.loss.loss_utils import ForCausalLMLoss
@@ -280,9 +281,8 @@ def _folded_lora_forward(self, x, *args, **kwargs):
     x = self._cast_input_dtype(x, lora_A.weight.dtype)
     if isinstance(drop, torch.nn.Identity) or not drop.training:
         h = lora_A(x)
-    elif getattr(drop, "cut", 0):  # ours: x * keep here, its 1/(1-p) joins the scale on the rank-r product
-        keep, inv = drop.keep_mask(x)
-        h, scale = lora_A(x * keep), scale * inv
+    elif getattr(drop, "cut", 0) and lora_A.bias is None:  # ours: its 1/(1-p) joins the scale on the rank-r product
+        h, scale = _drop_then_a().apply(x, lora_A.weight, drop, drop.seed()), scale * drop.inv
     else:
         h = lora_A(drop(x))
     out = result.reshape(-1, result.shape[-1])
@@ -304,13 +304,16 @@ def frozen_linears_to_bf16(model) -> None:
 
 
 def cheap_cpu_dropout(model) -> int:
-    """Swap peft's LoRA dropouts for one with the same law and a quarter of the random draws (CPU only).
+    """Swap peft's LoRA dropouts for one with the same law and a sixteenth of the random-number cost (CPU only).
 
-    nn.Dropout's bernoulli_ draws one random number per element: with LoRA on 7 linears that share 3
-    inputs it took about a tenth of a CPU training step of the default model, and neither torch nor
-    peft has a cheaper mask. One 64-bit draw gives four 16-bit uniforms here, compared as signed
-    numbers (no masking pass); the drop probability is rounded to 1/65536 and the scale matches it, so
-    the expectation is exact.
+    nn.Dropout's bernoulli_ draws a double from torch's Mersenne Twister per element, on one thread:
+    with LoRA on all 7 linears that was 18 % of a CPU training step of the default model on AVX2
+    (2.6 ms for a 411 x 576 input), and neither torch nor peft has a cheaper mask. Here one 64-bit
+    draw of numpy's PCG64 gives four 16-bit uniforms, compared straight into a float 0/1 mask (0.46 ms
+    with the multiply); the generator is seeded per call from torch's, so torch.manual_seed (and a
+    resumed checkpoint's RNG state) fixes the masks as it fixes torch's own. The drop probability is
+    rounded to 1/65536 and the scale matches it, so the expectation is exact. In the folded LoRA
+    forward the mask is regenerated from its seed in backward instead of being kept (see _drop_then_a).
     Returns how many dropouts were swapped."""
     import torch
 
@@ -319,19 +322,26 @@ def cheap_cpu_dropout(model) -> int:
             super().__init__()
             self.p, self.cut = p, round(p * 65536)  # drop probability cut/65536
 
-        def keep_mask(self, x):
-            """(keep, 1/(1-p)): a bool mask and the scale that keeps the expectation exact."""
-            # from the int64 minimum: all 64 bits random (random_() alone leaves the sign bit 0)
-            bits = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_(-2 ** 63, None)
+        @staticmethod
+        def seed() -> int:
+            return int(torch.randint(2 ** 63 - 1, ()))  # from torch's generator: seeded like torch's own dropout
+
+        def keep(self, shape, seed: int, dtype):
+            """A {0, 1} mask of `dtype`: each element kept with probability 1 - cut/65536, independently."""
+            import numpy as np
+            n = math.prod(shape)
+            bits = np.random.PCG64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]
             # a signed 16-bit uniform is below cut - 32768 with probability cut / 65536
-            keep = bits.view(torch.int16)[:x.numel()].view(x.shape) >= self.cut - 32768
-            return keep, 65536 / (65536 - self.cut)
+            return torch.ge(torch.from_numpy(bits).view(shape), self.cut - 32768, out=torch.empty(shape, dtype=dtype))
+
+        @property
+        def inv(self) -> float:
+            return 65536 / (65536 - self.cut)  # 1 / (1 - p) of the rounded p
 
         def forward(self, x):
             if not self.training or not self.cut:
                 return x
-            keep, inv = self.keep_mask(x)
-            return x * keep * inv
+            return x * self.keep(x.shape, self.seed(), x.dtype) * self.inv
 
     n = 0
     for m in model.modules():
@@ -343,3 +353,39 @@ def cheap_cpu_dropout(model) -> int:
                 drops[k] = CPUDropout(d.p)
                 n += 1
     return n
+
+
+@functools.cache
+def _drop_then_a():
+    import torch
+
+    class DropThenA(torch.autograd.Function):
+        """(x * keep) @ A^T, A being LoRA's down-projection, for our CPUDropout: autograd would keep the
+        mask as well as the dropped input for backward; here only the dropped input is kept (A's weight
+        gradient needs it) and the mask is regenerated from its seed for the input's gradient, which
+        costs less than a second mask in memory. Under CPU autocast the product runs in its dtype, as
+        the stock lora_A's would."""
+
+        @staticmethod
+        def forward(ctx, x, w, drop, seed):
+            dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else w.dtype
+            with torch.autocast("cpu", enabled=False):
+                xd = drop.keep(x.shape, seed, x.dtype).mul_(x).to(dt)
+                ctx.save_for_backward(xd, w)
+                ctx.drop, ctx.seed, ctx.x_dtype = drop, seed, x.dtype
+                return torch.matmul(xd, w.to(dt).t())
+
+        @staticmethod
+        def backward(ctx, gh):
+            xd, w = ctx.saved_tensors
+            gx = gw = None
+            with torch.autocast("cpu", enabled=False):
+                gh = gh.to(xd.dtype)
+                if ctx.needs_input_grad[0]:
+                    gx = torch.matmul(gh, w.to(xd.dtype)).to(ctx.x_dtype)
+                    gx.mul_(ctx.drop.keep(gx.shape, ctx.seed, gx.dtype))
+                if ctx.needs_input_grad[1]:
+                    gw = torch.mm(gh.reshape(-1, gh.shape[-1]).t(), xd.reshape(-1, xd.shape[-1])).to(w.dtype)
+            return gx, gw, None, None
+
+    return DropThenA
