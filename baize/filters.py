@@ -24,7 +24,7 @@ Each filter is a number where 0 disables it; the reason is that of the earliest 
               new (not in the seed or the human turns) and half of them sit in 3-word phrases of
               the question (compared stemmed: "Why does public education fail?" restates "Why is
               public education failing?"); or 80% of its words are such phrases; or 8+ words and
-              no content word.
+              no content word (numbers included when most of them repeat: "1. 1. 1. 2. 1. 1.").
               Only the request is "the question", not the material after its first blank line
               (a paraphrase or an extraction copies that by design); 1-2 content-word answers and
               yes/no answers are never non-answers
@@ -309,7 +309,10 @@ def non_answer(msgs: list[dict], seed: str, threshold: float, min_content: int =
             asked.update(_grams([_stem(w) for w in words(_question_part(m["content"]))], 3))
             continue
         ws, stems = words(m["content"]), content_stems(m["content"])
-        if not stems and sum(w.isalpha() for w in ws) >= filler_words:  # "Sure! I'd be happy to help with that."
+        # "Sure! I'd be happy to help with that."; "1. 1. 1. 1. 2. 1. 1. 1." (numbers said over and over,
+        # which the repetition filter's word 3-grams skip); a list of numbers says each once or twice
+        if not stems and (sum(w.isalpha() for w in ws) >= filler_words
+                          or len(ws) >= filler_words and len(set(ws)) * 2 < len(ws)):
             return i, "no content words at all"
         copied = [False] * len(ws)
         for j, g in enumerate(_grams([_stem(w) for w in ws], 3)):

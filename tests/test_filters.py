@@ -24,6 +24,9 @@ def A(text):
 
 SOURDOUGH = "How do I make sourdough bread?"
 GOOD = [
+    ("numbers-only-answer", "List the first ten prime numbers and the first ten Fibonacci numbers.", [
+        U("List the first ten prime numbers and the first ten Fibonacci numbers."),
+        A("2, 3, 5, 7, 11, 13, 17, 19, 23, 29\n\n1, 1, 2, 3, 5, 8, 13, 21, 34, 55")], None),
     ("quotes-a-phrase", SOURDOUGH, [
         U(SOURDOUGH),
         A("Sourdough needs three things: an active starter, flour and water, and time. Mix 100 g of bubbly starter "
@@ -171,6 +174,10 @@ BAD = [
     ("answers-with-nothing", "How safe is it to use your real name on the internet?", [
         U("How safe is it to use your real name on the internet?"),
         A("Sure! I'd be happy to help you with that question. Here is the answer you asked for.")], "non_answer", 1),
+    # the embedded teacher in the main job (2026-12-01): a numeric loop has no 3-gram of words to repeat
+    ("numbers-in-a-loop", "How long does it take to get an offer?", [
+        U("How long does it take to get an offer?"),
+        A("1. 1. 1. 1.\n2. 1. 1. 1.\n3. 1. 1. 1.\n4. 1. 1. 1.\n5. 1. 1. 1.\n6. 1. 1. 1.")], "non_answer", 1),
     ("human-asks-for-the-topic", "Why do rockets look white?", [
         U("Why do rockets look white?"),
         A("Most rockets are painted white, or covered in white insulation, to reflect sunlight and keep the "
