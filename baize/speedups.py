@@ -281,7 +281,7 @@ def _folded_lora_forward(self, x, *args, **kwargs):
     x = self._cast_input_dtype(x, lora_A.weight.dtype)
     if isinstance(drop, torch.nn.Identity) or not drop.training:
         h = lora_A(x)
-    elif getattr(drop, "cut", 0) and lora_A.bias is None:  # ours: its 1/(1-p) joins the scale on the rank-r product
+    elif isinstance(drop, _cpu_dropout_class()) and lora_A.bias is None:  # ours: its 1/(1-p) joins the scale on the rank-r product
         h, scale = _drop_then_a().apply(x, lora_A.weight, drop, drop.seed()), scale * drop.inv
     else:
         h = lora_A(drop(x))
@@ -304,55 +304,65 @@ def frozen_linears_to_bf16(model) -> None:
 
 
 def cheap_cpu_dropout(model) -> int:
-    """Swap peft's LoRA dropouts for one with the same law at a fifth of the cost (CPU only).
+    """Swap peft's LoRA dropouts for one with the same law at a fraction of the cost (CPU only).
 
     nn.Dropout's bernoulli_ draws a double from torch's Mersenne Twister per element, on one thread:
     with LoRA on all 7 linears that was 18 % of a CPU training step of the default model on AVX2
-    (2.6 ms for a 411 x 576 input), and neither torch nor peft has a cheaper mask. Here one 64-bit
-    draw of numpy's PCG64 gives four 16-bit uniforms, compared straight into a float 0/1 mask (0.46 ms
-    with the multiply); the generator is seeded per call from torch's, so torch.manual_seed (and a
-    resumed checkpoint's RNG state) fixes the masks as it fixes torch's own. The drop probability is
-    rounded to 1/65536 and the scale matches it, so the expectation is exact. In the folded LoRA
-    forward the mask is regenerated from its seed in backward instead of being kept (see _drop_then_a).
-    Returns how many dropouts were swapped."""
+    (2.6 ms for a 411 x 576 input), and neither torch nor peft has a cheaper mask. At LoRA's small p
+    most of those draws decide nothing, so here only the dropped elements are drawn: M ~ Poisson(-n
+    log(1-p)) positions uniform over the n elements (numpy's PCG64), each one hit at least once is
+    dropped. By Poisson splitting an element's hit count is Poisson(-log(1-p)), independently of the
+    others, so each is dropped with probability exactly p, independently: nn.Dropout's law, drawn with
+    ~n/19 integers at p=0.05 instead of n doubles, and applied as a scatter of zeros instead of a
+    mask pass. The generator is seeded per call from torch's, so torch.manual_seed (and a resumed
+    checkpoint's RNG state) fixes the masks as it fixes torch's own. In the folded LoRA forward the
+    positions are kept for backward in place of a mask (see _drop_then_a). Returns how many dropouts
+    were swapped."""
     import torch
-
-    class CPUDropout(torch.nn.Module):
-        def __init__(self, p: float):
-            super().__init__()
-            self.p, self.cut = p, round(p * 65536)  # drop probability cut/65536
-
-        @staticmethod
-        def seed() -> int:
-            return int(torch.randint(2 ** 63 - 1, ()))  # from torch's generator: seeded like torch's own dropout
-
-        def keep(self, shape, seed: int, dtype):
-            """A {0, 1} mask of `dtype`: each element kept with probability 1 - cut/65536, independently."""
-            import numpy as np
-            n = math.prod(shape)
-            bits = np.random.PCG64(seed).random_raw((n + 3) // 4).view(np.int16)[:n]
-            # a signed 16-bit uniform is below cut - 32768 with probability cut / 65536
-            return torch.ge(torch.from_numpy(bits).view(shape), self.cut - 32768, out=torch.empty(shape, dtype=dtype))
-
-        @property
-        def inv(self) -> float:
-            return 65536 / (65536 - self.cut)  # 1 / (1 - p) of the rounded p
-
-        def forward(self, x):
-            if not self.training or not self.cut:
-                return x
-            return x * self.keep(x.shape, self.seed(), x.dtype) * self.inv
-
-    n = 0
+    cls, n = _cpu_dropout_class(), 0
     for m in model.modules():
         drops = getattr(m, "lora_dropout", None)
         if not isinstance(drops, torch.nn.ModuleDict):
             continue
         for k, d in drops.items():
             if isinstance(d, torch.nn.Dropout) and 0 < d.p < 1:
-                drops[k] = CPUDropout(d.p)
+                drops[k] = cls(d.p)
                 n += 1
     return n
+
+
+@functools.cache
+def _cpu_dropout_class():
+    import torch
+
+    class CPUDropout(torch.nn.Module):
+        def __init__(self, p: float):
+            super().__init__()
+            self.p, self.rate = p, -math.log1p(-p)  # Poisson hits per element: P(no hit) = 1 - p
+            self.inv = 1 / (1 - p)
+
+        @staticmethod
+        def seed() -> int:
+            return int(torch.randint(2 ** 63 - 1, ()))  # from torch's generator: seeded like torch's own dropout
+
+        def dropped(self, n: int, seed: int):
+            """Flat positions of the dropped elements of an n-element tensor (some repeated): each
+            element is among them with probability p, independently of the others."""
+            import numpy as np
+            g = np.random.Generator(np.random.PCG64(seed))
+            return torch.from_numpy(g.integers(0, n, size=g.poisson(n * self.rate)))
+
+        def keep(self, shape, seed: int, dtype):
+            """The {0, 1} mask that `dropped` gives (for tests and checks)."""
+            return torch.ones(shape, dtype=dtype).view(-1).index_fill_(0, self.dropped(math.prod(shape), seed), 0).view(shape)
+
+        def forward(self, x):
+            if not self.training or not self.p:
+                return x
+            y = x.reshape(-1) * self.inv
+            return y.index_fill_(0, self.dropped(y.numel(), self.seed()), 0).view(x.shape)
+
+    return CPUDropout
 
 
 @functools.cache
@@ -360,30 +370,31 @@ def _drop_then_a():
     import torch
 
     class DropThenA(torch.autograd.Function):
-        """(x * keep) @ A^T, A being LoRA's down-projection, for our CPUDropout: autograd would keep the
-        mask as well as the dropped input for backward; here only the dropped input is kept (A's weight
-        gradient needs it) and the mask is regenerated from its seed for the input's gradient, which
-        costs less than a second mask in memory. Under CPU autocast the product runs in its dtype, as
+        """(x * keep) @ A^T, A being LoRA's down-projection, for our CPUDropout: the dropped input is a
+        copy of x with zeros scattered in, kept for A's weight gradient; the input's gradient gets the
+        same zeros from the kept positions (a twentieth of the elements at p=0.05), where autograd
+        would keep a float mask as large as x. Under CPU autocast the product runs in its dtype, as
         the stock lora_A's would."""
 
         @staticmethod
         def forward(ctx, x, w, drop, seed):
             dt = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else w.dtype
             with torch.autocast("cpu", enabled=False):
-                xd = drop.keep(x.shape, seed, x.dtype).mul_(x).to(dt)
-                ctx.save_for_backward(xd, w)
-                ctx.drop, ctx.seed, ctx.x_dtype = drop, seed, x.dtype
+                where = drop.dropped(x.numel(), seed)
+                xd = x.reshape(-1).to(dt, copy=True).index_fill_(0, where, 0).view(x.shape)
+                ctx.save_for_backward(xd, w, where)
+                ctx.x_dtype = x.dtype
                 return torch.matmul(xd, w.to(dt).t())
 
         @staticmethod
         def backward(ctx, gh):
-            xd, w = ctx.saved_tensors
+            xd, w, where = ctx.saved_tensors
             gx = gw = None
             with torch.autocast("cpu", enabled=False):
                 gh = gh.to(xd.dtype)
                 if ctx.needs_input_grad[0]:
                     gx = torch.matmul(gh, w.to(xd.dtype)).to(ctx.x_dtype)
-                    gx.mul_(ctx.drop.keep(gx.shape, ctx.seed, gx.dtype))
+                    gx.view(-1).index_fill_(0, where, 0)
                 if ctx.needs_input_grad[1]:
                     gw = torch.mm(gh.reshape(-1, gh.shape[-1]).t(), xd.reshape(-1, xd.shape[-1])).to(w.dtype)
             return gx, gw, None, None
