@@ -186,17 +186,19 @@ def _fused_head_ce():
                 hd, wd = h.detach().to(dt), w.detach().to(dt)
                 grad = torch.empty(h.shape, dtype=torch.float32, device=h.device)
                 total = torch.zeros((), dtype=torch.float32, device=h.device)
-                buf = torch.empty((min(HEAD_CHUNK, len(y)), w.shape[0]), dtype=dt, device=h.device)
-                rows = torch.arange(buf.shape[0], device=h.device)
+                # logits transposed, vocabulary x rows: MKL's W @ h^T runs ~1.3x faster on AVX2 than the
+                # h @ W^T it gives a tall-skinny head (K = hidden is small, N = vocabulary is huge)
+                buf = torch.empty((w.shape[0], min(HEAD_CHUNK, len(y))), dtype=dt, device=h.device)
+                cols = torch.arange(buf.shape[1], device=h.device)
                 for a in range(0, len(y), HEAD_CHUNK):
                     b = min(a + HEAD_CHUNK, len(y))
-                    z = torch.mm(hd[a:b], wd.t(), out=buf[:b - a])
+                    z = torch.mm(wd, hd[a:b].t(), out=buf if b - a == buf.shape[1] else buf.new_empty((len(buf), b - a)))
                     z = z if dt == torch.float32 else z.float()
-                    lse = torch.logsumexp(z, -1)
-                    total += (lse - z.gather(1, y[a:b, None])[:, 0]).sum()
-                    z.sub_(lse[:, None]).exp_()  # softmax, in place
-                    z[rows[:b - a], y[a:b]] -= 1
-                    grad[a:b] = torch.mm(z.to(dt), wd).float()
+                    lse = torch.logsumexp(z, 0)
+                    total += (lse - z[y[a:b], cols[:b - a]]).sum()
+                    z.sub_(lse).exp_()  # softmax, in place
+                    z[y[a:b], cols[:b - a]] -= 1
+                    grad[a:b] = torch.mm(z.to(dt).t(), wd).float()
             ctx.save_for_backward(grad)
             ctx.h_dtype = h.dtype
             return total

@@ -277,6 +277,32 @@ def test_chunked_loss_matches_cross_entropy(dtype):
         assert b.grad[0, -1].abs().sum() == 0 and b.grad[0, 4].abs().sum() == 0  # unlabelled rows
 
 
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_head_loss_matches_cross_entropy(autocast):
+    """The head inside the loss, over whole chunks of rows and a partial one: the stock head + loss's value
+    and hidden-state gradient; unlabelled rows get none."""
+    import torch
+    import torch.nn.functional as F
+
+    from baize.speedups import HEAD_CHUNK, fused_head_loss
+    g = torch.Generator().manual_seed(0)
+    rows = 2 * HEAD_CHUNK + 17
+    w = torch.randn(1000, 64, generator=g) / 8
+    hidden = torch.randn(1, rows, 64, generator=g)
+    labels = torch.randint(0, 1000, (1, rows), generator=g)
+    labels[0, ::5] = -100
+    a, b = hidden.clone().requires_grad_(), hidden.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        ref = F.cross_entropy((a[0, :-1] @ w.t()).float(), labels[0, 1:])
+        got = fused_head_loss(b, labels, weight=w)
+    ref.backward()
+    got.backward()
+    tol = 2e-2 if autocast else 1e-5
+    assert torch.allclose(got, ref, rtol=tol), (got, ref)
+    assert ((b.grad - a.grad).abs().max() / a.grad.abs().max()).item() < tol
+    assert b.grad[0, -1].abs().sum() == 0 and b.grad[0, 4].abs().sum() == 0  # unlabelled rows
+
+
 def test_chunked_loss_in_the_model_matches_the_stock_one(tiny_model_dir, tok):
     import torch
     from peft import LoraConfig, get_peft_model
