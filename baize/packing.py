@@ -33,13 +33,33 @@ class Collator:
     def __call__(self, features):
         import torch
         batch = self.inner([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
-        if self.trim:
-            shift = torch.cat([batch["labels"][0, 1:], torch.tensor([IGNORE])])
-            keep = (shift != IGNORE).nonzero().squeeze(1)
-            if 0 < len(keep) < len(shift):
-                batch["logits_to_keep"] = keep
-                batch["shift_labels"] = shift[keep][None]
-        return batch
+        return trim(batch) if self.trim else batch
+
+
+def trim(batch: dict) -> dict:
+    """A packed row's `logits_to_keep` (the positions that predict a label) and their `shift_labels`."""
+    import torch
+    shift = torch.cat([batch["labels"][0, 1:], torch.tensor([IGNORE])])
+    keep = (shift != IGNORE).nonzero().squeeze(1)
+    if 0 < len(keep) < len(shift):
+        batch["logits_to_keep"] = keep
+        batch["shift_labels"] = shift[keep][None]
+    return batch
+
+
+def split_packed(batch: dict) -> list[dict]:
+    """The dialogues of a packed row as batches of their own (cut where position_ids restart at 0), each
+    as the Collator would have made it alone; [] for any other batch."""
+    keys = set(batch)
+    if (not {"input_ids", "labels", "position_ids"} <= keys or keys - {"input_ids", "labels", "position_ids",
+                                                                        "logits_to_keep", "shift_labels"}
+            or batch["input_ids"].shape[0] != 1):
+        return []
+    cuts = (batch["position_ids"][0] == 0).nonzero().flatten().tolist() + [batch["input_ids"].shape[1]]
+    if cuts[0] != 0:
+        return []
+    parts = [{k: batch[k][:, a:b] for k in ("input_ids", "labels", "position_ids")} for a, b in zip(cuts, cuts[1:])]
+    return [trim(part) for part in parts] if "logits_to_keep" in batch else parts
 
 
 def accepts_logits_to_keep(model) -> bool:

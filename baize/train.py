@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .config import BaizeError, add_dataclass_args, save_config
 from .packing import IGNORE, Collator, accepts_logits_to_keep, choose_packing
-from .speedups import cpu_flags, cpu_speedups, head_in_loss
+from .speedups import cpu_flags, cpu_speedups, head_in_loss, parallel_trainer
 
 CONFIG_FILE = "train_config.json"
 NOTED_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # what decides CPU training speed
@@ -59,8 +59,10 @@ class TrainConfig:
     max_steps: int = _opt(-1, "stop after this many optimizer steps (-1: no cap)")
     max_length: int = _opt(512, "tokens per dialogue; longer ones are truncated")
     batch_size: int = _opt(64, "dialogues per optimizer step over all processes (gradient accumulation)")
-    micro_batch_size: int | None = _opt(None, "dialogues per forward pass and process (default: 2 on CPU with "
-                                              "packed batching, as fast as 8 there in a third of the memory; else 8)")
+    micro_batch_size: int | None = _opt(None, "dialogues per pass and process (default: 8; on CPU with packed "
+                                              "batching and one dialogue at a time, 2: as fast there, less memory)")
+    parallel_dialogues: int = _opt(0, "on CPU with packed batching: dialogues trained at once, a thread each with "
+                                      "cores/N threads per op (0: 2 on 2+ cores; 1: one packed pass at a time)")
     learning_rate: float = _opt(2e-4, "peak learning rate")
     lr_scheduler: str = _opt("linear", "transformers scheduler name")
     warmup: float = _opt(0.03, "warmup: a fraction of the steps if < 1, else steps")
@@ -470,9 +472,18 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
         log(f"CPU ({' '.join(sorted(f for f in cpu_flags() if f in NOTED_FLAGS)) or 'no AVX2'}): "
             f"{', '.join(applied) or 'stock implementations'}")
     per_process = max(1, cfg.batch_size // world)
-    # the default on CPU: 2 per pass (1 when that would round an odd batch up: the batch asked for is kept)
-    micro = cfg.micro_batch_size or ((2 if per_process % 2 == 0 else 1) if device == "cpu" and batching == "packed"
-                                     else 8)
+    workers = 1  # dialogues at once (speedups.parallel_step): packed SFT on one CPU process, no stock dropout left
+    if device == "cpu" and batching == "packed" and cfg.speedups and not dpo and world == 1 and not any(
+            isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        workers = cfg.parallel_dialogues or (2 if torch.get_num_threads() >= 2 else 1)
+    if workers > 1:  # a pass holds up to 8 dialogues, so that the threads' loads even out
+        micro = cfg.micro_batch_size or max(d for d in range(1, min(8, per_process) + 1) if per_process % d == 0)
+        applied.append(f"{workers} dialogues at once")
+        log(f"{workers} dialogues trained at once, a thread each with {max(1, torch.get_num_threads() // workers)} "
+            f"for its ops (--parallel-dialogues 1: one packed pass at a time)")
+    else:  # on CPU 2 per pass (1 when that would round an odd batch up: the batch asked for is kept)
+        micro = cfg.micro_batch_size or ((2 if per_process % 2 == 0 else 1) if device == "cpu" and batching == "packed"
+                                         else 8)
     micro = min(micro, per_process)
     accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
     if micro * accum * world != cfg.batch_size:
@@ -509,9 +520,10 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
         if device == "cpu":
             cpu_speedups(model, bf16=precision == "bf16", ours=cfg.speedups)
     else:
-        trainer = Trainer(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
-                          data_collator=Collator(tok, batching, cfg.max_length, trim=accepts_logits_to_keep(model)),
-                          processing_class=tok, callbacks=[progress, *callbacks])
+        trainer = (parallel_trainer(Trainer, workers) if workers > 1 else Trainer)(
+            model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+            data_collator=Collator(tok, batching, cfg.max_length, trim=accepts_logits_to_keep(model)),
+            processing_class=tok, callbacks=[progress, *callbacks])
     trainer.remove_callback(PrinterCallback)  # our Progress prints the same, one line per step
     before = _adapter_b(model) if cfg.from_run and not dpo else None
     t0 = time.perf_counter()
@@ -551,7 +563,8 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
                "tokens_per_s": round((k1 - kw) / (t1 - tw), 1) if s1 > sw else None,
                "tokens_per_cpu_s": round((k1 - kw) / (c1 - cw), 1) if s1 > sw else None,
                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-               "batching": batching, "micro_batch_size": micro, "attention": attn, "precision": precision,
+               "batching": batching, "micro_batch_size": micro, "parallel_dialogues": workers, "attention": attn,
+               "precision": precision,
                "cpu_speedups": applied + (["head in the loss"] if fused_on else []), "world_size": world, "ddp_adapter_checksums": checksums,
                "adapter_tensors": n, **(dpo.summary(trainer) if dpo else {})}
     (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")

@@ -454,6 +454,61 @@ def test_dropout_then_lora_a_matches_autograd_through_the_mask():
     assert torch.equal(gx == 0, mask.expand_as(gx) == 0)  # dropped inputs get no gradient, kept ones do
 
 
+def test_parallel_dialogues_match_the_packed_step(tiny_model_dir, tok, tmp_path):
+    """Dialogues of a packed batch trained two at a time on threads: the packed step's loss and gradients
+    (dropout off); with dropout, the same gradients again under the same seed whatever the schedule."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from baize.chat_format import get_format
+    from baize.packing import Collator, choose_packing, split_packed
+    from baize.speedups import cheap_cpu_dropout, fold_lora_products, head_in_loss, parallel_step, parallel_trainer
+    from baize.train import tokenize
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.1, init_lora_weights=False))
+    assert choose_packing(model, len(tok), 512, print) == "packed"  # attention kept inside each dialogue
+    assert cheap_cpu_dropout(model) == 14 and fold_lora_products(model) == 14
+    drops = [m for n, m in model.named_modules() if n.endswith(".lora_dropout.default")]
+    samples = tokenize([{"messages": MSGS}, {"messages": MSGS[1:3]}, {"messages": MSGS[3:]}, {"messages": MSGS[:3]}],
+                       get_format("baize", tok), tok, max_length=512)
+    batch = Collator(tok, "packed", 512, trim=True)(samples)
+    parts = split_packed(batch)
+    assert [p["input_ids"].shape[1] for p in parts] == [len(s["input_ids"]) for s in samples]
+    assert all("logits_to_keep" in p for p in parts)
+    again = split_packed(parts[0])
+    assert len(again) == 1 and all(torch.equal(again[0][k], parts[0][k]) for k in parts[0])
+    n_items = (batch["shift_labels"] != -100).sum()
+    args = TrainingArguments(str(tmp_path), use_cpu=True, report_to=[], disable_tqdm=True)
+    trainer = parallel_trainer(Trainer, 2)(model=model, args=args)
+
+    def step(fn):
+        model.zero_grad(set_to_none=True)
+        torch.manual_seed(3)
+        loss = fn()
+        return loss.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    stock = lambda: Trainer.training_step(trainer, model, dict(batch), n_items)
+    ours = lambda: trainer.training_step(model, dict(batch), n_items)
+    with head_in_loss(model):
+        for d in drops:
+            d.p = 0.0  # CPUDropout then passes its input through
+        ref, got = step(stock), step(ours)
+        assert torch.allclose(got[0], ref[0], rtol=1e-6), (got[0], ref[0])
+        worst = max(((a - b).abs().max() / a.abs().max()).item() for a, b in zip(ref[1], got[1]))
+        assert worst < 1e-5 and all(g.abs().sum() > 0 for g in got[1])
+        for d in drops:
+            d.p = 0.1
+        a, b = step(ours), step(ours)
+        assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+        assert not torch.allclose(a[0], ref[0])  # the masks took part
+        # one dialogue at a time, longest first, all cores per op: each dialogue's masks are its own
+        c = step(lambda: parallel_step(trainer, model, dict(batch), n_items, workers=1))
+        assert torch.allclose(c[0], a[0], rtol=1e-6)
+        assert max(((x - y).abs().max() / x.abs().max()).item() for x, y in zip(a[1], c[1])) < 1e-5
+        assert parallel_step(trainer, model, dict(parts[0]), n_items, workers=2) is None  # one dialogue: the stock step
+
+
 # --- training ------------------------------------------------------------------------------------
 
 def test_only_lora_parameters_change(v1):
@@ -533,14 +588,22 @@ def test_resume_continues_at_the_right_step(v1, tiny_model_dir, data, tmp_path, 
         assert (ref[k] - got[k]).abs().max() < 1e-5, k
 
 
-@pytest.mark.parametrize("batch,micro", [(4, 2), (3, 1)])
-def test_cpu_default_is_two_per_pass_keeping_the_batch(tiny_model_dir, data, tmp_path, batch, micro):
+@pytest.mark.parametrize("batch,parallel", [(4, 0), (3, 0), (4, 1), (3, 1)])
+def test_cpu_default_per_pass_keeps_the_batch(tiny_model_dir, data, tmp_path, batch, parallel):
+    """On CPU, packed: 2 dialogues at once on threads (where there are 2 cores), up to 8 per pass; one at a
+    time, 2 per pass; either way a pass size that divides the batch asked for."""
+    import torch
+
     from baize.train import train
     run = train(config(tiny_model_dir, data, tmp_path / "r", batch_size=batch, micro_batch_size=None, max_steps=1,
-                       val_size=0))
+                       val_size=0, parallel_dialogues=parallel))
     summary = json.loads((run / "train_summary.json").read_text())
     saved = json.loads((run / "train_config.json").read_text())
-    assert summary["micro_batch_size"] == micro and saved["effective_batch"] == batch
+    threads = parallel == 0 and torch.get_num_threads() >= 2
+    assert summary["parallel_dialogues"] == (2 if threads else 1)
+    assert summary["micro_batch_size"] == (batch if threads else 2 if batch % 2 == 0 else 1)
+    assert saved["effective_batch"] == batch
+    assert ("2 dialogues at once" in summary["cpu_speedups"]) == threads
     assert "LoRA products folded" in summary["cpu_speedups"] and "head in the loss" in summary["cpu_speedups"]
 
 
