@@ -457,6 +457,8 @@ def test_dropout_then_lora_a_matches_autograd_through_the_mask():
 def test_parallel_dialogues_match_the_packed_step(tiny_model_dir, tok, tmp_path):
     """Dialogues of a packed batch trained two at a time on threads: the packed step's loss and gradients
     (dropout off); with dropout, the same gradients again under the same seed whatever the schedule."""
+    import threading
+
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
@@ -507,6 +509,19 @@ def test_parallel_dialogues_match_the_packed_step(tiny_model_dir, tok, tmp_path)
         assert torch.allclose(c[0], a[0], rtol=1e-6)
         assert max(((x - y).abs().max() / x.abs().max()).item() for x, y in zip(a[1], c[1])) < 1e-5
         assert parallel_step(trainer, model, dict(parts[0]), n_items, workers=2) is None  # one dialogue: the stock step
+        # bf16 autocast is per thread: accelerate's, which the Trainer relies on, wraps model.forward, so each
+        # dialogue's forward enters it on whichever thread runs it
+        bf16 = parallel_trainer(Trainer, 2)(model=model, args=TrainingArguments(
+            str(tmp_path / "bf16"), use_cpu=True, bf16=True, report_to=[], disable_tqdm=True))
+        wrapped = bf16.accelerator.prepare_model(model)
+        seen = []
+        probe = model.get_base_model().model.layers[0].self_attn.q_proj.base_layer
+        hook = probe.register_forward_pre_hook(
+            lambda m, a: seen.append((threading.current_thread(), torch.is_autocast_enabled("cpu"))))
+        bf16.training_step(wrapped, dict(batch), n_items)
+        hook.remove()
+        assert len(seen) == len(parts) and all(on for _, on in seen), seen
+        assert {t for t, _ in seen} - {threading.main_thread()}  # some ran on the other thread
 
 
 # --- training ------------------------------------------------------------------------------------
