@@ -476,6 +476,8 @@ def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     if device == "cpu" and batching == "packed" and cfg.speedups and not dpo and world == 1 and not any(
             isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
         workers = cfg.parallel_dialogues or (2 if torch.get_num_threads() >= 2 else 1)
+    elif cfg.parallel_dialogues > 1:
+        log("--parallel-dialogues applies to packed SFT on one CPU process with --speedups: one pass at a time here")
     if workers > 1:  # a pass holds up to 8 dialogues, so that the threads' loads even out
         micro = cfg.micro_batch_size or max(d for d in range(1, min(8, per_process) + 1) if per_process % d == 0)
         applied.append(f"{workers} dialogues at once")
