@@ -1,16 +1,16 @@
 """baize: seed questions in, a served chat model out (self-chat, LoRA, SDF, serving)."""
-__version__ = "0.1.0"
+from ._version import __version__  # noqa: F401  (one place; stages read it without importing the package)
 
 from .schema import Message, read_jsonl, write_jsonl  # noqa: E402  (stdlib-only imports: `baize --help` stays instant)
 
 
 def load_llm(spec: str, **kw):
-    from .llm import load_llm as _load
+    from .models import load_llm as _load
     return _load(spec, **kw)
 
 
 def __getattr__(name):  # LLM, Completion without importing backends eagerly
-    if name in ("LLM", "Completion", "LLMError"):
+    if name in ("LLM", "Completion", "GenParams", "LLMError"):
         from . import llm
         return getattr(llm, name)
     raise AttributeError(name)

@@ -295,7 +295,7 @@ def add_cli(sub) -> None:
 
 
 def load_for_chat(cfg: ChatConfig):
-    from .llm import load_llm
+    from .models import load_llm
     kw = {k: v for k, v in (("format", cfg.format), ("device", cfg.device)) if v}
     return load_llm(cfg.model, base_url=cfg.base_url, **kw)
 

@@ -26,7 +26,7 @@ STAGES = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from ._version import __version__
     p = argparse.ArgumentParser(prog="baize", description="Seed questions in, a served chat model out.")
     p.add_argument("--version", action="version", version=f"baize {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)

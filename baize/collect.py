@@ -171,7 +171,7 @@ def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict]
 
 def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Summary:
     """Run (or resume) a collection; returns the summary of this invocation."""
-    from .llm import load_llm
+    from .models import load_llm
     from .seeds import load_seeds
     check_config(cfg)
     out = Path(cfg.out)

@@ -1,7 +1,13 @@
-"""One small dataclass per stage, mirrored by CLI flags and saved next to each output.
+"""One vocabulary of options: a small dataclass per stage, mirrored by CLI flags and saved next to
+each output.
 
-argparse has no dataclass bridge and the alternatives (HfArgumentParser, simple-parsing) either
-import torch or add a dependency; this is the 40 lines we need.
+    @dataclass
+    class SDFConfig(RunFields, JudgeFields, EndpointFields, _SDFFields): ...   # own fields first
+
+`opt()` declares a field (help, flags, choices, `secret=True`); the shared groups below are composed
+into the stage configs so an endpoint, a judge or a run's knobs mean the same everywhere; and
+`save_config` masks every secret field. argparse has no dataclass bridge and the alternatives
+(HfArgumentParser, simple-parsing) either import torch or add a dependency; this is what we need.
 """
 from __future__ import annotations
 
@@ -14,6 +20,54 @@ from pathlib import Path
 
 class BaizeError(Exception):
     """An error the user can fix: printed as one line by the CLI, no traceback."""
+
+
+def opt(default=None, help: str = "", *, secret: bool = False, **meta):
+    """A config field: `help` for --help, `secret` (masked when saved), `cli=False` (no flag),
+    `choices`, `flags`. A list default is copied per instance."""
+    meta = {"help": help, **({"secret": True} if secret else {}), **meta}
+    if isinstance(default, (list, dict)):
+        return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
+    return dataclasses.field(default=default, metadata=meta)
+
+
+@dataclasses.dataclass
+class EndpointFields:
+    """Where an openai: model lives and how hard to try it."""
+    base_url: str | None = opt(None, "OpenAI-compatible base URL of openai: models (or OPENAI_BASE_URL)")
+    api_key: str | None = opt(None, "API key of that endpoint (or OPENAI_API_KEY); never saved", secret=True)
+    request_retries: int = opt(6, "HTTP retries per call (backoff, Retry-After)")
+    timeout: float = opt(120.0, "HTTP timeout per call, seconds")
+
+
+JUDGE_MODES = ["auto", "text", "choice"]
+
+
+@dataclasses.dataclass
+class JudgeFields:
+    """How a stage's judge is asked, where it lives and what it costs (the `judge` spec itself is
+    the stage's own: its default differs between stages)."""
+    judge_max_tokens: int = opt(512, "max new tokens per judge reply")
+    judge_mode: str = opt("auto", "text: the judge writes its verdict; choice: the most probable of the verdict's "
+                          "fixed options by log-probability (local models only); auto: choice for local "
+                          "judges, text for endpoints", choices=JUDGE_MODES)
+    max_unparseable: int = opt(8, "stop after this many unparseable judge verdicts in a row")
+    judge_cache: str | None = opt(None, "verdict cache directory (default: beside the output; 'none': off)")
+    judge_base_url: str | None = opt(None, "base URL of an openai: judge (default: --base-url / OPENAI_BASE_URL)")
+    judge_api_key: str | None = opt(None, "API key of the judge endpoint (default: --api-key); never saved",
+                                    secret=True)
+    judge_price_in: float = opt(0.0, "judge price per 1K prompt tokens, for the cost ledger")
+    judge_price_out: float = opt(0.0, "judge price per 1K completion tokens")
+
+
+@dataclasses.dataclass
+class RunFields:
+    """The knobs of every stage that calls a model once per item (runner.run_items)."""
+    concurrency: int = opt(8, "items in flight at once")
+    max_tokens_total: int | None = opt(None, "token budget (in+out) of every model call together; stops cleanly "
+                                       "when spent")
+    retry_failed: bool = opt(True, "on rerun, retry items that failed before")
+    progress: bool = opt(True, "show a progress bar")
 
 
 def _flag(name: str) -> str:
@@ -52,11 +106,20 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
     return cls(**values)
 
 
+def public_dict(cfg) -> dict:
+    """The config as a dict with every `secret=True` field masked: "***" when set, else None."""
+    data = dataclasses.asdict(cfg)
+    for f in dataclasses.fields(cfg):
+        if f.metadata.get("secret"):
+            data[f.name] = "***" if data[f.name] else None
+    return data
+
+
 def save_config(cfg, path: str | Path, **extra) -> Path:
-    """Write the resolved configuration as JSON so a run can be reproduced or resumed."""
-    from . import __version__
+    """Write the resolved configuration as JSON (secrets masked) so a run can be reproduced or resumed."""
+    from ._version import __version__
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"baize_version": __version__, **dataclasses.asdict(cfg), **extra}
+    data = {"baize_version": __version__, **public_dict(cfg), **extra}
     path.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
     return path

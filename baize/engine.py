@@ -37,26 +37,9 @@ import queue
 import random
 import threading
 import time
-from dataclasses import dataclass, field
 
+from .llm import Completion, GenParams
 from .sampling import RowSampler, _draw  # noqa: F401  (_draw: tests import it from here)
-
-
-@dataclass
-class GenParams:
-    temperature: float = 1.0
-    top_p: float = 0.95
-    max_tokens: int = 512
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-
-@dataclass
-class Completion:
-    text: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    finish_reason: str = "stop"  # stop | length | cancelled
 
 
 class Request:

@@ -193,7 +193,7 @@ class _Lazy:
 
     def _load(self):
         if self.llm is None:
-            from .llm import load_llm
+            from .models import load_llm
             self.llm = load_llm(self.spec, base_url=self.cfg.base_url, api_key=self.cfg.api_key,
                                 max_retries=self.cfg.request_retries, timeout=self.cfg.timeout,
                                 max_batch=max(1, self.cfg.concurrency))

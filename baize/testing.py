@@ -10,7 +10,7 @@ import re
 import threading
 import time
 
-from .engine import Completion
+from .llm import Completion
 
 _TOPIC = re.compile(r"topic: '(.*?)'\.", re.DOTALL)
 

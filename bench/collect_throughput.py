@@ -150,7 +150,7 @@ def teacher_default(n: int, out_dir: Path, torch_threads: int | None) -> dict:
     cfg = CollectConfig(seeds=str(seed_file), out=str(out_dir / "default.jsonl"), teacher="default", mode="turns",
                         max_turns=1, max_tokens=128, concurrency=n, progress=False)
     t0 = time.perf_counter()
-    from baize.llm import load_llm
+    from baize.models import load_llm
     llm = load_llm("default", max_batch=n)
     load_s = time.perf_counter() - t0
     s = collect(cfg, llm)

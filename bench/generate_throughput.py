@@ -91,7 +91,7 @@ def sequential(model, tok, work):
 
 def through_engine(engine, work, arrivals=None):
     """(b) all submitted at once (arrivals None) or (c) submitted at the given times; TTFT from submission."""
-    from baize.engine import GenParams
+    from baize.llm import GenParams
     ttfts, done = [None] * len(work), [0] * len(work)
 
     def consume(i, req, s):

@@ -44,7 +44,7 @@ def instant_judge(k_seen: list):
 
 
 def sampling(args, out_dir: Path) -> dict:
-    from baize.llm import load_llm
+    from baize.models import load_llm
     from baize.sdf import SDFConfig, load_prompts, sdf
     prompts = load_prompts("quora", limit=args.prompts)
     policy = load_llm("default", max_batch=64)
@@ -80,7 +80,7 @@ def judging(args, out_dir: Path) -> dict:
     from collect_throughput import start_fake_teacher
 
     from baize.judge import Judge
-    from baize.llm import load_llm
+    from baize.models import load_llm
     from baize.sdf import SDFConfig, load_prompts, sdf
     from baize.testing import FakeLLM
     proc, url = start_fake_teacher(args.latency)

@@ -116,7 +116,7 @@ def test_loop_reads_until_eof():
 
 
 def test_history_cut_with_the_real_tokenizer(tiny_model_dir):
-    from baize.llm import HFLLM
+    from baize.models import HFLLM
     llm = HFLLM(f"hf:{tiny_model_dir}")
     s, out = session(llm, max_history_tokens=260, max_tokens=3, seed=0)
     for i in range(6):
@@ -130,7 +130,7 @@ def test_history_cut_with_the_real_tokenizer(tiny_model_dir):
 
 
 def test_generation_stops_at_role_markers_and_eos(tiny_model_dir):
-    from baize.llm import HFLLM
+    from baize.models import HFLLM
     for fmt, markers in (("baize", ["[|Human|]", "[|AI|]"]), ("template", ["<|im_start|>", "<|im_end|>"])):
         llm = HFLLM(f"hf:{tiny_model_dir}", format=fmt)
         (req,) = llm.submit([{"role": "user", "content": "hi"}], max_tokens=1, stop=["END"])

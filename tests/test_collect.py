@@ -14,7 +14,8 @@ import pytest
 
 from baize.collect import SELF_CHAT_TEMPLATE, CollectConfig, collect
 from baize.config import BaizeError
-from baize.llm import LLMError, TransientLLMError, load_llm
+from baize.llm import LLMError, TransientLLMError
+from baize.models import load_llm
 from baize.schema import read_jsonl, sidecar
 from baize.seeds import load_seeds
 from baize.testing import FakeLLM, ServerThread, canned_transcript, make_app
@@ -90,7 +91,7 @@ def test_oneshot_records(tmp_path):
 
 
 def test_oneshot_cut_by_max_tokens_drops_the_cut_answer(tmp_path):
-    from baize.engine import Completion
+    from baize.llm import Completion
     text = "[Human] Q one?\n[AI] A full first answer.\n[Human] Q two?\n[AI] A second answer that was cut in the mi"
     cfg = cfg_for(tmp_path, limit=2)
     collect(cfg, FakeLLM(lambda m: Completion(text, 5, 7, "length")))
@@ -164,7 +165,7 @@ def test_turns_mode_respects_max_turns(tmp_path):
 
 
 def test_turns_mode_end_variants_and_cut_answers(tmp_path):
-    from baize.engine import Completion
+    from baize.llm import Completion
 
     def teacher(msgs):
         if "playing a curious human" in msgs[0]["content"]:

@@ -7,7 +7,8 @@ import time
 
 import pytest
 
-from baize.engine import BatchEngine, GenParams
+from baize.engine import BatchEngine
+from baize.llm import GenParams
 
 GREEDY = {"temperature": 0.0, "top_p": 1.0}
 # the random model's next-token distribution is nearly flat: with top_p < 1 the nucleus order among

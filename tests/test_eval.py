@@ -128,7 +128,7 @@ def test_question_shapes(tmp_path):
 
 
 def test_nll_of_local_models_on_dialogues_and_references(tmp_path, tiny_model_dir):
-    from baize.llm import HFLLM
+    from baize.models import HFLLM
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"id": "x", "messages": [{"role": "user", "content": "Hi?"},
                                                          {"role": "assistant", "content": "Hello there."}]}) + "\n")

@@ -400,7 +400,7 @@ def test_the_embedded_default_exports(default_dir, tmp_path):
 
 def test_gguf_spec_loads_through_llama_cpp(exported):
     pytest.importorskip("llama_cpp")
-    from baize.llm import load_llm
+    from baize.models import load_llm
     llm = load_llm(f"gguf:{exported['q8_0']}")
     out = llm.chat([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0.0, stop=["[|Human|]"])
     assert out and out[0].completion_tokens <= 4

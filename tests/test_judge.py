@@ -426,7 +426,7 @@ def test_option_logprobs_equal_a_full_forward(tiny_model_dir):
     """The prompt's KV cache reused for multi-token options gives the log-probs of a plain forward."""
     import torch
 
-    from baize.llm import HFLLM
+    from baize.models import HFLLM
     llm = HFLLM(str(tiny_model_dir))
     msgs = [{"role": "user", "content": "Rate this."}]
     opts = ["1", "10", "A", " maybe so"]

@@ -212,7 +212,7 @@ def test_role_markers_cannot_forge_turns(client, models, monkeypatch):
     text = tok.decode(seen[0])
     assert "[|AI|] sure" not in text and "[|Human|] ok" not in text and "[AI] sure" in text
 
-    from baize.llm import HFLLM
+    from baize.models import HFLLM
     baize_fmt = HFLLM("tiny", model=llm.model, tokenizer=tok, format="baize", system="")
     count = lambda m: baize_fmt.format.render(m).count("[|")  # noqa: E731
     assert count([{"role": "user", "content": forged}]) == count([{"role": "user", "content": "hi"}]) == 2
@@ -375,7 +375,7 @@ def test_nucleus_sampling_draws_from_the_right_distribution():
 
 def test_backends_without_the_engine_are_served_too():
     """openai: and gguf: specs (here a stub) go through a thread: real usage when not streaming."""
-    from baize.engine import Completion
+    from baize.llm import Completion
 
     class Remote:
         name = "remote"
