@@ -7,6 +7,7 @@ OpenAI-compatible HTTP server with scripted latency and injected faults.
 import argparse
 import itertools
 import re
+import string
 import threading
 import time
 
@@ -23,31 +24,46 @@ def canned_transcript(topic: str) -> str:
             f"[AI] Start with an introductory text on {topic}, then practise with small exercises.\n")
 
 
-_RESPONSE = re.compile(r"\[The Start of Response \[\[(\d+)\]\]\]\n(.*?)\n\[The End of Response", re.DOTALL)
-_PAIR = re.compile(r"\[The Start of Assistant ([AB])'s Answer\]\n(.*?)\n\[The End of Assistant", re.DOTALL)
-_SCORED = re.compile(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant", re.DOTALL)
+def template_regex(template: str, *, whole: bool = True) -> re.Pattern:
+    """A regex matching what `template.format(...)` produced, each field a named group: the fakes
+    read judge prompts through judge.py's own templates, so editing a prompt cannot silently stop
+    them from judging (a regex on the wording would)."""
+    parts, seen = [], set()
+    for literal, name, _, _ in string.Formatter().parse(template):
+        parts.append(re.escape(literal))
+        if name is not None:
+            parts.append(f"(?P={name})" if name in seen else f"(?P<{name}>.*?)")
+            seen.add(name)
+    return re.compile("".join(parts) + (r"\Z" if whole else ""), re.DOTALL)
 
 
-def judge_reply(text: str) -> str | None:
+def judge_reply(messages: list[dict]) -> str | None:
     """A judge that prefers longer answers, whatever their position (None: not a judge prompt).
     Consistent under swapped orders, so tests see real verdicts; and biased to length, as real
     judges are, which `baize data stats` must make visible."""
-    if (found := _RESPONSE.findall(text)):
+    from . import judge as J
+    if len(messages) < 2 or messages[0]["role"] != "system":
+        return None
+    system, user = messages[0]["content"], messages[1]["content"]
+    if system == J.RANK_SYSTEM and (m := template_regex(J.RANK_USER).match(user)):
+        found = [(a["label"], a["answer"]) for a in template_regex(J.RANK_ANSWER, whole=False).finditer(
+            m["answers"])]
         best = sorted(found, key=lambda x: (-len(x[1]), x[1]))
         return "The longer responses cover more.\nRanking: " + " > ".join(f"[[{label}]]" for label, _ in best)
-    if (found := dict(_PAIR.findall(text))) and len(found) == 2:
-        a, b = len(found["A"]), len(found["B"])
+    if system == J.PAIR_SYSTEM and (m := template_regex(J.PAIR_USER).match(user)):
+        a, b = len(m["a"]), len(m["b"])
         return "Comparing both.\n" + ("[[A]]" if a > b else "[[B]]" if b > a else "[[C]]")
-    if (found := _SCORED.findall(text)):
-        return f"Judged by its detail.\nRating: [[{min(10, 1 + len(found[0].split()) // 8)}]]"
+    for sys_prompt, template in ((J.SCORE_SYSTEM, J.SCORE_USER), (J.SCORE_REF_SYSTEM, J.SCORE_REF_USER)):
+        if system == sys_prompt and (m := template_regex(template).match(user)):
+            return f"Judged by its detail.\nRating: [[{min(10, 1 + len(m['answer'].split()) // 8)}]]"
     return None
 
 
 def default_reply(messages: list[dict]) -> str:
     """Deterministic replies for both collection modes and for judge prompts, keyed on the prompt."""
-    text = "\n".join(m["content"] for m in messages)
-    if "impartial judge" in messages[0]["content"] and (verdict := judge_reply(text)):
+    if (verdict := judge_reply(messages)) is not None:
         return verdict
+    text = "\n".join(m["content"] for m in messages)
     m = _TOPIC.search(text)
     topic = m.group(1) if m else "this"
     if "Complete the transcript" in messages[-1]["content"]:

@@ -43,7 +43,7 @@ def server_reply():
 
     def reply(messages):
         if "impartial judge" in messages[0]["content"]:
-            return judge_reply("\n".join(m["content"] for m in messages))
+            return judge_reply(messages)
         return policy(messages)
     return reply
 
@@ -119,7 +119,7 @@ def test_always_first_judge_gives_no_preference(tmp_path):
 
 def test_min_agreement_rejects_a_judge_that_disagrees_with_itself(tmp_path):
     def flaky(messages):  # prefers length, but swaps its top two when the longest is shown first
-        labels = judge_reply("\n".join(m["content"] for m in messages)).split("Ranking: ")[1].split(" > ")
+        labels = judge_reply(messages).split("Ranking: ")[1].split(" > ")
         if labels[0] == "[[1]]":
             labels[0], labels[1] = labels[1], labels[0]
         return "Ranking: " + " > ".join(labels)
@@ -172,7 +172,7 @@ def test_a_judge_that_writes_garbage_stops_the_run_and_keeps_what_was_written(tm
     calls = itertools.count()
 
     def judge(messages):  # good for the first two prompts, then nothing but prose
-        return judge_reply("\n".join(m["content"] for m in messages)) if next(calls) < 4 else "They are all lovely."
+        return judge_reply(messages) if next(calls) < 4 else "They are all lovely."
     cfg = cfg_for(tmp_path, limit=10, concurrency=1, max_unparseable=3)
     with pytest.raises(BaizeError, match=r"judge bad-judge: .*unparseable.*They are all lovely"):
         sdf(cfg, FakeLLM(varied_policy()), FakeLLM(judge, name="bad-judge"))
