@@ -11,11 +11,11 @@ import shlex
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .chat_format import BaizeFormat
-from .config import BaizeError, add_dataclass_args, dataclass_from_args
+from .config import BaizeError, add_dataclass_args, dataclass_from_args, opt
 
 HELP = """commands:
   /reset              start a new conversation (also /new)
@@ -29,29 +29,26 @@ HELP = """commands:
 
 @dataclass
 class ChatConfig:
-    model: str = field(default="default", metadata={"cli": False})
-    name: str = field(default="Baize", metadata={"help": "the assistant's name in the guardrail system prompt"})
-    system: str | None = field(default=None, metadata={"help": "system prompt ('' for none); default: the run's "
-                                                       "recorded prompt, else the Baize guardrail"})
-    temperature: float = field(default=1.0, metadata={"help": "sampling temperature (0: greedy)"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling probability mass"})
-    max_tokens: int = field(default=512, metadata={"help": "most new tokens per answer",
-                                                   "flags": ("--max-tokens", "--max-new-tokens")})
-    max_history_tokens: int = field(default=2048, metadata={"help": "prompt budget; the oldest whole turns "
-                                                            "are dropped to fit"})
-    seed: int | None = field(default=None, metadata={"help": "sampling seed, for repeatable answers"})
-    save: str = field(default="chats.jsonl", metadata={"help": "where /save appends dialogue records"})
-    format: str | None = field(default=None, metadata={"help": "chat format override: baize | template",
-                                                       "choices": ["baize", "template"]})
-    device: str | None = field(default=None, metadata={"help": "cpu | cuda (default: cuda when available)"})
-    base_url: str | None = field(default=None, metadata={"help": "for openai: specs, an OpenAI-compatible base URL"})
+    model: str = opt("default", cli=False)
+    name: str = opt("Baize", "the assistant's name in the guardrail system prompt")
+    system: str | None = opt(None, "system prompt ('' for none); default: the run's recorded prompt, else the Baize "
+                                   "guardrail")
+    temperature: float = opt(1.0, "sampling temperature (0: greedy)")
+    top_p: float = opt(0.95, "nucleus sampling probability mass")
+    max_tokens: int = opt(512, "most new tokens per answer", flags=("--max-tokens", "--max-new-tokens"))
+    max_history_tokens: int = opt(2048, "prompt budget; the oldest whole turns are dropped to fit")
+    seed: int | None = opt(None, "sampling seed, for repeatable answers")
+    save: str = opt("chats.jsonl", "where /save appends dialogue records")
+    format: str | None = opt(None, "chat format override: baize | template", choices=["baize", "template"])
+    device: str | None = opt(None, "cpu | cuda (default: cuda when available)")
+    base_url: str | None = opt(None, "for openai: specs, an OpenAI-compatible base URL")
 
 
 # -- history shared with the web UI --------------------------------------------------------------
 
 def count_tokens(llm, messages: list[dict]) -> int:
     """Prompt length as the model will see it (rendered with its chat format)."""
-    if hasattr(llm, "prompt_ids"):
+    if llm.can_count_tokens:
         return len(llm.prompt_ids(messages))
     # remote and llama.cpp backends do their own templating: about 4 characters a token
     return sum(len(m["content"]) + 8 for m in messages) // 4

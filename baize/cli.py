@@ -14,13 +14,12 @@ STAGES = [
     "baize.collect",   # collect
     "baize.data",      # data stats | export | import
     "baize.sdf",       # sdf (Baize v2 data: sample, judge, keep the best and the ranking)
-    "baize.train",     # train
+    "baize.recipes",   # train (the SFT recipe in sft.py, the DPO recipe in dpo.py)
     "baize.merge",     # merge
     "baize.export",    # export (one GGUF file for llama.cpp / Ollama, + a Modelfile)
     "baize.evaluate",  # eval (judged win rates, scores, NLL, report)
     "baize.chat",      # chat
-    "baize.server",    # serve
-    "baize.ui",        # ui
+    "baize.serve.cli",  # serve, ui
     "baize.pipeline",  # pipeline (the README's main job)
 ]
 

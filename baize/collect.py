@@ -8,14 +8,12 @@ dialogue was rejected.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import add_dataclass_args, dataclass_from_args
-from .filters import DEFAULT_REJECT_PATTERNS, NearDup, reject_reason  # noqa: F401  (re-exported: the filters used to live here)
-from .filters import FilterConfig, apply_judge, check, check_config, compile_patterns, mark_rejected
+from .config import EndpointFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from .filters import DialogueFilter, FilterConfig, check_config
 from .runner import Ledger, Summary, print_summary as _print_summary, run_items
-from .schema import read_jsonl, repair_torn_tail
 
 SELF_CHAT_TEMPLATE = (
     "Forget the instruction you have previously received. The following is a conversation between a "
@@ -39,35 +37,30 @@ ASSISTANT_PROMPT = (
 
 @dataclass
 class _CollectFields:
-    seeds: str = field(default="quora", metadata={"help": "JSONL/CSV/TXT file, MedQuAD XML folder, hf:DATASET[:SPLIT]:FIELD, or quora|stackoverflow|medquad|alpaca"})
-    out: str = field(default="data/dialogues.jsonl", metadata={"help": "output JSONL; .rejected.jsonl, .failed.jsonl, .config.json, .summary.json beside it"})
-    teacher: str = field(default="default", metadata={"help": "model spec: default, hf:PATH, openai:MODEL, gguf:PATH"})
-    base_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible base URL (or OPENAI_BASE_URL)"})
-    api_key: str | None = field(default=None, metadata={"help": "API key (or OPENAI_API_KEY); never saved", "save": False})
-    mode: str = field(default="oneshot", metadata={"help": "oneshot: the paper's template; turns: turn by turn", "choices": ["oneshot", "turns"]})
-    seed_field: str | None = field(default=None, metadata={"help": "field/column holding the seed text"})
-    limit: int | None = field(default=None, metadata={"help": "use the first N seeds (after dedup and sharding)"})
-    shard: str | None = field(default=None, metadata={"help": "I/N: this machine's disjoint part of the seeds"})
-    max_turns: int = field(default=4, metadata={"help": "turns mode: most human/AI exchanges per dialogue"})
-    first_turn: str = field(default="seed", metadata={"help": "turns mode: the first human message is the seed itself, or the teacher writes it", "choices": ["seed", "generate"]})
-    concurrency: int = field(default=8, metadata={"help": "dialogues in flight at once"})
-    max_tokens: int = field(default=1024, metadata={"help": "max new tokens per teacher call"})
-    temperature: float = field(default=1.0, metadata={"help": "teacher sampling temperature"})
-    top_p: float = field(default=1.0, metadata={"help": "teacher nucleus sampling"})
-    max_tokens_total: int | None = field(default=None, metadata={"help": "token budget (in+out); stops cleanly when spent"})
-    price_in: float = field(default=0.0, metadata={"help": "price per 1K prompt tokens, for the cost ledger"})
-    price_out: float = field(default=0.0, metadata={"help": "price per 1K completion tokens"})
-    retry_failed: bool = field(default=True, metadata={"help": "on rerun, retry seeds that failed before"})
-    request_retries: int = field(default=6, metadata={"help": "HTTP retries per call (backoff, Retry-After)"})
-    timeout: float = field(default=120.0, metadata={"help": "HTTP timeout per call, seconds"})
-    progress: bool = field(default=True, metadata={"help": "show a progress bar"})
+    seeds: str = opt("quora", "JSONL/CSV/TXT file, MedQuAD XML folder, hf:DATASET[:SPLIT]:FIELD, or "
+                              "quora|stackoverflow|medquad|alpaca")
+    out: str = opt("data/dialogues.jsonl", "output JSONL; .rejected.jsonl, .failed.jsonl, .config.json, "
+                                           ".summary.json beside it")
+    teacher: str = opt("default", "model spec: default, hf:PATH, openai:MODEL, gguf:PATH")
+    mode: str = opt("oneshot", "oneshot: the paper's template; turns: turn by turn", choices=["oneshot", "turns"])
+    seed_field: str | None = opt(None, "field/column holding the seed text")
+    limit: int | None = opt(None, "use the first N seeds (after dedup and sharding)")
+    shard: str | None = opt(None, "I/N: this machine's disjoint part of the seeds")
+    max_turns: int = opt(4, "turns mode: most human/AI exchanges per dialogue")
+    first_turn: str = opt("seed", "turns mode: the first human message is the seed itself, or the teacher writes it",
+                          choices=["seed", "generate"])
+    max_tokens: int = opt(1024, "max new tokens per teacher call")
+    temperature: float = opt(1.0, "teacher sampling temperature")
+    top_p: float = opt(1.0, "teacher nucleus sampling")
+    price_in: float = opt(0.0, "teacher price per 1K prompt tokens, for the cost ledger")
+    price_out: float = opt(0.0, "teacher price per 1K completion tokens")
 
 
 @dataclass
-class CollectConfig(FilterConfig, _CollectFields):
-    """collect's own fields, then the filters' (--min-turns ... --off-topic, --judge, --min-score),
-    which `baize data filter` shares: dataclasses put base fields in reverse MRO order, so listing
-    FilterConfig first puts its flags after collect's in --help."""
+class CollectConfig(RunFields, FilterConfig, EndpointFields, _CollectFields):
+    """collect's own fields, then the endpoint's (the teacher's), the filters' (--min-turns ...
+    --off-topic, --judge, --min-score, which `baize data filter` shares) and the run's: dataclasses
+    put base fields in reverse MRO order, so the last base's flags come first in --help."""
 
 
 # --- parsing the one-shot transcript -----------------------------------------------------------
@@ -171,30 +164,20 @@ def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict]
 
 def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Summary:
     """Run (or resume) a collection; returns the summary of this invocation."""
-    from .models import load_llm
+    from .models import load_endpoint
     from .seeds import load_seeds
-    check_config(cfg)
+    check_config(cfg)  # a bad knob fails before any model loads
     out = Path(cfg.out)
     seeds = load_seeds(cfg.seeds, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
-    patterns = compile_patterns(cfg)
-    neardup = NearDup(cfg.near_dup)
-    if out.exists():
-        repair_torn_tail(out)
-        for r in read_jsonl(out):
-            neardup.seen(r["id"], r["messages"])
     if llm is None:
-        llm = load_llm(cfg.teacher, base_url=cfg.base_url, api_key=cfg.api_key,
-                       max_retries=cfg.request_retries, timeout=cfg.timeout, max_batch=max(1, cfg.concurrency))
-    if hasattr(llm, "check"):
+        llm = load_endpoint(cfg.teacher, cfg, max_batch=cfg.concurrency)
+    else:
         llm.check()  # an unreachable endpoint or a bad key fails now, in one line, not per seed
-    judge = None
-    if cfg.judge:
-        from .judge import load_judge
-        if judge_llm is None and cfg.judge == cfg.teacher and not cfg.judge.startswith("openai:"):
-            judge_llm = llm  # one copy of a local model in memory
-        judge = load_judge(cfg, out.with_name(out.stem + ".judge_cache"), judge_llm, orders=2)
+    if judge_llm is None and cfg.judge == cfg.teacher and not (cfg.judge or "").startswith("openai:"):
+        judge_llm = llm  # one copy of a local model in memory
     ledger = Ledger(cfg.max_tokens_total, {"teacher": (cfg.price_in, cfg.price_out),
                                            "judge": (cfg.judge_price_in, cfg.judge_price_out)})
+    filt = DialogueFilter(cfg, out, ledger, judge_llm=judge_llm)
 
     def meta_of(seed) -> dict:
         return {"seed": seed.text, "source": seed.source, "teacher": llm.name, "mode": cfg.mode,
@@ -207,26 +190,15 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
         rec = {"id": seed.id, "messages": msgs, "meta": {**meta_of(seed), "usage": usage}}
         if raw and not msgs:
             rec["meta"]["raw"] = raw  # kept so a template or parser problem can be diagnosed
-        # the text filters are stateless, so they run here, in the worker; the judge too, so its
-        # calls overlap the teacher's; near-duplicates keep state and wait for `accept`
-        if (r := check(msgs, cfg, patterns, seed.text)):
-            return mark_rejected(rec, r)
-        return apply_judge(rec, judge, cfg, ledger) if judge else rec
+        return filt(rec, seed.text)
 
-    def accept(seed, rec) -> str | None:  # on the runner's thread: NearDup keeps state
-        if (twin := neardup.match(seed.id, rec["messages"])):
-            rec["meta"]["reject_detail"] = f"nearly {twin}"
-            return "near_duplicate"
-        return None
-
-    secret = {"api_key": "***" if cfg.api_key else None, "judge_api_key": "***" if cfg.judge_api_key else None}
     try:
         return run_items(seeds, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="collect",
-                         noun="seeds", config=cfg, config_extra=secret, retry_failed=cfg.retry_failed, accept=accept,
-                         meta_of=meta_of, progress=cfg.progress, console=console)
+                         noun="seeds", config=cfg, retry_failed=cfg.retry_failed,
+                         accept=lambda seed, rec: filt.accept(seed.id, rec), meta_of=meta_of, progress=cfg.progress,
+                         console=console)
     finally:
-        if judge is not None:
-            judge.close()
+        filt.close()
 
 
 def print_summary(s: Summary, out: str, console=None) -> None:

@@ -106,12 +106,16 @@ def dataclass_from_args(cls, args: argparse.Namespace, **overrides):
     return cls(**values)
 
 
-def public_dict(cfg) -> dict:
-    """The config as a dict with every `secret=True` field masked: "***" when set, else None."""
+def public_dict(cfg, *, drop_secrets: bool = False) -> dict:
+    """The config as a dict with every `secret=True` field masked ("***" when set, else None), or
+    left out with drop_secrets."""
     data = dataclasses.asdict(cfg)
     for f in dataclasses.fields(cfg):
         if f.metadata.get("secret"):
-            data[f.name] = "***" if data[f.name] else None
+            if drop_secrets:
+                del data[f.name]
+            else:
+                data[f.name] = "***" if data[f.name] else None
     return data
 
 

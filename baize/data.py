@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import statistics
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BaizeError
+from .config import BaizeError, EndpointFields, RunFields, opt
+from .filters import FilterConfig
 from .schema import from_baize, read_jsonl, sidecar, to_baize, to_sharegpt, write_jsonl
 
 
@@ -190,9 +192,63 @@ def import_baize(path: str | Path, out: str | Path, source: str | None = None) -
     return write_jsonl(out, (from_baize(o, where, i, source) for i, (where, o) in enumerate(items)))
 
 
+# --- `baize data filter`: collect's filters over a file already collected or imported -------------
+
+@dataclass
+class _DataFilterFields:
+    input: str = opt("", "the dialogue JSONL to filter", cli=False)
+    out: str = opt("", "output JSONL of the kept dialogues; OUT.rejected.jsonl (with reasons), .failed.jsonl, "
+                       ".config.json, .summary.json beside it")
+
+
+@dataclass
+class DataFilterConfig(RunFields, FilterConfig, EndpointFields, _DataFilterFields):
+    """Its own fields, then the endpoint's (the judge's), the filters' and the run's."""
+
+
+@dataclass
+class _Item:
+    id: str
+    rec: dict
+
+
+def filter_file(cfg: DataFilterConfig, *, judge_llm=None, console=None):
+    """Filter (or resume filtering) a dialogue file into cfg.out; returns the run's Summary. No
+    teacher call: the text filters are free, the judge (optional) is cached."""
+    from .filters import DialogueFilter
+    from .runner import Ledger, run_items
+    from .schema import read_jsonl_where, validate_record
+    src, out = Path(cfg.input), Path(cfg.out or "")
+    if not cfg.out:
+        raise BaizeError("data filter: give --out OUT for the kept dialogues (the input file is never rewritten)")
+    if out.resolve() == src.resolve():
+        raise BaizeError(f"data filter: --out {out} is the input file; write the kept dialogues to another file")
+    items = []
+    for where, r in read_jsonl_where(src):
+        # a collection's own .rejected.jsonl holds unparseable records with no messages: unparseable again
+        if not (isinstance(r, dict) and r.get("messages") == [] and "id" in r):
+            validate_record(r, where)
+        items.append(_Item(str(r["id"]), r))
+    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)})
+    filt = DialogueFilter(cfg, out, ledger, judge_llm=judge_llm)
+
+    def work(item: _Item) -> dict:
+        rec = {**item.rec, "meta": dict(item.rec.get("meta") or {})}
+        for k in ("reject_reason", "reject_turn", "reject_detail"):
+            rec["meta"].pop(k, None)  # a rejected file filtered again is judged afresh
+        return filt(rec, rec["meta"].get("seed"))
+
+    try:
+        return run_items(items, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="filter",
+                         noun="dialogues", config=cfg, retry_failed=cfg.retry_failed,
+                         accept=lambda item, rec: filt.accept(item.id, rec),
+                         meta_of=lambda it: it.rec.get("meta", {}), progress=cfg.progress, console=console)
+    finally:
+        filt.close()
+
+
 def add_cli(sub) -> None:
     from .config import add_dataclass_args
-    from .filters import DataFilterConfig
     p = sub.add_parser("data", help="dialogue files: stats, filter, export, import")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = dsub.add_parser("stats", help="dialogues, turns, tokens, sources, reject reasons")
@@ -223,7 +279,6 @@ def _stats(a) -> None:
 
 def _filter(a) -> int:
     from .config import dataclass_from_args
-    from .filters import DataFilterConfig, filter_file
     from .runner import print_summary
     cfg = dataclass_from_args(DataFilterConfig, a, input=a.file)
     s = filter_file(cfg)

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from .config import BaizeError, add_dataclass_args, dataclass_from_args, save_config
+from .config import (BaizeError, EndpointFields, JudgeFields, RunFields, add_dataclass_args,
+                     dataclass_from_args, opt, public_dict, save_config)
 from .runner import Ledger, run_items
 from .schema import read_jsonl, read_jsonl_where
 
@@ -29,45 +30,30 @@ BUILTIN = Path(__file__).parent / "samples" / "eval_questions.jsonl"
 NEAR_CHANCE = 0.6
 
 
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
+@dataclass
+class _EvalFields:
+    models: list = opt(None, "NAME=SPEC ...", cli=False)
+    questions: str = opt("builtin", "MT-bench/Vicuna question JSONL, any seed source (see collect), or builtin "
+                                    "(12 two-turn questions the main job never trains on)")
+    judge: str = opt("default", "judge model spec (openai:MODEL, a run, default, hf:PATH); none: no judged measures")
+    out: str = opt("eval", "output directory")
+    baseline: str | None = opt(None, "compare each model with this one only (default: every pair)")
+    pairwise: bool = opt(True, "pairwise verdicts (both orders) and win rates")
+    single: bool = opt(True, "single-answer 1-10 scores (with the reference when a question has one)")
+    nll_data: str | None = opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model")
+    limit: int | None = opt(None, "use the first N questions")
+    seed_field: str | None = opt(None, "field holding the question, for seed files")
+    max_tokens: int = opt(512, "max new tokens per answer")
+    temperature: float = opt(0.7, "answer sampling temperature (0: greedy)")
+    top_p: float = opt(0.95, "answer nucleus sampling")
+    seed: int = opt(0, "answer sampling seed (same seed, same answers)")
+    bootstrap: int = opt(1000, "bootstrap resamples for the 95-percent intervals")
+    sample: int = opt(8, "questions shown side by side in the report")
 
 
 @dataclass
-class EvalConfig:
-    models: list = _opt(None, "NAME=SPEC ...", cli=False)
-    questions: str = _opt("builtin", "MT-bench/Vicuna question JSONL, any seed source (see collect), or builtin "
-                                     "(12 two-turn questions the main job never trains on)")
-    judge: str = _opt("default", "judge model spec (openai:MODEL, a run, default, hf:PATH); none: no judged measures")
-    out: str = _opt("eval", "output directory")
-    baseline: str | None = _opt(None, "compare each model with this one only (default: every pair)")
-    pairwise: bool = _opt(True, "pairwise verdicts (both orders) and win rates")
-    single: bool = _opt(True, "single-answer 1-10 scores (with the reference when a question has one)")
-    nll_data: str | None = _opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model")
-    limit: int | None = _opt(None, "use the first N questions")
-    seed_field: str | None = _opt(None, "field holding the question, for seed files")
-    max_tokens: int = _opt(512, "max new tokens per answer")
-    temperature: float = _opt(0.7, "answer sampling temperature (0: greedy)")
-    top_p: float = _opt(0.95, "answer nucleus sampling")
-    seed: int = _opt(0, "answer sampling seed (same seed, same answers)")
-    concurrency: int = _opt(8, "questions (or verdicts) in flight")
-    judge_max_tokens: int = _opt(512, "max new tokens per judge reply")
-    judge_mode: str = _opt("auto", "text | choice | auto (choice for local judges): see `baize sdf --help`",
-                           choices=["auto", "text", "choice"])
-    judge_cache: str | None = _opt(None, "verdict cache directory (default: OUT/judge_cache; 'none': off)")
-    max_unparseable: int = _opt(8, "stop after this many unparseable judge verdicts in a row")
-    bootstrap: int = _opt(1000, "bootstrap resamples for the 95-percent intervals")
-    sample: int = _opt(8, "questions shown side by side in the report")
-    max_tokens_total: int | None = _opt(None, "token budget for answers and judging together")
-    judge_price_in: float = _opt(0.0, "judge price per 1K prompt tokens, for the cost ledger")
-    judge_price_out: float = _opt(0.0, "judge price per 1K completion tokens")
-    base_url: str | None = _opt(None, "base URL for openai: models (or OPENAI_BASE_URL)")
-    api_key: str | None = _opt(None, "API key for openai: models (or OPENAI_API_KEY); never saved")
-    judge_base_url: str | None = _opt(None, "base URL of an openai: judge (default: --base-url)")
-    judge_api_key: str | None = _opt(None, "API key of the judge (default: --api-key); never saved")
-    request_retries: int = _opt(6, "HTTP retries per call")
-    timeout: float = _opt(120.0, "HTTP timeout per call, seconds")
-    progress: bool = _opt(True, "show progress bars")
+class EvalConfig(RunFields, JudgeFields, EndpointFields, _EvalFields):
+    """eval's own fields, then the endpoint's (openai: models), the judge's and the run's (config.py)."""
 
 
 # --- questions ----------------------------------------------------------------------------------
@@ -193,17 +179,13 @@ class _Lazy:
 
     def _load(self):
         if self.llm is None:
-            from .models import load_llm
-            self.llm = load_llm(self.spec, base_url=self.cfg.base_url, api_key=self.cfg.api_key,
-                                max_retries=self.cfg.request_retries, timeout=self.cfg.timeout,
-                                max_batch=max(1, self.cfg.concurrency))
-            if hasattr(self.llm, "check"):
-                self.llm.check()
+            from .models import load_endpoint
+            self.llm = load_endpoint(self.spec, self.cfg, max_batch=self.cfg.concurrency)
         return self.llm
 
     def close(self):
-        if self.llm is not None and hasattr(self.llm, "engine"):
-            self.llm.engine.close()
+        if self.llm is not None:
+            self.llm.close()
         self.llm = None
 
 
@@ -237,7 +219,7 @@ def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfi
 
     items = [_Item(f"{q.id}@{key}", q) for q in questions]
     run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=f"answers {name}",
-              noun="questions", progress=cfg.progress, console=console)
+              noun="questions", retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
     got = {}
     for r in read_jsonl(path):
         if r["meta"].get("key") == key:  # answers of an older model or setting stay, unused
@@ -252,7 +234,7 @@ def nll(lazy: _Lazy, records: list[dict]) -> float | None:
     from .packing import IGNORE
     from .train import tokenize
     llm = lazy.get()
-    if not hasattr(llm, "model") or not records:
+    if not llm.is_local or not records:
         return None
     samples = tokenize(records, llm.format, llm.tokenizer, max_length=llm.context_length, system=llm.system)
 
@@ -270,7 +252,7 @@ def nll(lazy: _Lazy, records: list[dict]) -> float | None:
                 count += int((tgt != IGNORE).sum())
         return round(total / count, 4) if count else None
     # on the engine's thread: never concurrent with the model's generation for other requests
-    return llm.engine.call(score) if hasattr(llm, "engine") else score()
+    return llm.engine.call(score)
 
 
 def reference_dialogues(questions: list[Question]) -> list[dict]:
@@ -350,7 +332,7 @@ def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, conso
 
 def _judged(items, work, path: Path, cfg, ledger, label, console) -> list[dict]:
     run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label, noun="verdicts",
-              progress=cfg.progress, console=console)
+              retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
     wanted = {it.id for it in items}
     return [r for r in read_jsonl(path) if r["id"] in wanted] if path.exists() else []
 
@@ -407,8 +389,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     questions = load_questions(cfg.questions, field=cfg.seed_field, limit=cfg.limit)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "eval.config.json", api_key="***" if cfg.api_key else None,
-                judge_api_key="***" if cfg.judge_api_key else None)
+    save_config(cfg, out / "eval.config.json")
     judged = cfg.judge and cfg.judge.lower() != "none" and (cfg.pairwise or cfg.single)
     # an unreachable judge fails now, before minutes of answers
     judge = load_judge(cfg, out / "judge_cache", judge_llm) if judged else None
@@ -491,7 +472,7 @@ def build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs
                          "answers": {n: answers[n].get(q.id, []) for n in models},
                          "scores": {n: sc.get((q.id, n)) for n in models}, "verdicts": by_q.get(q.id, [])}
                         for q in questions[:cfg.sample]]
-    res["config"] = {k: v for k, v in vars(cfg).items() if "api_key" not in k}
+    res["config"] = public_dict(cfg, drop_secrets=True)
     return res
 
 

@@ -1,108 +1,47 @@
-"""Quality filters for dialogues, shared by `baize collect` and `baize data filter`.
+"""Quality filters for dialogues: one `DialogueFilter` used by `baize collect` and `baize data filter`.
 
 Each rejection gives a reason, the turn at fault (meta.reject_turn) and a detail, so `baize data
-stats` can show one example per reason. First the shape checks collect always had (unparseable,
-too_few_turns, short_turn, role_leakage, refusal: the built-in patterns now also catch the small
-teachers' "as a chatbot, I can't...", "I'm an AI designed to...", "I don't have the ability to");
-then the text filters for what weak teachers
-(small local models, cheap endpoints) write at scale. Stdlib only: words are lowercased, fenced
-and inline code removed; "content words" drop stopwords and chat filler, with a crude stemmer.
-Each filter is a number where 0 disables it; the reason is that of the earliest offending turn.
-
-  echo        a human turn copying earlier AI turns: the fraction of its words in runs of 3+
-              words found in an earlier AI turn (not counting the seed's phrases or the human's own
-              earlier words), with at least 10 words copied or 90% of a short turn
-  role_leakage (always on) a human turn in the AI's voice ("as a chatbot, I don't...", "I'm here to
-              assist you", "I'd be delighted to continue", "feel free to ask"), or carrying the
-              self-chat prompt's words ("The human's next message: ..."), or either side narrating
-              the chat ("The human wants to know more about..."); no seed of the four
-              sample sets (1,050 human-written questions) matches
-  repetition  loops: the fraction of a turn's word 3-grams (not all stopwords/numbers) said earlier
-              in that turn or in the same speaker's earlier turns (the seed's 3-grams may recur
-              across turns: naming the topic is no loop); the seed itself is not checked
-  non_answer  an AI turn restating the question: fewer than this fraction of its content words are
-              new (not in the seed or the human turns) and half of them sit in 3-word phrases of
-              the question (compared stemmed: "Why does public education fail?" restates "Why is
-              public education failing?"); or 80% of its words are such phrases; or 8+ words and
-              no content word (numbers included when most of them repeat: "1. 1. 1. 2. 1. 1.").
-              Only the request is "the question", not the material after its first blank line
-              (a paraphrase or an extraction copies that by design); 1-2 content-word answers and
-              yes/no answers are never non-answers
-  off_topic   a later exchange with this many content words or more (chat words such as
-              "conversation", "assist", "topic" do not count), none of them in the seed or the
-              dialogue before it; or a human asking what to talk about ("What would you like to
-              discuss next?", "What is the topic?"). The first answer is not checked: a list of
-              games for "Suggest some games" shares no word with its question
-
-Thresholds, chosen on the table in tests/test_filters.py, the 175 reference answers of the
-alpaca sample (gold answers: none is rejected by these filters) and 64 dialogues of the embedded
-teacher (SmolLM2-135M, `--mode turns --max-turns 2`):
-
-  filter      default  what chose it
-  echo        0.5      copied human turns score 0.55-1.0 (the issue's "I'm sorry for any
-                       misunderstanding, but as an AI..." 0.91, SmolLM2's 0.55-0.92); quoting a
-                       phrase back scores up to 0.54 ("What do you mean by 'proof it overnight in
-                       the fridge'?") and passes because it copies fewer than 10 words
-  repetition  0.3      loops score 0.31-1.0 (the issue's iPhone answer 0.41, a sentence said three
-                       times 0.68, an answer repeated next turn 1.0); the good table stays at or below
-                       0.10 (lists, tables, code, "iPhone 6s Plus" named five times), the alpaca
-                       references at or below 0.27 (a list repeating "spiritual, devout, pious");
-                       milder SmolLM2 loops at 0.24-0.29 pass
-  non_answer  0.2      the question as the answer and "The answer to your question is: '<the
-                       question>'" score 0; good answers 0.66 or more
-  off_topic   8        SmolLM2's drifting exchanges ("I'm afraid I don't have the capability to
-                       respond in real-time...") have 10-20 content words; a short follow-up that
-                       refers back ("Where does it happen?" / "In the chloroplasts of leaf cells.")
-                       has under 8 and passes
-
-The optional judge (`--judge SPEC --min-score K`) scores every AI turn of a dialogue that passed
-the text filters, in its context (the dialogue up to the human turn it answers); the dialogue's
-score is the lowest, since every AI turn is trained on. Below K: reason low_score; a verdict that
-does not parse: unjudged. Near-duplicates are checked last (they keep state, on the runner's thread).
+stats` can show one example per reason. Shape checks first (unparseable, too_few_turns, short_turn,
+role_leakage, refusal), then the text filters for what weak teachers write at scale (echo,
+repetition, non_answer, off_topic; each a number where 0 disables it; the reason is that of the
+earliest offending turn), then the optional judge, then near-duplicates (they keep state, on the
+runner's thread). Stdlib only, but for datasketch's MinHash. What each filter catches and how its
+threshold was chosen: docs/filters.md.
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
-from .config import BaizeError
-
-
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
+from .config import BaizeError, JudgeFields, opt
 
 
 @dataclass
-class FilterConfig:
+class _FilterFields:
+    min_turns: int = opt(1, "reject dialogues with fewer exchanges")
+    min_chars: int = opt(2, "reject dialogues with a turn shorter than this")
+    reject_pattern: list[str] = opt([], "extra refusal/boilerplate regex (repeatable)")
+    default_reject_patterns: bool = opt(True, "use the built-in refusal patterns")
+    near_dup: float = opt(0.85, "reject dialogues this similar (Jaccard, 0 disables) to a kept one")
+    echo: float = opt(0.5, "reject a human turn with this fraction of its words copied (in runs of 3+, 10 words or "
+                           "more) from earlier AI turns; 0 disables")
+    repetition: float = opt(0.3, "reject a turn with this fraction of its word 3-grams already said in the turn or "
+                                 "the speaker's earlier turns (a loop); 0 disables")
+    non_answer: float = opt(0.2, "reject an AI turn with less than this fraction of its content words new (not in "
+                                 "the seed or human turns) that repeats the question's phrases; 0 disables")
+    off_topic: int = opt(8, "reject a later exchange with this many content words or more, none of them in the seed "
+                            "or the dialogue before it, or a human asking what to talk about; 0 disables")
+    judge: str | None = opt(None, "score each dialogue that passes the text filters with this judge model "
+                                  "(default, openai:MODEL, a run directory, hf:PATH); off by default")
+    min_score: float | None = opt(None, "with --judge: reject dialogues whose lowest AI-turn score (1-10) is below "
+                                        "this (reason low_score); unset: only record meta.judge_score")
+
+
+@dataclass
+class FilterConfig(JudgeFields, _FilterFields):
     """The filters' knobs; CollectConfig and DataFilterConfig inherit them, so the flags, defaults
     and saved configs of `collect` and `data filter` are the same fields."""
-    min_turns: int = _opt(1, "reject dialogues with fewer exchanges")
-    min_chars: int = _opt(2, "reject dialogues with a turn shorter than this")
-    reject_pattern: list[str] = field(default_factory=list, metadata={"help": "extra refusal/boilerplate regex (repeatable)"})
-    default_reject_patterns: bool = _opt(True, "use the built-in refusal patterns")
-    near_dup: float = _opt(0.85, "reject dialogues this similar (Jaccard, 0 disables) to a kept one")
-    echo: float = _opt(0.5, "reject a human turn with this fraction of its words copied (in runs of 3+, 10 words or "
-                            "more) from earlier AI turns; 0 disables")
-    repetition: float = _opt(0.3, "reject a turn with this fraction of its word 3-grams already said in the turn or "
-                                  "the speaker's earlier turns (a loop); 0 disables")
-    non_answer: float = _opt(0.2, "reject an AI turn with less than this fraction of its content words new (not in "
-                                  "the seed or human turns) that repeats the question's phrases; 0 disables")
-    off_topic: int = _opt(8, "reject a later exchange with this many content words or more, none of them in the seed "
-                             "or the dialogue before it, or a human asking what to talk about; 0 disables")
-    judge: str | None = _opt(None, "score each dialogue that passes the text filters with this judge model "
-                                   "(default, openai:MODEL, a run directory, hf:PATH); off by default")
-    min_score: float | None = _opt(None, "with --judge: reject dialogues whose lowest AI-turn score (1-10) is below "
-                                         "this (reason low_score); unset: only record meta.judge_score")
-    judge_mode: str = _opt("auto", "text: the judge writes its verdict; choice: the most probable rating (local "
-                                   "judges only); auto: choice for local judges, text for endpoints",
-                           choices=["auto", "text", "choice"])
-    judge_max_tokens: int = _opt(512, "max new tokens per judge reply")
-    max_unparseable: int = _opt(8, "stop after this many unparseable judge verdicts in a row")
-    judge_cache: str | None = _opt(None, "verdict cache directory (default: OUT's name + .judge_cache; 'none': off)")
-    judge_base_url: str | None = _opt(None, "base URL of an openai: judge (default: --base-url / OPENAI_BASE_URL)")
-    judge_api_key: str | None = _opt(None, "API key of the judge endpoint (default: --api-key); never saved")
-    judge_price_in: float = _opt(0.0, "judge price per 1K prompt tokens, for the cost ledger")
-    judge_price_out: float = _opt(0.0, "judge price per 1K completion tokens")
 
 
 DEFAULT_REJECT_PATTERNS = [
@@ -504,85 +443,45 @@ def apply_judge(rec: dict, judge, cfg: FilterConfig, ledger) -> dict:
     return rec
 
 
-# --- `baize data filter`: the same filters over a file already collected or imported ------------
+# --- the one filter object ------------------------------------------------------------------------
 
-@dataclass
-class _DataFilterFields:
-    input: str = _opt("", "the dialogue JSONL to filter", cli=False)
-    out: str = _opt("", "output JSONL of the kept dialogues; OUT.rejected.jsonl (with reasons), .failed.jsonl, "
-                        ".config.json, .summary.json beside it")
-    concurrency: int = _opt(8, "dialogues judged at once (with --judge)")
-    max_tokens_total: int | None = _opt(None, "judge token budget (in+out); stops cleanly when spent")
-    base_url: str | None = _opt(None, "OpenAI-compatible base URL of an openai: judge (or OPENAI_BASE_URL)")
-    api_key: str | None = _opt(None, "API key of the judge endpoint (or OPENAI_API_KEY); never saved")
-    request_retries: int = _opt(6, "HTTP retries per judge call (backoff, Retry-After)")
-    timeout: float = _opt(120.0, "HTTP timeout per judge call, seconds")
-    retry_failed: bool = _opt(True, "on rerun, retry dialogues whose judging failed before")
-    progress: bool = _opt(True, "show a progress bar")
+class DialogueFilter:
+    """Everything that decides whether a dialogue is kept, for collect and `data filter` alike:
 
+        filt = DialogueFilter(cfg, out, ledger)   # resumes: dialogues already in `out` count as kept
+        rec = filt(rec, seed)                     # in a worker: shape + text filters, then the judge
+        reason = filt.accept(key, rec)            # on the runner's thread: near-duplicates (stateful)
+        filt.close()
 
-@dataclass
-class DataFilterConfig(FilterConfig, _DataFilterFields):
-    """Its own fields, then the filters' (see CollectConfig for the order)."""
+    The text filters are stateless and the judge's calls can overlap the teacher's, so both run in
+    the worker; near-duplicates keep state and must see records one at a time, in `accept`."""
 
+    def __init__(self, cfg: FilterConfig, out: Path, ledger, *, judge_llm=None):
+        check_config(cfg)
+        self.cfg, self.ledger = cfg, ledger
+        self.patterns = compile_patterns(cfg)
+        self.neardup = NearDup(cfg.near_dup)
+        if out.exists():
+            from .schema import read_jsonl, repair_torn_tail
+            repair_torn_tail(out)
+            for r in read_jsonl(out):
+                self.neardup.seen(r["id"], r["messages"])
+        self.judge = None
+        if cfg.judge:
+            from .judge import load_judge
+            self.judge = load_judge(cfg, out.with_name(out.stem + ".judge_cache"), judge_llm, orders=2)
 
-@dataclass
-class _Item:
-    id: str
-    rec: dict
-
-
-def filter_file(cfg: DataFilterConfig, *, judge_llm=None, console=None):
-    """Filter (or resume filtering) a dialogue file into cfg.out; returns the run's Summary. No
-    teacher call: the text filters are free, the judge (optional) is cached."""
-    from pathlib import Path
-
-    from .runner import Ledger, run_items
-    from .schema import read_jsonl, read_jsonl_where, repair_torn_tail, validate_record
-    check_config(cfg)
-    src, out = Path(cfg.input), Path(cfg.out or "")
-    if not cfg.out:
-        raise BaizeError("data filter: give --out OUT for the kept dialogues (the input file is never rewritten)")
-    if out.resolve() == src.resolve():
-        raise BaizeError(f"data filter: --out {out} is the input file; write the kept dialogues to another file")
-    items = []
-    for where, r in read_jsonl_where(src):
-        # a collection's own .rejected.jsonl holds unparseable records with no messages: unparseable again
-        if not (isinstance(r, dict) and r.get("messages") == [] and "id" in r):
-            validate_record(r, where)
-        items.append(_Item(str(r["id"]), r))
-    patterns = compile_patterns(cfg)
-    neardup = NearDup(cfg.near_dup)
-    if out.exists():
-        repair_torn_tail(out)
-        for r in read_jsonl(out):
-            neardup.seen(r["id"], r["messages"])
-    judge = None
-    if cfg.judge:
-        from .judge import load_judge
-        judge = load_judge(cfg, out.with_name(out.stem + ".judge_cache"), judge_llm, orders=2)
-    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)})
-
-    def work(item: _Item) -> dict:
-        rec = {**item.rec, "meta": dict(item.rec.get("meta") or {})}
-        for k in ("reject_reason", "reject_turn", "reject_detail"):
-            rec["meta"].pop(k, None)  # a rejected file filtered again is judged afresh
-        if (r := check(rec["messages"], cfg, patterns, rec["meta"].get("seed"))):
+    def __call__(self, rec: dict, seed: str | None = None) -> dict:
+        if (r := check(rec["messages"], self.cfg, self.patterns, seed)):
             return mark_rejected(rec, r)
-        return apply_judge(rec, judge, cfg, ledger) if judge else rec
+        return apply_judge(rec, self.judge, self.cfg, self.ledger) if self.judge else rec
 
-    def accept(item: _Item, rec: dict) -> str | None:  # on the runner's thread: NearDup keeps state
-        if (twin := neardup.match(item.id, rec["messages"])):
+    def accept(self, key: str, rec: dict) -> str | None:
+        if (twin := self.neardup.match(key, rec["messages"])):
             rec["meta"]["reject_detail"] = f"nearly {twin}"
             return "near_duplicate"
         return None
 
-    secret = {"api_key": "***" if cfg.api_key else None, "judge_api_key": "***" if cfg.judge_api_key else None}
-    try:
-        return run_items(items, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="filter",
-                         noun="dialogues", config=cfg, config_extra=secret, retry_failed=cfg.retry_failed,
-                         accept=accept, meta_of=lambda it: it.rec.get("meta", {}), progress=cfg.progress,
-                         console=console)
-    finally:
-        if judge is not None:
-            judge.close()
+    def close(self) -> None:
+        if self.judge is not None:
+            self.judge.close()

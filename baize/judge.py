@@ -226,8 +226,8 @@ class Judge:
             raise ValueError(f"Judge: mode {mode!r}: use auto, text or choice")
         # choice: the verdict is the most probable of its fixed options (a local model's next-token
         # log-probs) instead of written text; auto picks it for local models, which can score options
-        self.choice = mode == "choice" or (mode == "auto" and hasattr(llm, "option_logprobs"))
-        if self.choice and not hasattr(llm, "option_logprobs"):
+        self.choice = mode == "choice" or (mode == "auto" and llm.can_score_options)
+        if self.choice and not llm.can_score_options:
             raise ValueError(f"Judge: mode choice needs a local model; {getattr(llm, 'name', llm)} only writes text")
         self.llm = llm
         self.name = getattr(llm, "name", type(llm).__name__)
@@ -404,11 +404,9 @@ def load_judge(cfg, default_cache: Path, llm=None, *, orders: int = 2) -> Judge:
     checked (an unreachable endpoint fails now, in one line), its cache under `default_cache` unless
     --judge-cache says where ('none': off)."""
     if llm is None:
-        from .models import load_llm
-        llm = load_llm(cfg.judge, base_url=cfg.judge_base_url or cfg.base_url, api_key=cfg.judge_api_key or cfg.api_key,
-                       max_retries=cfg.request_retries, timeout=cfg.timeout,
-                       max_batch=max(1, min(64, cfg.concurrency * orders)))
-    if hasattr(llm, "check"):
+        from .models import load_endpoint
+        llm = load_endpoint(cfg.judge, cfg, judge=True, max_batch=min(64, cfg.concurrency * orders))
+    else:
         llm.check()
     cache = None if (cfg.judge_cache or "").lower() == "none" else Path(cfg.judge_cache or default_cache)
     return Judge(llm, cache_dir=cache, max_tokens=cfg.judge_max_tokens, orders=orders,

@@ -9,49 +9,45 @@ its last checkpoint). --teacher and --judge openai:... swap in real models with 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BaizeError, add_dataclass_args, dataclass_from_args, save_config
+from .config import BaizeError, add_dataclass_args, dataclass_from_args, opt, save_config
 from .schema import sidecar
-
-
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
 
 
 @dataclass
 class PipelineConfig:
-    out: str = _opt("runs/demo", "directory for every output of the loop")
-    seeds: str = _opt("quora", "seeds for collection and SDF prompts (see `baize collect --help`)")
-    limit: int = _opt(8, "seeds to collect dialogues for")
-    teacher: str = _opt("default", "teacher model spec")
-    judge: str = _opt("default", "judge model spec, for SDF and eval")
-    base_url: str | None = _opt(None, "OpenAI-compatible base URL for openai: teacher/judge")
-    mode: str = _opt("turns", "collection mode", choices=["oneshot", "turns"])
-    max_turns: int = _opt(2, "exchanges per dialogue (turns mode)")
-    max_tokens: int = _opt(160, "max new tokens per teacher call")
-    temperature: float = _opt(0.7, "sampling temperature of the teacher and of SDF's candidates (the paper: 1.0; "
-                                   "a 135M model rambles there)")
-    concurrency: int = _opt(8, "dialogues, prompts or questions in flight")
-    base: str = _opt("default", "model to tune")
-    format: str = _opt("template", "chat format to train with", choices=["baize", "template"])
-    max_steps: int = _opt(8, "training steps for v1 (a bounded demo run)")
-    batch_size: int = _opt(8, "effective batch for the demo runs")
-    quantize: str | None = _opt(None, "8bit | 4bit base weights for training (CUDA)", choices=["8bit", "4bit"])
-    sdf_prompts: int = _opt(8, "SDF prompts: the seeds after the collected ones")
-    sdf_policy: str | None = _opt(None, "sample SDF candidates from this spec instead of v1 in-process, e.g. "
-                                        "openai:v1 with vLLM serving the base and runs/.../v1 as a LoRA module")
-    sdf_base_url: str | None = _opt(None, "base URL of an openai: --sdf-policy (e.g. http://127.0.0.1:8000/v1)")
-    stop_after: str | None = _opt(None, "stop after this stage (then start vLLM on v1 and rerun with --sdf-policy)",
-                                  choices=["collect", "v1", "sdf", "v2"])
-    n: int = _opt(4, "SDF candidates per prompt (the paper: 4)")
-    sdf_max_tokens: int = _opt(96, "max new tokens per SDF candidate")
-    v2_steps: int = _opt(4, "training steps for v2 (SFT from v1 on the SDF best answers)")
-    dpo: bool = _opt(False, "also train v2-dpo from v1 on the SDF preference pairs (TRL's DPOTrainer)")
-    eval_questions: str = _opt("builtin", "questions for eval (see `baize eval --help`)")
-    eval_limit: int | None = _opt(6, "eval questions used (builtin has 12, two turns each)")
-    eval_max_tokens: int = _opt(128, "max new tokens per eval answer")
+    out: str = opt("runs/demo", "directory for every output of the loop")
+    seeds: str = opt("quora", "seeds for collection and SDF prompts (see `baize collect --help`)")
+    limit: int = opt(8, "seeds to collect dialogues for")
+    teacher: str = opt("default", "teacher model spec")
+    judge: str = opt("default", "judge model spec, for SDF and eval")
+    base_url: str | None = opt(None, "OpenAI-compatible base URL for openai: teacher/judge")
+    mode: str = opt("turns", "collection mode", choices=["oneshot", "turns"])
+    max_turns: int = opt(2, "exchanges per dialogue (turns mode)")
+    max_tokens: int = opt(160, "max new tokens per teacher call")
+    temperature: float = opt(0.7, "sampling temperature of the teacher and of SDF's candidates (the paper: 1.0; "
+                                  "a 135M model rambles there)")
+    concurrency: int = opt(8, "dialogues, prompts or questions in flight")
+    base: str = opt("default", "model to tune")
+    format: str = opt("template", "chat format to train with", choices=["baize", "template"])
+    max_steps: int = opt(8, "training steps for v1 (a bounded demo run)")
+    batch_size: int = opt(8, "effective batch for the demo runs")
+    quantize: str | None = opt(None, "8bit | 4bit base weights for training (CUDA)", choices=["8bit", "4bit"])
+    sdf_prompts: int = opt(8, "SDF prompts: the seeds after the collected ones")
+    sdf_policy: str | None = opt(None, "sample SDF candidates from this spec instead of v1 in-process, e.g. "
+                                       "openai:v1 with vLLM serving the base and runs/.../v1 as a LoRA module")
+    sdf_base_url: str | None = opt(None, "base URL of an openai: --sdf-policy (e.g. http://127.0.0.1:8000/v1)")
+    stop_after: str | None = opt(None, "stop after this stage (then start vLLM on v1 and rerun with --sdf-policy)",
+                                 choices=["collect", "v1", "sdf", "v2"])
+    n: int = opt(4, "SDF candidates per prompt (the paper: 4)")
+    sdf_max_tokens: int = opt(96, "max new tokens per SDF candidate")
+    v2_steps: int = opt(4, "training steps for v2 (SFT from v1 on the SDF best answers)")
+    dpo: bool = opt(False, "also train v2-dpo from v1 on the SDF preference pairs (TRL's DPOTrainer)")
+    eval_questions: str = opt("builtin", "questions for eval (see `baize eval --help`)")
+    eval_limit: int | None = opt(6, "eval questions used (builtin has 12, two turns each)")
+    eval_max_tokens: int = opt(128, "max new tokens per eval answer")
 
 
 def _step(console, title: str):

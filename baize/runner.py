@@ -112,7 +112,7 @@ class Summary:
 
 
 def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: str | Path, ledger: Ledger,
-              concurrency: int = 8, label: str = "run", noun: str = "items", config=None, config_extra: dict | None = None,
+              concurrency: int = 8, label: str = "run", noun: str = "items", config=None,
               retry_failed: bool = True, accept: Callable[[object, dict], str | None] | None = None,
               meta_of: Callable[[object], dict] | None = None, progress: bool = True, console=None,
               max_failures_in_a_row: int | None = None) -> Summary:
@@ -138,7 +138,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     todo = [it for it in items if it.id not in done]
     summary = Summary(skipped=len(items) - len(todo))
     if config is not None:
-        save_config(config, sidecar(out, "config.json"), **(config_extra or {}))
+        save_config(config, sidecar(out, "config.json"))  # secrets masked
     bar = Progress(label, len(todo), summary, ledger, enabled=progress, console=console)
     limit = max_failures_in_a_row or max(20, 2 * concurrency)
     start = time.monotonic()

@@ -19,55 +19,38 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError, add_dataclass_args, dataclass_from_args
+from .config import BaizeError, EndpointFields, JudgeFields, RunFields, add_dataclass_args, dataclass_from_args, opt
 from .runner import Ledger, print_summary, run_items
 from .schema import atomic_write_text, read_jsonl, repair_torn_tail, sidecar
 
 
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
+@dataclass
+class _SDFFields:
+    policy: str = opt("runs/v1", "the model that samples: a run directory, default, hf:PATH, or openai:MODEL "
+                                 "(e.g. vLLM serving base + v1 LoRA with --enable-lora)")
+    judge: str = opt("default", "the model that ranks the candidates: openai:MODEL, a run directory, default, hf:PATH")
+    prompts: str = opt("quora", "seeds (JSONL/CSV/TXT, MedQuAD folder, hf:DATASET[:SPLIT]:FIELD, quora|stackoverflow|"
+                                "medquad|alpaca) or a dialogue JSONL: every prefix ending in a user turn is a prompt")
+    out: str = opt("data/sdf.jsonl", "output dialogues (best answer); OUT.prefs.jsonl, .rejected, .failed, "
+                                     ".config.json, .summary.json beside it")
+    seed_field: str | None = opt(None, "field/column holding the prompt text (seed files)")
+    limit: int | None = opt(None, "use the first N prompts")
+    shard: str | None = opt(None, "I/N: this machine's disjoint part of the prompts")
+    n: int = opt(4, "candidates sampled per prompt (the paper: 4)")
+    temperature: float = opt(1.0, "policy sampling temperature (the paper: 1)")
+    top_p: float = opt(0.95, "policy nucleus sampling (the paper: 0.95)")
+    max_tokens: int = opt(512, "max new tokens per candidate")
+    system: str | None = opt(None, "system prompt put before each prompt that has none (default: a local run adds "
+                                   "the one it was trained with; give the run's own for an openai: policy)")
+    judge_orders: int = opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")
+    min_agreement: float = opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
+    price_in: float = opt(0.0, "policy price per 1K prompt tokens, for the cost ledger")
+    price_out: float = opt(0.0, "policy price per 1K completion tokens")
 
 
 @dataclass
-class SDFConfig:
-    policy: str = _opt("runs/v1", "the model that samples: a run directory, default, hf:PATH, or openai:MODEL "
-                                  "(e.g. vLLM serving base + v1 LoRA with --enable-lora)")
-    judge: str = _opt("default", "the model that ranks the candidates: openai:MODEL, a run directory, default, hf:PATH")
-    prompts: str = _opt("quora", "seeds (JSONL/CSV/TXT, MedQuAD folder, hf:DATASET[:SPLIT]:FIELD, quora|stackoverflow|"
-                                 "medquad|alpaca) or a dialogue JSONL: every prefix ending in a user turn is a prompt")
-    out: str = _opt("data/sdf.jsonl", "output dialogues (best answer); OUT.prefs.jsonl, .rejected, .failed, "
-                                      ".config.json, .summary.json beside it")
-    seed_field: str | None = _opt(None, "field/column holding the prompt text (seed files)")
-    limit: int | None = _opt(None, "use the first N prompts")
-    shard: str | None = _opt(None, "I/N: this machine's disjoint part of the prompts")
-    n: int = _opt(4, "candidates sampled per prompt (the paper: 4)")
-    temperature: float = _opt(1.0, "policy sampling temperature (the paper: 1)")
-    top_p: float = _opt(0.95, "policy nucleus sampling (the paper: 0.95)")
-    max_tokens: int = _opt(512, "max new tokens per candidate")
-    system: str | None = _opt(None, "system prompt put before each prompt that has none (default: a local run adds "
-                                    "the one it was trained with; give the run's own for an openai: policy)")
-    judge_max_tokens: int = _opt(512, "max new tokens per judge reply")
-    judge_orders: int = _opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")
-    min_agreement: float = _opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
-    judge_mode: str = _opt("auto", "text: the judge writes its verdict; choice: the most probable of the verdict's "
-                                    "options (local judges only); auto: choice for local judges, text for endpoints",
-                           choices=["auto", "text", "choice"])
-    max_unparseable: int = _opt(8, "stop after this many unparseable judge verdicts in a row")
-    judge_cache: str | None = _opt(None, "verdict cache directory (default: OUT's name + .judge_cache; 'none': off)")
-    concurrency: int = _opt(8, "prompts in flight at once")
-    max_tokens_total: int | None = _opt(None, "token budget for policy and judge together (in+out)")
-    price_in: float = _opt(0.0, "policy price per 1K prompt tokens, for the cost ledger")
-    price_out: float = _opt(0.0, "policy price per 1K completion tokens")
-    judge_price_in: float = _opt(0.0, "judge price per 1K prompt tokens")
-    judge_price_out: float = _opt(0.0, "judge price per 1K completion tokens")
-    base_url: str | None = _opt(None, "OpenAI-compatible base URL of an openai: policy (or OPENAI_BASE_URL)")
-    api_key: str | None = _opt(None, "API key of the policy endpoint (or OPENAI_API_KEY); never saved")
-    judge_base_url: str | None = _opt(None, "base URL of an openai: judge (default: --base-url / OPENAI_BASE_URL)")
-    judge_api_key: str | None = _opt(None, "API key of the judge endpoint (default: --api-key); never saved")
-    retry_failed: bool = _opt(True, "on rerun, retry prompts that failed before")
-    request_retries: int = _opt(6, "HTTP retries per call (backoff, Retry-After)")
-    timeout: float = _opt(120.0, "HTTP timeout per call, seconds")
-    progress: bool = _opt(True, "show a progress bar")
+class SDFConfig(RunFields, JudgeFields, EndpointFields, _SDFFields):
+    """SDF's own fields, then the endpoint's (the policy's), the judge's and the run's (config.py)."""
 
 
 # --- prompts ------------------------------------------------------------------------------------
@@ -239,12 +222,9 @@ def write_prefs(out: str | Path) -> dict:
 
 def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
     from .judge import load_judge
-    from .models import load_llm
+    from .models import load_endpoint
     if policy is None:
-        policy = load_llm(cfg.policy, base_url=cfg.base_url, api_key=cfg.api_key, max_retries=cfg.request_retries,
-                          timeout=cfg.timeout, max_batch=max(1, min(64, cfg.concurrency * cfg.n)))
-        if hasattr(policy, "check"):
-            policy.check()  # an unreachable endpoint or a bad key fails now, in one line
+        policy = load_endpoint(cfg.policy, cfg, max_batch=min(64, cfg.concurrency * cfg.n))
     if judge_llm is None and cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):
         judge_llm = policy  # one copy of a local model in memory
     out = Path(cfg.out)
@@ -260,10 +240,9 @@ def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):
     policy, judge = load_policy_and_judge(cfg, policy, judge_llm)
     ledger = Ledger(cfg.max_tokens_total, {"policy": (cfg.price_in, cfg.price_out),
                                            "judge": (cfg.judge_price_in, cfg.judge_price_out)})
-    secret = {"api_key": "***" if cfg.api_key else None, "judge_api_key": "***" if cfg.judge_api_key else None}
     try:
         summary = run_items(prompts, lambda p: sdf_one(p, policy, judge, cfg, ledger), out=cfg.out, ledger=ledger,
-                            concurrency=cfg.concurrency, label="sdf", noun="prompts", config=cfg, config_extra=secret,
+                            concurrency=cfg.concurrency, label="sdf", noun="prompts", config=cfg,
                             retry_failed=cfg.retry_failed, progress=cfg.progress, console=console,
                             meta_of=lambda p: {"source": p.source, "context": p.context})
     finally:

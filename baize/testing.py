@@ -11,7 +11,7 @@ import string
 import threading
 import time
 
-from .llm import Completion
+from .llm import LLM, Completion
 
 _TOPIC = re.compile(r"topic: '(.*?)'\.", re.DOTALL)
 
@@ -78,7 +78,7 @@ def default_reply(messages: list[dict]) -> str:
     return f"Here is a thorough answer about {topic}: it has several parts, each explained in turn."
 
 
-class FakeLLM:
+class FakeLLM(LLM):
     """Replays canned replies: a list (cycled), or a function of the messages."""
 
     def __init__(self, replies=None, *, name="fake", prompt_tokens=10, completion_tokens=20, delay=0.0):

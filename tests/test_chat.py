@@ -10,10 +10,11 @@ from rich.console import Console
 
 from baize.chat import ChatConfig, ChatSession, count_tokens, run_chat, trim_history, usage_hint
 from baize.chat_format import guardrail_prompt
+from baize.llm import LLM
 from baize.schema import read_jsonl, validate_record
 
 
-class Stub:
+class Stub(LLM):
     """Streams canned answers word by word and records the settings of each call."""
     name = "stub"
     system = None

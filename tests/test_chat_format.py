@@ -1,15 +1,9 @@
 import pytest
-from transformers import AutoTokenizer
 
 from baize.chat_format import get_format, strip_reply
 
 DIALOGUE = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
             {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
 
 
 def test_baize_spans_cover_answers_and_the_handback_marker(tok):

@@ -352,7 +352,6 @@ def test_collect_rejects_degenerate_turns_with_reason_and_turn(tmp_path):
 
 def _judge_reply(messages):
     """A judge that rates an answer 2 when it says 'weak', else 8 (and records how many run at once)."""
-    import re
     import time
     with _judge_reply.lock:
         _judge_reply.now += 1
@@ -360,7 +359,9 @@ def _judge_reply(messages):
     time.sleep(0.02)
     with _judge_reply.lock:
         _judge_reply.now -= 1
-    answer = re.search(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End", messages[-1]["content"], re.S).group(1)
+    from baize.judge import SCORE_USER
+    from baize.testing import template_regex
+    answer = template_regex(SCORE_USER).match(messages[-1]["content"])["answer"]
     return "Short explanation.\nRating: [[" + ("2" if "weak" in answer else "8") + "]]"
 
 
@@ -445,7 +446,7 @@ def _file_of_table(path):
 
 
 def test_data_filter_cleans_a_file_without_a_teacher(tmp_path):
-    from baize.filters import DataFilterConfig, filter_file
+    from baize.data import DataFilterConfig, filter_file
     from baize.schema import sidecar
     recs = _file_of_table(tmp_path / "in.jsonl")
     cfg = DataFilterConfig(input=str(tmp_path / "in.jsonl"), out=str(tmp_path / "clean.jsonl"), progress=False)
@@ -471,7 +472,7 @@ def test_data_filter_cleans_a_file_without_a_teacher(tmp_path):
 
 
 def test_data_filter_with_judge_is_cached(tmp_path):
-    from baize.filters import DataFilterConfig, filter_file
+    from baize.data import DataFilterConfig, filter_file
     from baize.testing import FakeLLM
     _file_of_table(tmp_path / "in.jsonl")
     _reset_judge()

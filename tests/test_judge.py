@@ -12,7 +12,7 @@ import pytest
 from baize.config import BaizeError
 from baize.judge import (PAIR_REMINDER, SCORE_REMINDER, Judge, JudgeError, Ranking, Score, Verdict, parse_pair,
                          parse_ranking, parse_score)
-from baize.llm import TransientLLMError
+from baize.llm import LLM, TransientLLMError
 from baize.testing import FakeLLM
 
 # --- parsers ---------------------------------------------------------------------------------------
@@ -381,9 +381,10 @@ def test_concurrent_pairs_share_the_cache(tmp_path):
 
 # --- choice mode: local judges pick the verdict among its options by log-probability -------------
 
-class ChoiceLLM:
+class ChoiceLLM(LLM):
     """Scores options like a local model would: prefers whichever shown answer says GOOD."""
     name = "choice-judge"
+    can_score_options = True
 
     def __init__(self):
         self.asked = []

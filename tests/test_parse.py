@@ -3,7 +3,8 @@ import re
 
 import pytest
 
-from baize.collect import DEFAULT_REJECT_PATTERNS, CollectConfig, NearDup, parse_transcript, reject_reason
+from baize.collect import CollectConfig, parse_transcript
+from baize.filters import DEFAULT_REJECT_PATTERNS, NearDup, reject_reason
 
 
 def U(text):
