@@ -231,8 +231,7 @@ def nll(lazy: _Lazy, records: list[dict]) -> float | None:
     """Mean negative log-likelihood per assistant token, in the model's own chat format."""
     import torch
 
-    from .packing import IGNORE
-    from .train import tokenize
+    from .packing import IGNORE, tokenize
     llm = lazy.get()
     if not llm.is_local or not records:
         return None
