@@ -1,31 +1,12 @@
 """A continuous-batching generation engine for local transformers models.
 
 Requests from many threads (collection workers, server handlers) share the model: the engine thread
-keeps a running batch per adapter and, between decode steps, prefills newly arrived requests (one
-left-padded forward pass), merges their KV cache into the running batch (caches padded on the left to
-a common length, masked), decodes one token for every active row per step, and drops rows as soon as
-they finish or are cancelled. A short request submitted while a long one decodes joins it and leaves
-early, instead of waiting for the long one's `generate` call to end.
-
-Why not transformers' own continuous batching (`model.init_continuous_batching()` /
-`generate_batch`, transformers 5): it switches the model to paged attention and samples with one
-global RNG (no per-request seed, so a seeded request would not give the same text in every batch),
-has no per-request stop strings with held-back streaming text, and no per-request peft adapter (one
-active adapter set per forward pass). The per-row sampling, stops, streaming and cancellation here
-are the same code the generate-based engine used, now called from our own decode loop.
-
-What pays on a CPU (bench/generate_throughput.py, SmolLM2-135M, 2-core AVX2, fp32): writing each
-step's keys/values in place into spare room (`growing_cache`; DynamicCache's torch.cat of the whole
-cache was a fifth of a 16-row step, the step became 1.75x faster), wide batches (a 64-row step costs
-2.5x a 16-row one for 4x the tokens), prefill in slices of similar-length prompts, and torch's own
-thread pool on every core (1 thread: 1.2-1.4x slower steps). What did not: a static cache (no faster
-in generate() itself), torch.compile (+8 % per token after a 73 s compile, and a compile per new
-batch shape in a scheduler like this one), eager attention (11 % slower than SDPA), bf16 weights
-without native bf16 (2.6x slower).
-
-Rows of different adapters cannot share a forward pass, so each adapter has its own running batch
-(own cache); the engine round-robins the groups one decode step at a time, so every adapter's
-requests progress (at 1/groups of the speed each while several are busy) and none starves.
+keeps a running batch per adapter and, between decode steps, prefills newly arrived requests,
+merges their KV cache into the running batch, decodes one token for every active row per step, and
+drops rows as soon as they finish or are cancelled. Rows of different adapters cannot share a
+forward pass, so each adapter has its own running batch; the engine round-robins the groups one
+decode step at a time, so none starves. Why not transformers' own continuous batching, and what was
+measured to pay (or not) on a CPU: docs/engine.md.
 """
 from __future__ import annotations
 
