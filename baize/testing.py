@@ -188,24 +188,41 @@ def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, lis
 
 
 class ServerThread:
-    """A real uvicorn on 127.0.0.1 in a background thread: `with ServerThread(app) as url: ...`."""
+    """A real uvicorn in a background thread on a free port, for tests and benchmarks:
+    `with ServerThread(app) as url` gives the OpenAI base URL (.../v1); `with running(app) as url`
+    the server's root (for /health and /ui too). The socket is bound before the server starts, so
+    there is no port race; the app's lifespan runs (a mounted Gradio UI starts its queue there)."""
 
-    def __init__(self, app, port: int = 0):
+    def __init__(self, app, port: int = 0, *, host: str = "127.0.0.1", suffix: str = "/v1"):
         import uvicorn
-        self.config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.host, self.port, self.suffix = host, port, suffix
+        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2))
+        self.sock = None
 
     def __enter__(self) -> str:
+        import socket
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((self.host, self.port))
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
         self.thread.start()
+        deadline = time.monotonic() + 30
         while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                self.__exit__()
+                raise RuntimeError("uvicorn did not start")
             time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        return f"http://127.0.0.1:{port}/v1"
+        return f"http://{self.host}:{self.sock.getsockname()[1]}{self.suffix}"
 
     def __exit__(self, *exc):
         self.server.should_exit = True
         self.thread.join(timeout=10)
+        self.sock.close()
+
+
+def running(app, host: str = "127.0.0.1") -> ServerThread:
+    """`with running(app) as url`: ServerThread, giving the server's root URL."""
+    return ServerThread(app, host=host, suffix="")
 
 
 def main():
