@@ -1,4 +1,4 @@
-"""The web UI (Gradio), mounted at /ui by `baize serve --ui`, or `baize ui SPEC`.
+"""The web UI (Gradio), mounted at /ui by `baize serve --ui`, or `baize ui SPEC` (serve/cli.py).
 
 Streaming chat with Send and Stop, Regenerate, Remove last turn, New conversation, sampling sliders
 and a model picker. Stop cancels only this browser session's generation (Gradio cancels the
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-
-from .config import dataclass_from_args
 
 # outside code, '<' becomes an entity: tags in model output read as text, never as HTML
 _CODE = re.compile(r"(```[\s\S]*?(?:```|$)|~~~[\s\S]*?(?:~~~|$)|`[^`\n]+`)")
@@ -34,7 +32,8 @@ def build_ui(models: dict[str, object], cfg=None):
     import gradio as gr
 
     from .chat import count_tokens, trim_history
-    from .server import ServeConfig, events, start
+    from .serve.config import ServeConfig
+    from .serve.jobs import events, start
     cfg = cfg or ServeConfig()
     names = list(models)
 
@@ -147,19 +146,3 @@ def mount_ui(app, models: dict[str, object], cfg) -> None:
             return secrets.compare_digest(str(password).encode(), key.encode())
     gr.mount_gradio_app(app, demo, path="/ui", auth=auth, auth_message="Password: the server's API key",
                         theme=theme(), css=CSS, footer_links=[], show_error=True)
-
-
-def add_cli(sub) -> None:
-    from .server import add_serve_args
-    p = sub.add_parser("ui", help="the web chat UI (and the API) for one or more models",
-                       description="Same as `baize serve --ui --port 7860`: the UI at /ui, the API at /v1.")
-    add_serve_args(p)
-    p.set_defaults(func=_main, port=7860, ui=True)
-
-
-def _main(args) -> int:
-    from .server import ServeConfig, parse_model_args, serve
-    cfg = dataclass_from_args(ServeConfig, args)
-    cfg.ui = True
-    serve(parse_model_args(args.models or ["default"]), cfg)
-    return 0

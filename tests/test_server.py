@@ -12,7 +12,10 @@ import httpx
 import openai
 import pytest
 
-from baize.server import ServeConfig, create_app, default_name, load_models, parse_model_args, running
+from baize.serve.app import create_app
+from baize.serve.config import ServeConfig
+from baize.serve.loading import default_name, load_models, parse_model_args
+from baize.testing import running
 
 HELLO = [{"role": "user", "content": "Tell me about the sea."}]
 
@@ -323,6 +326,21 @@ def test_names_from_specs():
         parse_model_args(["runs/v1", "other/v1"])
 
 
+def test_serve_and_ui_commands():
+    """`baize ui` is `baize serve --ui --port 7860`, with the same flags."""
+    from baize.cli import build_parser
+    from baize.config import dataclass_from_args
+    parser = build_parser()
+    serve = parser.parse_args(["serve", "v1=runs/v1", "--max-batch", "4"])
+    ui = parser.parse_args(["ui", "runs/v1", "--api-key", "k"])
+    assert serve.models == ["v1=runs/v1"] and ui.models == ["runs/v1"]
+    s, u = dataclass_from_args(ServeConfig, serve), dataclass_from_args(ServeConfig, ui)
+    assert (s.port, s.ui, s.max_batch, s.api_key) == (8000, False, 4, None)
+    assert (u.port, u.ui, u.max_batch, u.api_key) == (7860, True, 16, "k")
+    from baize.config import public_dict
+    assert public_dict(u)["api_key"] == "***"  # never written out
+
+
 def test_serve_command(tiny_model_dir):
     """`baize serve` as a user runs it: binds 127.0.0.1, needs the key, answers the openai client."""
     import socket
@@ -375,9 +393,9 @@ def test_nucleus_sampling_draws_from_the_right_distribution():
 
 def test_backends_without_the_engine_are_served_too():
     """openai: and gguf: specs (here a stub) go through a thread: real usage when not streaming."""
-    from baize.llm import Completion
+    from baize.llm import LLM, Completion
 
-    class Remote:
+    class Remote(LLM):
         name = "remote"
 
         def chat(self, messages, n=1, **kw):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from baize.llm import LLM
 from baize.ui import escape_html, to_display
 
 CHROMIUM = os.environ.get("BAIZE_CHROMIUM", "/usr/bin/chromium")
@@ -25,7 +26,7 @@ def test_escape_html_outside_code():
     assert to_display([{"role": "user", "content": "<i>"}])[0]["content"][0]["text"] == "&lt;i>"
 
 
-class Stub:
+class Stub(LLM):
     """Streams numbered answers word by word; 'xss' in the question gets the HTML payload at once."""
     name = "stub"
     system = None
@@ -62,7 +63,9 @@ def ui():
     if not Path(CHROMIUM).exists():
         pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install_browser.sh")
     sync_api = pytest.importorskip("playwright.sync_api")
-    from baize.server import ServeConfig, create_app, running
+    from baize.serve.app import create_app
+    from baize.serve.config import ServeConfig
+    from baize.testing import running
     stub = Stub()
     app = create_app({"stub": stub, "other": Stub(words=3)}, ServeConfig(), ui=True)
     with running(app) as url, sync_api.sync_playwright() as p:
@@ -173,7 +176,8 @@ def test_model_output_is_inert(ui):
 def test_ui_needs_the_key_when_the_api_does():
     from fastapi.testclient import TestClient
 
-    from baize.server import ServeConfig, create_app
+    from baize.serve.app import create_app
+    from baize.serve.config import ServeConfig
     app = create_app({"stub": Stub(words=1)}, ServeConfig(api_key="k"), ui=True)
     with TestClient(app) as c:
         assert c.get("/v1/models").status_code == 401
@@ -186,7 +190,10 @@ def test_ui_needs_the_key_when_the_api_does():
 def test_stop_cancels_the_engine_rows(ui, tiny_model_dir, monkeypatch):
     """With a real local model, Stop reaches the batching engine: the row ends as cancelled."""
     _, browser, _ = ui
-    from baize.server import ServeConfig, create_app, load_models, running
+    from baize.serve.app import create_app
+    from baize.serve.config import ServeConfig
+    from baize.serve.loading import load_models
+    from baize.testing import running
     models = load_models({"tiny": f"hf:{tiny_model_dir}"}, ServeConfig())
     engine, reqs = models["tiny"].engine, []
     real = engine.submit

@@ -1,0 +1,241 @@
+"""The HTTP app: `create_app(models, cfg)` over already-loaded models ({served name: LLM}).
+
+As in vLLM's OpenAI server, the route handlers are thin (module-level, on an APIRouter, finding
+their state on `request.app.state`); the chat-completion logic is the ChatCompletions class; the
+wire format is protocol.py. Local models go through the continuous-batching engine (engine.py): a
+request joins the running batch at the next decode step and leaves it when done, and a client that
+disconnects cancels its rows. Only imported when serving: fastapi stays out of `baize --help`.
+"""
+import asyncio
+import secrets
+import time
+import uuid
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse, StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from . import protocol
+from .config import ServeConfig
+from .jobs import events, start
+from .protocol import APIError, ChatRequest, error_body
+
+router = APIRouter()
+
+
+def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui: bool | None = None):
+    """The FastAPI app; `ui` (default: cfg.ui) also mounts the web UI at /ui."""
+    cfg = cfg or ServeConfig()
+    app = FastAPI(title="baize", description="OpenAI-compatible chat completions for baize models",
+                  docs_url="/docs", redoc_url=None)
+    app.state.models = models
+    app.state.created = int(time.time())
+    app.state.chat = ChatCompletions(models, cfg)
+    _add_error_handlers(app)
+    app.add_middleware(Guard, api_key=cfg.api_key)
+    app.include_router(router)
+    if ui if ui is not None else cfg.ui:
+        from ..ui import mount_ui
+        mount_ui(app, models, cfg)
+
+        @app.get("/", include_in_schema=False)
+        async def root():
+            return RedirectResponse("/ui/")
+    return app
+
+
+# -- routes ------------------------------------------------------------------------------------------
+
+@router.get("/health")
+async def health(request: Request):
+    return {"status": "ok", "models": list(request.app.state.models)}
+
+
+@router.get("/v1/models")
+async def list_models(request: Request):
+    state = request.app.state
+    return {"object": "list", "data": [protocol.model_card(n, state.created) for n in state.models]}
+
+
+@router.get("/v1/models/{name:path}")
+async def get_model(name: str, request: Request):
+    if name not in request.app.state.models:
+        raise APIError(404, f"The model '{name}' does not exist", param="model", code="model_not_found")
+    return protocol.model_card(name, request.app.state.created)
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(body: ChatRequest, request: Request):
+    return await request.app.state.chat.create(body, request)
+
+
+# -- the chat-completion logic -------------------------------------------------------------------------
+
+class ChatCompletions:
+    """POST /v1/chat/completions: check the request against its model, fit it in the context, start
+    the generations and answer whole or as server-sent events."""
+
+    def __init__(self, models: dict[str, object], cfg: ServeConfig):
+        self.models, self.cfg = models, cfg
+
+    async def create(self, body: ChatRequest, request: Request):
+        llm = self.models.get(body.model)
+        if llm is None:
+            raise APIError(404, f"The model '{body.model}' does not exist; served: {', '.join(self.models)}",
+                           param="model", code="model_not_found")
+        stop = self._check(llm, body)
+        messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+                    for m in body.messages]
+        ids, max_tokens = await self._fit(llm, messages, body.max_completion_tokens or body.max_tokens)
+        cfg = self.cfg
+        jobs = start(llm, messages, n=body.n,
+                     temperature=cfg.temperature if body.temperature is None else body.temperature,
+                     top_p=cfg.top_p if body.top_p is None else body.top_p, max_tokens=max_tokens, stop=stop,
+                     seed=body.seed, prompt_ids=ids, stream=body.stream)
+        cid, now = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+        if body.stream:
+            usage = bool(body.stream_options and body.stream_options.include_usage)
+            return StreamingResponse(self._stream(jobs, cid, now, body.model, usage), media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        return await self._complete(request, jobs, cid, now, body.model)
+
+    def _check(self, llm, body: ChatRequest) -> list[str]:
+        """What pydantic cannot check alone; returns the stop strings as a list."""
+        if body.logprobs:
+            raise APIError(400, "logprobs are not supported by this server", param="logprobs")
+        max_batch = llm.engine.max_batch if llm.is_local else self.cfg.max_batch
+        if body.n > max_batch:
+            raise APIError(400, f"n={body.n} is over this server's limit of {max_batch}", param="n")
+        stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+        if len(stop) > 4 or any(not s for s in stop):
+            raise APIError(400, "stop: at most 4 non-empty strings", param="stop")
+        return stop
+
+    async def _fit(self, llm, messages, max_tokens: int | None) -> tuple[list[int] | None, int]:
+        """The prompt's ids (when the model can count them) and the completion's token budget: refused
+        as OpenAI does when prompt + completion are over the context, else capped to fit it."""
+        ids = await run_in_threadpool(llm.prompt_ids, messages) if llm.can_count_tokens else None
+        ctx = getattr(llm, "context_length", None)
+        if ctx and ids is not None:
+            if max_tokens is not None and len(ids) + max_tokens > ctx:
+                raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you requested "
+                                    f"{len(ids) + max_tokens} tokens ({len(ids)} in the messages, {max_tokens} in "
+                                    f"the completion). Please reduce the length of the messages or completion.",
+                               param="messages", code="context_length_exceeded")
+            if len(ids) >= ctx:
+                raise APIError(400, f"This model's maximum context length is {ctx} tokens, and the messages take "
+                                    f"{len(ids)}. Please reduce the length of the messages.",
+                               param="messages", code="context_length_exceeded")
+            max_tokens = max_tokens or min(self.cfg.max_tokens, ctx - len(ids))
+        return ids, max_tokens or self.cfg.max_tokens
+
+    async def _complete(self, request: Request, jobs, cid, now, name):
+        done = [None] * len(jobs)
+
+        async def collect():
+            async for i, kind, value in events(jobs):
+                if kind == "error":
+                    raise value
+                if kind == "done":
+                    done[i] = value
+
+        task = asyncio.ensure_future(collect())
+        try:
+            while not task.done():  # watch for the client going away: it cancels the generation
+                await asyncio.wait([task], timeout=0.5)
+                if not task.done() and await request.is_disconnected():
+                    task.cancel()
+                    return JSONResponse(error_body("client disconnected"), status_code=499)
+            task.result()
+        except APIError:
+            raise
+        except Exception as e:
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error") from None
+        finally:
+            task.cancel()
+        return protocol.completion(cid, now, name, done)
+
+    async def _stream(self, jobs, cid, now, name, include_usage):
+        done = [None] * len(jobs)
+        for i in range(len(jobs)):
+            yield protocol.chunk(cid, now, name, [protocol.choice_delta(i, {"role": "assistant", "content": ""})])
+        async for i, kind, value in events(jobs):
+            if kind == "delta":
+                yield protocol.chunk(cid, now, name, [protocol.choice_delta(i, {"content": value})])
+            elif kind == "done":
+                done[i] = value
+                yield protocol.chunk(cid, now, name, [protocol.choice_delta(i, {}, protocol.finish_reason(value))])
+            else:  # the status line is sent: the error can only be an event
+                yield protocol.sse(error_body(f"generation failed: {type(value).__name__}: {value}", "server_error"),
+                                   ensure_ascii=True)
+                return
+        if include_usage:
+            yield protocol.chunk(cid, now, name, [], usage=protocol.usage(done))
+        yield protocol.sse("[DONE]")
+
+
+# -- errors and the API key ------------------------------------------------------------------------------
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI's {"error": {...}} body, which clients parse into their exceptions."""
+
+    @app.exception_handler(APIError)
+    async def _api_error(request, e: APIError):
+        return JSONResponse(error_body(e.message, e.type, e.param, e.code), status_code=e.status,
+                            headers={"WWW-Authenticate": "Bearer"} if e.status == 401 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request, e: RequestValidationError):
+        errs = e.errors()
+        first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": ""}
+        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        if first.get("type") == "json_invalid":
+            return JSONResponse(error_body(f"The request body is not valid JSON: {first.get('msg')}",
+                                           code="invalid_json"), status_code=400)
+        where = ".".join(loc)
+        msg = f"{where}: {first['msg']}" if where else first["msg"]
+        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        return JSONResponse(error_body(f"Invalid request: {msg}{more}", param=where or None,
+                                       code="invalid_value"), status_code=400)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request, e: StarletteHTTPException):
+        return JSONResponse(error_body(str(e.detail), code=str(e.status_code)), status_code=e.status_code)
+
+    @app.exception_handler(Exception)
+    async def _internal(request, e: Exception):
+        return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
+
+
+class Guard:
+    """API key and body size, checked before anything reads the request (so a request without the key
+    gets 401 whatever its body). Plain ASGI: BaseHTTPMiddleware would get between a streaming response
+    and the client's disconnect. /health stays open for probes; the UI has its own login."""
+    limit = 16 * 2 ** 20
+
+    def __init__(self, app, api_key: str | None = None):
+        self.app, self.key = app, api_key
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            refused = self._refuse(dict(scope["headers"]), scope["path"])
+            if refused is not None:
+                return await refused(scope, receive, send)
+        await self.app(scope, receive, send)
+
+    def _refuse(self, headers: dict, path: str) -> JSONResponse | None:
+        if self.key and path != "/health" and not (path == "/ui" or path.startswith("/ui/")):
+            scheme, _, given = headers.get(b"authorization", b"").decode("latin-1").partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), self.key.encode()):
+                return JSONResponse(error_body("Incorrect or missing API key: send 'Authorization: Bearer KEY'",
+                                               code="invalid_api_key"),
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        size = headers.get(b"content-length", b"0")
+        if not size.isdigit() or int(size) > self.limit:
+            big = size.isdigit()
+            return JSONResponse(error_body("request body over 16 MiB" if big else "bad Content-Length header",
+                                           code="request_too_large" if big else None),
+                                status_code=413 if big else 400)
+        return None
