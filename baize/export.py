@@ -233,34 +233,16 @@ def _natural(name: str):
 
 # --- the file ------------------------------------------------------------------------------------------
 
-def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dtype: str = "f16",
-               name: str | None = None, extra: dict | None = None) -> dict:
-    """Write a LLaMA model directory (weights, tokenizer) and a chat template as one GGUF file; `extra`:
-    more metadata (str, or list of str)."""
+def _plan_tensors(model_dir: Path, cfg, dtype: str, head_dim: int, scaling: dict):
+    """(plan, weights, open files): each tensor's gguf name, HF name (None: computed), shape and ggml type."""
     import gguf
-    import numpy as np
-    import torch
     from safetensors import safe_open
-    from transformers import AutoTokenizer
-
-    if dtype not in ("f16", "q8_0"):
-        raise BaizeError(f"--dtype {dtype}: use f16 or q8_0")
-    model_dir, out = Path(model_dir), Path(out)
-    cfg = _config(str(model_dir))
-    check_architecture(cfg)
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    n_head = cfg.num_attention_heads
-    n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // n_head
-    theta, scaling = _rope(cfg)
-    arch = gguf.MODEL_ARCH.LLAMA
-    tmap = gguf.get_tensor_name_map(arch, cfg.num_hidden_layers)
-
+    tmap = gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, cfg.num_hidden_layers)
     weights = _weights(model_dir)
     tied = bool(getattr(cfg, "tie_word_embeddings", False))
     if not tied and "lm_head.weight" not in weights:
         raise BaizeError(f"{model_dir} has untied embeddings but no lm_head.weight")
-    plan = []  # (gguf name, hf name or None, shape, ggml type)
+    plan = []
     Q = gguf.GGMLQuantizationType
     files: dict[Path, object] = {}
     for hf in sorted(weights, key=_natural):
@@ -278,13 +260,100 @@ def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dt
         else:
             qt = Q.F16  # llama.cpp's fallback for rows that do not split into Q8_0 blocks
         plan.append((gname, hf, shape, qt))
-    shapes = {g: shape for g, _, shape, _ in plan}
-    if "token_embd.weight" not in shapes:
+    if "token_embd.weight" not in {g for g, *_ in plan}:
         raise BaizeError(f"{model_dir} has no token embeddings (model.embed_tokens.weight)")
-    n_vocab = shapes["token_embd.weight"][0]
     if scaling["rope_type"] == "llama3":
         plan.append((gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", None, (head_dim // 2,), Q.F32))
+    return plan, weights, files
 
+
+def _add_model_keys(w, cfg, *, name: str, n_vocab: int, head_dim: int, dtype: str) -> None:
+    """The LLaMA hyperparameters llama.cpp reads, the file type and the paper's sampling defaults."""
+    import gguf
+    n_head = cfg.num_attention_heads
+    theta, scaling = _rope(cfg)
+    w.add_type(gguf.GGUFType.MODEL)
+    w.add_name(name)
+    w.add_context_length(cfg.max_position_embeddings)
+    w.add_embedding_length(cfg.hidden_size)
+    w.add_block_count(cfg.num_hidden_layers)
+    w.add_feed_forward_length(cfg.intermediate_size)
+    w.add_head_count(n_head)
+    w.add_head_count_kv(getattr(cfg, "num_key_value_heads", None) or n_head)
+    w.add_rope_freq_base(theta)
+    w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
+    w.add_vocab_size(n_vocab)
+    w.add_rope_dimension_count(head_dim)
+    if head_dim != cfg.hidden_size // n_head:
+        w.add_key_length(head_dim)
+        w.add_value_length(head_dim)
+    if scaling["rope_type"] == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(float(scaling["factor"]))
+    w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if dtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    if hasattr(w, "add_sampling_temp"):  # the paper's sampling as the file's defaults (gguf >= 0.17)
+        w.add_sampling_temp(float(SAMPLING["temperature"]))
+        w.add_sampling_top_p(float(SAMPLING["top_p"]))
+
+
+def _add_tokenizer_keys(w, tf: dict, special) -> None:
+    w.add_tokenizer_model(tf["model"])
+    w.add_tokenizer_pre(tf["pre"])
+    w.add_token_list(tf["tokens"])
+    w.add_token_types(tf["types"])
+    if tf["scores"] is not None:
+        w.add_token_scores(tf["scores"])
+    if "add_space_prefix" in tf:
+        w.add_add_space_prefix(tf["add_space_prefix"])
+    special.add_to_gguf(w, quiet=True)
+
+
+def _write_tensors(w, tmp: Path, plan, weights, files, cfg) -> None:
+    """Header and tensor infos first, then one tensor at a time: memory stays at one tensor, not the model."""
+    import gguf
+    import numpy as np
+    import torch
+    Q = gguf.GGMLQuantizationType
+    n_head = cfg.num_attention_heads
+    n_kv = getattr(cfg, "num_key_value_heads", None) or n_head
+    for gname, _, shape, qt in plan:
+        bshape = gguf.quant_shape_to_byte_shape(shape, qt) if qt == Q.Q8_0 else shape
+        np_dtype = {Q.F32: np.float32, Q.F16: np.float16, Q.Q8_0: np.uint8}[qt]
+        nbytes = int(np.prod(bshape)) * np.dtype(np_dtype).itemsize
+        w.add_tensor_info(gname, bshape, np.dtype(np_dtype), nbytes, raw_dtype=qt if qt == Q.Q8_0 else None)
+    w.write_header_to_file(tmp)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for gname, hf, shape, qt in plan:
+        if hf is None:
+            data = np.asarray(llama3_rope_factors(cfg), dtype=np.float32)
+        else:
+            t = files[weights[hf]].get_tensor(hf).to(torch.float32)
+            if gname.endswith("attn_q.weight"):
+                t = permute_qk(t, n_head, n_head)
+            elif gname.endswith("attn_k.weight"):
+                t = permute_qk(t, n_head, n_kv)
+            data = t.numpy()
+        w.write_tensor_data(gguf.quants.quantize(data, qt))
+
+
+def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dtype: str = "f16",
+               name: str | None = None, extra: dict | None = None) -> dict:
+    """Write a LLaMA model directory (weights, tokenizer) and a chat template as one GGUF file; `extra`:
+    more metadata (str, or list of str)."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    if dtype not in ("f16", "q8_0"):
+        raise BaizeError(f"--dtype {dtype}: use f16 or q8_0")
+    model_dir, out = Path(model_dir), Path(out)
+    cfg = _config(str(model_dir))
+    check_architecture(cfg)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    plan, weights, files = _plan_tensors(model_dir, cfg, dtype, head_dim, _rope(cfg)[1])
+    n_vocab = next(shape for g, _, shape, _ in plan if g == "token_embd.weight")[0]
     tf = tokenizer_fields(model_dir, tok, n_vocab)
     special = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
     special.add_special_token.update(bos=tf["add_bos"], eos=tf["add_eos"])
@@ -292,63 +361,13 @@ def write_gguf(model_dir: str | Path, out: str | Path, *, chat_template: str, dt
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
+    w = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[gguf.MODEL_ARCH.LLAMA])
     try:
-        w.add_type(gguf.GGUFType.MODEL)
-        w.add_name(name or out.stem)
-        w.add_context_length(cfg.max_position_embeddings)
-        w.add_embedding_length(cfg.hidden_size)
-        w.add_block_count(cfg.num_hidden_layers)
-        w.add_feed_forward_length(cfg.intermediate_size)
-        w.add_head_count(n_head)
-        w.add_head_count_kv(n_kv)
-        w.add_rope_freq_base(theta)
-        w.add_layer_norm_rms_eps(cfg.rms_norm_eps)
-        w.add_vocab_size(n_vocab)
-        w.add_rope_dimension_count(head_dim)
-        if head_dim != cfg.hidden_size // n_head:
-            w.add_key_length(head_dim)
-            w.add_value_length(head_dim)
-        if scaling["rope_type"] == "linear":
-            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(float(scaling["factor"]))
-        w.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if dtype == "q8_0" else gguf.LlamaFileType.MOSTLY_F16)
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        if hasattr(w, "add_sampling_temp"):  # the paper's sampling as the file's defaults (gguf >= 0.17)
-            w.add_sampling_temp(float(SAMPLING["temperature"]))
-            w.add_sampling_top_p(float(SAMPLING["top_p"]))
-        w.add_tokenizer_model(tf["model"])
-        w.add_tokenizer_pre(tf["pre"])
-        w.add_token_list(tf["tokens"])
-        w.add_token_types(tf["types"])
-        if tf["scores"] is not None:
-            w.add_token_scores(tf["scores"])
-        if "add_space_prefix" in tf:
-            w.add_add_space_prefix(tf["add_space_prefix"])
-        special.add_to_gguf(w, quiet=True)
+        _add_model_keys(w, cfg, name=name or out.stem, n_vocab=n_vocab, head_dim=head_dim, dtype=dtype)
+        _add_tokenizer_keys(w, tf, special)
         for k, v in (extra or {}).items():
             w.add_array(k, v) if isinstance(v, list) else w.add_string(k, v)
-
-        # header and tensor infos first, then one tensor at a time: memory stays at one tensor, not the model
-        for gname, _, shape, qt in plan:
-            bshape = gguf.quant_shape_to_byte_shape(shape, qt) if qt == Q.Q8_0 else shape
-            np_dtype = {Q.F32: np.float32, Q.F16: np.float16, Q.Q8_0: np.uint8}[qt]
-            nbytes = int(np.prod(bshape)) * np.dtype(np_dtype).itemsize
-            w.add_tensor_info(gname, bshape, np.dtype(np_dtype), nbytes, raw_dtype=qt if qt == Q.Q8_0 else None)
-        w.write_header_to_file(tmp)
-        w.write_kv_data_to_file()
-        w.write_ti_data_to_file()
-        for gname, hf, shape, qt in plan:
-            if hf is None:
-                data = np.asarray(llama3_rope_factors(cfg), dtype=np.float32)
-            else:
-                t = files[weights[hf]].get_tensor(hf).to(torch.float32)
-                if gname.endswith("attn_q.weight"):
-                    t = permute_qk(t, n_head, n_head)
-                elif gname.endswith("attn_k.weight"):
-                    t = permute_qk(t, n_head, n_kv)
-                data = t.numpy()
-            w.write_tensor_data(gguf.quants.quantize(data, qt))
+        _write_tensors(w, tmp, plan, weights, files, cfg)
         w.close()
         os.replace(tmp, out)
     except BaseException:
