@@ -6,6 +6,8 @@ latency per call, so the numbers measure the collector, not the model:
 
   (a) baseline: what the original Baize `collect.py` did: one request at a time with the paper's
       one-shot template, then `time.sleep(1)` before the next seed (baize's OpenAILLM makes the call);
+  (a0) the same loop without the sleep: one request at a time and nothing else, so the ratio to it
+      is what concurrency alone buys (the 1 s sleep is most of (a)'s time at 0.3 s per call);
   (b) baize: `baize.collect.collect(...)` with --concurrency 64 on a generated seed file.
 
 The bound for (b) is concurrency / latency dialogues per second (64 / 0.3 s = 213/s).
@@ -180,7 +182,8 @@ def main() -> int:
     a = p.parse_args()
     os.environ.pop("OPENAI_API_KEY", None)
 
-    results: dict = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+    from baize.speedups import cpu_info
+    results: dict = {"machine": {"cpus": os.cpu_count(), "cpu": cpu_info(), "python": platform.python_version(),
                                  "loadavg_at_start": list(os.getloadavg())},
                      "settings": {"latency_s": a.latency, "concurrency": a.concurrency, "seeds": a.seeds,
                                   "baseline_seeds": a.baseline_seeds}}
@@ -192,6 +195,8 @@ def main() -> int:
             base_seeds = [json.loads(line)["seed"] for line in seed_file.read_text().splitlines()[:a.baseline_seeds]]
             print(f"(a) baseline: {len(base_seeds)} seeds, one at a time, sleep(1) between ...", flush=True)
             results["baseline"] = b = baseline(url, base_seeds)
+            print(f"(a0) the same loop without the sleep: {len(base_seeds)} seeds ...", flush=True)
+            results["baseline_no_sleep"] = b0 = baseline(url, base_seeds, sleep_s=0.0)
             print(f"(b) baize collect: {a.seeds} seeds, concurrency {a.concurrency} ...", flush=True)
             results["baize"] = c = baize_collect(url, seed_file, tmp, a.concurrency, a.progress)
             print(f"(b0) bare client: the same {a.seeds} requests from {a.concurrency} threads ...", flush=True)
@@ -202,6 +207,7 @@ def main() -> int:
             server.wait(timeout=10)
         bound = a.concurrency / a.latency
         results["ratio"] = round(c["dialogues_per_s"] / b["dialogues_per_s"], 1)
+        results["ratio_without_sleep"] = round(c["dialogues_per_s"] / b0["dialogues_per_s"], 1)
         results["bound_dialogues_per_s"] = round(bound, 1)
         results["fraction_of_bound"] = round(c["dialogues_per_s"] / bound, 3)
         results["targets"] = {"ratio>=50": results["ratio"] >= 50, "fraction_of_bound>=0.8": results["fraction_of_bound"] >= 0.8}
@@ -211,12 +217,16 @@ def main() -> int:
     results["machine"]["loadavg_at_end"] = list(os.getloadavg())
 
     print()
-    print(f"fake teacher: {a.latency} s per call, separate process; machine: {os.cpu_count()} CPUs, "
+    print(f"fake teacher: {a.latency} s per call, separate process; machine: {os.cpu_count()} CPUs "
+          f"({results['machine']['cpu']['model']}, flags: {' '.join(results['machine']['cpu']['flags']) or 'none'}), "
           f"load average {results['machine']['loadavg_at_start'][0]:.1f} at start")
-    print(f"(a) original Baize loop     : {b['dialogues_per_s']:8.3f} dialogues/s  ({b['dialogues']} in {b['seconds']} s)")
+    print(f"(a) original Baize loop     : {b['dialogues_per_s']:8.3f} dialogues/s  ({b['dialogues']} in {b['seconds']} s, "
+          f"sleep(1) after each)")
+    print(f"(a0) the loop, no sleep     : {b0['dialogues_per_s']:8.3f} dialogues/s  ({b0['dialogues']} in {b0['seconds']} s)")
     print(f"(b) baize collect, conc {a.concurrency:<3} : {c['dialogues_per_s']:8.2f} dialogues/s  ({c['dialogues']} in "
           f"{c['seconds']} s; kept {c['kept']}, rejected {sum(c['rejected'].values())}, failed {c['failed']})")
     print(f"    ratio (b)/(a)           : {results['ratio']:8.1f}x   (target >= 50x)")
+    print(f"    ratio (b)/(a0)          : {results['ratio_without_sleep']:8.1f}x   (concurrency alone, no sleep in the baseline)")
     print(f"    (b) / bound {bound:.0f}/s       : {100 * results['fraction_of_bound']:8.1f} %  (target >= 80 %)")
     print(f"(b0) bare openai client     : {c0['dialogues_per_s']:8.2f} requests/s   (same requests, thread pool, no "
           f"collection logic: (b) is {100 * c['dialogues_per_s'] / c0['dialogues_per_s']:.0f} % of it)")

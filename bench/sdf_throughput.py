@@ -96,8 +96,9 @@ def judging(args, out_dir: Path) -> dict:
             judge.rank(p.context, [f"{a} to {p.id}" for a in answers])
         sec_c = time.perf_counter() - t0
         calls_c = judge.usage["calls"]
-        # (d) baize sdf with --concurrency 64 and an instant policy; the fake judge's reply has no
-        # verdict, so each ranking is one call per order plus one format reminder per order
+        # (d) baize sdf with --concurrency 64 and an instant policy; the fake judge (baize.testing's
+        # default_reply) answers every ranking prompt with a parseable verdict, so each ranking is one
+        # call per order (2) and never a format reminder: 300 prompts, 600 calls
         cands = iter(range(10 ** 9))
         policy = FakeLLM(lambda m: f"candidate {next(cands)}", name="instant-policy")
         cfg = SDFConfig(policy="instant-policy", judge="openai:fake-judge", judge_base_url=url, prompts="quora",
