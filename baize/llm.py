@@ -64,6 +64,7 @@ class LLM:
       streaming requests).
     """
     name: str = ""
+    context_length: int | None = None  # prompt + answer tokens the model takes, where known
     can_stream: bool = True
     can_score_options: bool = False
     can_count_tokens: bool = False

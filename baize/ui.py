@@ -47,7 +47,7 @@ def build_ui(models: dict[str, object], cfg=None):
             return
         msgs = ([{"role": "system", "content": system}] if (system or "").strip() else []) + history
         msgs, dropped = trim_history(msgs, int(max_hist), lambda m: count_tokens(llm, m))
-        ctx = getattr(llm, "context_length", None)
+        ctx = llm.context_length
         max_new = int(max_new)
         if ctx:
             room = ctx - count_tokens(llm, msgs)

@@ -97,7 +97,7 @@ def test_adapters_mixed_in_one_queue(tiny_model_dir, tiny):
     active = []
 
     @contextlib.contextmanager
-    def select(adapter):  # as baize.server does it
+    def select(adapter):  # as baize.serve.loading does it
         active.append(adapter)
         if not adapter:
             with peft.disable_adapter():

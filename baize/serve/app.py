@@ -117,7 +117,7 @@ class ChatCompletions:
         """The prompt's ids (when the model can count them) and the completion's token budget: refused
         as OpenAI does when prompt + completion are over the context, else capped to fit it."""
         ids = await run_in_threadpool(llm.prompt_ids, messages) if llm.can_count_tokens else None
-        ctx = getattr(llm, "context_length", None)
+        ctx = llm.context_length
         if ctx and ids is not None:
             if max_tokens is not None and len(ids) + max_tokens > ctx:
                 raise APIError(400, f"This model's maximum context length is {ctx} tokens. However, you requested "
