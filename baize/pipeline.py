@@ -59,7 +59,7 @@ def _train_once(console, run: Path, cfg) -> None:
     from dataclasses import replace
 
     from .models import RUN_FILE
-    from .train import train
+    from .recipes import train
     # the run record, not the adapter, marks a trained stage: train() saves the adapter first and the
     # record last, and the next stage (--from, SDF's policy, eval) needs the record
     if (run / RUN_FILE).exists():
