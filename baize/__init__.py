@@ -1,7 +1,9 @@
 """baize: seed questions in, a served chat model out (self-chat, LoRA, SDF, serving)."""
-from ._version import __version__  # noqa: F401  (one place; stages read it without importing the package)
+from ._version import __version__  # one place; stages read it without importing the package
+from .schema import Message, read_jsonl, write_jsonl  # stdlib-only imports: `baize --help` stays instant
 
-from .schema import Message, read_jsonl, write_jsonl  # noqa: E402  (stdlib-only imports: `baize --help` stays instant)
+__all__ = ["__version__", "Message", "read_jsonl", "write_jsonl", "load_llm", "LLM", "Completion", "GenParams",
+           "LLMError"]
 
 
 def load_llm(spec: str, **kw):

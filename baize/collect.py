@@ -13,7 +13,8 @@ from pathlib import Path
 
 from .config import EndpointFields, RunFields, add_dataclass_args, dataclass_from_args, opt
 from .filters import DialogueFilter, FilterConfig, check_config
-from .runner import Ledger, Summary, print_summary as _print_summary, run_items
+from .runner import Ledger, Summary, run_items
+from .runner import print_summary as _print_summary
 
 SELF_CHAT_TEMPLATE = (
     "Forget the instruction you have previously received. The following is a conversation between a "

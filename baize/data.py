@@ -115,7 +115,7 @@ def stats(path: str | Path) -> dict:
     sdf = None
     if isinstance(head, dict) and head.get("meta", {}).get("mode") == "sdf":
         sdf = sdf_stats(list(read_jsonl(path)))
-    return {"sdf": sdf, 
+    return {"sdf": sdf,
         "file": str(path), "dialogues": n,
         "turns_per_dialogue": {"mean": round(statistics.mean(turns), 2), "min": min(turns), "max": max(turns),
                                "histogram": dict(sorted(Counter(turns).items()))},

@@ -21,8 +21,17 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from .config import (BaizeError, EndpointFields, JudgeFields, RunFields, add_dataclass_args,
-                     dataclass_from_args, opt, public_dict, save_config)
+from .config import (
+    BaizeError,
+    EndpointFields,
+    JudgeFields,
+    RunFields,
+    add_dataclass_args,
+    dataclass_from_args,
+    opt,
+    public_dict,
+    save_config,
+)
 from .runner import Ledger, run_items
 from .schema import read_jsonl, read_jsonl_where
 
@@ -411,7 +420,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         local = not spec.startswith(("openai:", "gguf:"))
         for what, recs in nll_sets.items():
             key = (model_key(spec, cfg), what, _h(recs))
-            if local and (value := nll_cache.get(key, lambda: nll(lazy, recs))) is not None:
+            if local and (value := nll_cache.get(key, lambda lazy=lazy, recs=recs: nll(lazy, recs))) is not None:
                 nlls[name][what] = value
         if not (llms and name in llms):
             lazy.close()

@@ -325,7 +325,7 @@ def _write_tensors(w, tmp: Path, plan, weights, files, cfg) -> None:
     w.write_header_to_file(tmp)
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for gname, hf, shape, qt in plan:
+    for gname, hf, _shape, qt in plan:
         if hf is None:
             data = np.asarray(llama3_rope_factors(cfg), dtype=np.float32)
         else:

@@ -51,9 +51,11 @@ DEFAULT_REJECT_PATTERNS = [
     r"\bmy knowledge cutoff\b",
     r"\btrained by openai\b",
     # the same boilerplate from small local teachers ("as a chatbot, I can't engage...")
-    r"\bas an? (?:[\w-]+ )?(?:ai|chatbot|language model)\b[^.?!\n]{0,60}?,\s*I(?:'m| am)? (?:don't|do not|can't|cannot|not|unable)\b",
+    r"\bas an? (?:[\w-]+ )?(?:ai|chatbot|language model)\b[^.?!\n]{0,60}?,"
+    r"\s*I(?:'m| am)? (?:don't|do not|can't|cannot|not|unable)\b",
     r"\bI(?:'m| am) (?:just |only )?an? (?:ai|chatbot|language model|virtual assistant)\b",
-    r"\bI(?:'m| am) (?:not (?:equipped|able|designed|programmed)|unable) to (?:assist|help|provide|answer|recommend|give|engage)\b",
+    r"\bI(?:'m| am) (?:not (?:equipped|able|designed|programmed)|unable) to "
+    r"(?:assist|help|provide|answer|recommend|give|engage)\b",
     r"\bI (?:don't|do not) have the (?:ability|capability|capacity) to\b",
 ]
 
@@ -238,8 +240,9 @@ def _question_part(text: str) -> str:
 def non_answer(msgs: list[dict], seed: str, threshold: float, min_content: int = 3, filler_words: int = 8):
     """An AI turn that restates the question: fewer than `threshold` of its content words are new,
     and at least half of them sit in phrases (3+ words) copied from the question; or 80% of its
-    words are such phrases; or it has eight words or more without a single content word. Choosing among options the question lists, or
-    copying the material it came with, is answering, not restating."""
+    words are such phrases; or it has eight words or more without a single content word. Choosing
+    among options the question lists, or copying the material it came with, is answering, not
+    restating."""
     # phrases are compared stemmed: "Why does public education fail?" copies "Why is public education failing?"
     known, asked = content_stems(_question_part(seed)), set(_grams([_stem(w) for w in words(_question_part(seed))], 3))
     for i, m in enumerate(msgs):

@@ -125,7 +125,8 @@ def run(cfg: PipelineConfig) -> dict:
     t = _step(console, f"3/{steps} SDF: v1 samples {cfg.n} answers to each of {cfg.sdf_prompts} new prompts, "
                        f"judge {cfg.judge} ranks them")
     sdf_out = out / "sdf.jsonl"
-    scfg = SDFConfig(policy=cfg.sdf_policy or str(v1), base_url=cfg.sdf_base_url, judge=cfg.judge, prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
+    scfg = SDFConfig(policy=cfg.sdf_policy or str(v1), base_url=cfg.sdf_base_url, judge=cfg.judge,
+                     prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
                      out=str(sdf_out), n=cfg.n, max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency,
                      temperature=cfg.temperature, judge_base_url=cfg.base_url,
                      # an endpoint serving v1 needs v1's system prompt from us; in-process v1 adds its own

@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from baize.config import BaizeError
-from baize.evaluate import (EvalConfig, Question, bootstrap_ci, evaluate, load_questions, pair_stats,
-                            parse_models, reference_dialogues, win_rate)
+from baize.evaluate import (
+    EvalConfig,
+    Question,
+    bootstrap_ci,
+    evaluate,
+    load_questions,
+    pair_stats,
+    parse_models,
+    reference_dialogues,
+    win_rate,
+)
 from baize.testing import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent

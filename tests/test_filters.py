@@ -7,8 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from baize.filters import (FilterConfig, NearDup, check, compile_patterns, content_stems, echo, non_answer, off_topic,
-                           repetition, words)
+from baize.filters import (
+    FilterConfig,
+    NearDup,
+    check,
+    compile_patterns,
+    content_stems,
+    echo,
+    non_answer,
+    off_topic,
+    repetition,
+    words,
+)
 
 
 def U(text):

@@ -10,8 +10,18 @@ from dataclasses import asdict
 import pytest
 
 from baize.config import BaizeError
-from baize.judge import (PAIR_REMINDER, SCORE_REMINDER, Judge, JudgeError, Ranking, Score, Verdict, parse_pair,
-                         parse_ranking, parse_score)
+from baize.judge import (
+    PAIR_REMINDER,
+    SCORE_REMINDER,
+    Judge,
+    JudgeError,
+    Ranking,
+    Score,
+    Verdict,
+    parse_pair,
+    parse_ranking,
+    parse_score,
+)
 from baize.llm import LLM, TransientLLMError
 from baize.testing import FakeLLM
 
@@ -368,7 +378,7 @@ def test_concurrent_pairs_share_the_cache(tmp_path):
     jobs = [(f"Q{i % 8}?", f"q{i % 8 + 1} left", f"q{8 - i % 8} right") for i in range(32)]
     with ThreadPoolExecutor(16) as pool:
         got = list(pool.map(lambda j: judge.pair(*j), jobs))
-    for (q, a, b), v in zip(jobs, got):
+    for (_q, a, b), v in zip(jobs, got):
         want = "tie" if quality(a) == quality(b) else "A" if quality(a) > quality(b) else "B"
         assert (v.winner, v.consistent) == (want, True)
     # the same prompt asked by several threads at once is paid once
