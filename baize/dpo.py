@@ -1,8 +1,9 @@
-"""v2 by DPO from preference pairs (`baize train --method dpo`), beyond the paper's SDF fine-tuning.
+"""The DPO recipe: v2 from preference pairs (`baize train --method dpo`), beyond the paper's SDF
+fine-tuning; top to bottom in `dpo`.
 
     baize train --from runs/v1 --method dpo --data data/sdf.prefs.jsonl --out runs/v2-dpo
 
-TRL's DPOTrainer computes the loss; train.py's loop does the rest as for SFT (checkpoints, --resume,
+TRL's DPOTrainer computes the loss; train.py's shared parts do the rest as for SFT (checkpoints, --resume,
 --val-size, progress, loss.jsonl/loss.png, the adapter check, baize_run.json). What is ours:
 
 - The reference is v1 exactly. TRL, given a model and a LoRA config, takes the model with its adapter
@@ -25,8 +26,25 @@ and a plain DPOTrainer accepts them unchanged:
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from .config import BaizeError
+from .speedups import cpu_speedups, plan_passes
+from .train import (
+    TrainConfig,
+    check_adapter,
+    finish,
+    fit,
+    load_for_training,
+    log_lora,
+    lora_config,
+    progress,
+    save,
+    split_val,
+    start,
+    trainer_args,
+    write_record,
+)
 
 ROLES = ("system", "user", "assistant")
 ASSISTANT_SHAPE = '[{"role": "assistant", "content": "..."}]'
@@ -115,8 +133,6 @@ def encode_pair(row: dict, fmt, tokenizer, system: str | None = None) -> dict:
 def prepare_prefs(cfg, fmt, tokenizer, log, items: list[tuple[dict, str]]):
     """(train, val) datasets of token ids; refuses pairs whose prompt fills --max-length."""
     from datasets import Dataset
-
-    from .train import split_val
     pairs = [encode_pair(r, fmt, tokenizer, cfg.system) for r, _ in items]
     mean = {k: sum(len(p[k]) for p in pairs) / len(pairs) for k in ("prompt_ids", "chosen_ids", "rejected_ids")}
     cut = sum(len(p["prompt_ids"]) + max(len(p["chosen_ids"]), len(p["rejected_ids"])) > cfg.max_length for p in pairs)
@@ -158,7 +174,7 @@ def policy_config(cfg):
 
 
 def args_class(cfg):
-    """DPOConfig with --beta and --max-length; train.py passes the TrainingArguments both methods share."""
+    """DPOConfig with --beta and --max-length; train.trainer_args passes the arguments both methods share."""
     import functools
 
     from trl import DPOConfig
@@ -183,13 +199,12 @@ def _trainer_class():
 def make_trainer(cfg, model, tokenizer, args, train_set, val_set, callbacks):
     """TRL wraps `model` (the policy, chain merged) with a fresh adapter from the LoRA flags; no `ref` copy:
     the reference is that model with the adapter disabled."""
-    from .train import lora_config
     return _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                             processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
 
 
 def run_record(cfg) -> dict:
-    """Lineage for baize_run.json (train.py writes base = the reference, from_run, data files)."""
+    """Lineage for baize_run.json (write_record adds base = the reference, from_run, data files)."""
     return {"method": "dpo", "beta": cfg.beta, "reference": policy_spec(cfg)}
 
 
@@ -202,3 +217,43 @@ def summary(trainer) -> dict:
             out[f"{prefix}reward_margin"] = round(last[f"{prefix}rewards/margins"], 4)
             out[f"{prefix}reward_accuracy"] = round(last[f"{prefix}rewards/accuracies"], 4)
     return out
+
+
+# --- the recipe ----------------------------------------------------------------------------------
+
+def dpo(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
+    """Train (or resume) a DPO run: a fresh adapter on the --from run (or --base), which stays the
+    reference; returns the run directory."""
+    from transformers import set_seed
+
+    from .chat_format import get_format
+    run = start(cfg, check=check)  # --from's base, format and system; an --out that holds a run needs --resume
+    cfg, log = run.cfg, run.log
+    items = read_prefs(cfg.data_files())  # a bad row fails here, before minutes of model loading
+    set_seed(cfg.seed)
+    model, tok = load_for_training(policy_config(cfg), run.device, log, adapter=False)
+    train_set, val_set = prepare_prefs(cfg, get_format(cfg.format, tok), tok, log, items)
+
+    # TRL's collator pads each batch's chosen and rejected sequences to the longest one: no packing
+    workers, micro = plan_passes(model, run.per_process, cfg.micro_batch_size, cfg.parallel_dialogues, log,
+                                 cpu_packed=False, threads=False)
+    attn = model.config._attn_implementation
+    args = trainer_args(run, args_class(cfg), micro=micro, n_train=len(train_set), n_val=len(val_set),
+                        batching="longest", attn=attn, unit="pairs", objective=f"DPO (beta {cfg.beta}) on the completions")
+    callback = progress(run)
+    trainer = make_trainer(cfg, model, tok, args, train_set, val_set, [callback, *callbacks])
+    model = trainer.model  # with the adapter TRL added
+    log_lora(model, log)
+    if run.device == "cpu":
+        cpu_speedups(model, bf16=run.precision == "bf16", ours=cfg.speedups)
+
+    fit(trainer, run, has_val=bool(val_set))
+    checksums = save(trainer, model, run)
+    if not run.is_main:
+        return run.dir
+    n = check_adapter(run.dir)
+    tok.save_pretrained(run.dir)
+    write_record(run, trainer, model, base=policy_spec(cfg), **run_record(cfg))
+    return finish(run, trainer, callback, batching="longest", micro_batch_size=micro, parallel_dialogues=workers,
+                  attention=attn, precision=run.precision, cpu_speedups=[], world_size=run.world,
+                  ddp_adapter_checksums=checksums, adapter_tensors=n, **summary(trainer))

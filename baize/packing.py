@@ -1,14 +1,45 @@
-"""Batching for `baize train`: padding-free packing that keeps attention inside each dialogue.
+"""Dialogues into training samples for `baize train`: the labels, and padding-free packing that keeps
+attention inside each dialogue.
 
-transformers' collators do the packing (DataCollatorWithFlattening) and the padded modes; what is ours
-is a per-dialogue attention for packed rows on CPU (no varlen kernel there) and a check, on the real
-model, that packing does not leak attention across dialogues before we rely on it.
+The labels come from chat_format's assistant character spans through the tokenizer's offsets, so both
+formats mask exactly (evaluate.py's NLL reads the same ones). transformers' collators do the packing
+(DataCollatorWithFlattening) and the padded modes; what is ours is a per-dialogue attention for packed
+rows on CPU (no varlen kernel there) and a check, on the real model, that packing does not leak
+attention across dialogues before we rely on it.
 """
 from __future__ import annotations
 
 import contextlib
 
 IGNORE = -100
+
+
+def assistant_mask(offsets, spans) -> list[bool]:
+    """Tokens whose characters overlap an assistant span; special tokens have empty offsets."""
+    return [e > s and any(s < se and e > ss for ss, se in spans) for s, e in offsets]
+
+
+def tokenize(records: list[dict], fmt, tokenizer, *, max_length: int, loss: str = "assistant",
+             system: str | None = None) -> list[dict]:
+    """input_ids + labels (-100 outside the loss) per dialogue, truncated to max_length.
+
+    Each sample also reports `truncated` and `assistant_tokens` (left after truncation)."""
+    texts, spans = [], []
+    for rec in records:
+        msgs = rec["messages"]
+        if system and msgs[0]["role"] != "system":
+            msgs = [{"role": "system", "content": system}] + list(msgs)
+        t, s = fmt.render_spans(msgs)
+        texts.append(t)
+        spans.append(s)
+    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=fmt.add_special_tokens)
+    out = []
+    for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans):
+        mask = assistant_mask(offs, sp)
+        labels = [t if (m or loss == "all") else IGNORE for t, m in zip(ids, mask)]
+        out.append({"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length,
+                    "full_length": len(ids), "assistant_tokens": sum(mask[:max_length])})
+    return out
 
 
 class Collator:
@@ -31,7 +62,6 @@ class Collator:
                                                 max_length=max_length, label_pad_token_id=IGNORE, return_tensors="pt")
 
     def __call__(self, features):
-        import torch
         batch = self.inner([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
         return trim(batch) if self.trim else batch
 

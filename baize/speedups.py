@@ -2,7 +2,8 @@
 
 A CPU training step of a small model spends as much time around the matrix products as in them:
 the loss over a 49K vocabulary, the LoRA dropout masks and bf16 casts. Each function here removes
-one such cost without changing the result beyond float rounding; train.py applies them.
+one such cost without changing the result beyond float rounding; the SFT recipe (sft.py) applies them
+and plans its passes with `plan_passes` (DPO plans with it too; TRL's trainer gets the rest).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import threading
 from pathlib import Path
 
+NOTED_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # what decides CPU training speed
 CE_CHUNK = 64  # rows of logits per chunk: 64 x 49K fp32 is 12 MB, inside a server CPU's cache
 
 
@@ -99,7 +101,6 @@ def cpu_flags() -> frozenset:
 def cpu_info() -> dict:
     """What a benchmark figure must be quoted with: the CPU model, the flags that decide its speed and
     a kind for file names (avx2, avx512, avx512-bf16)."""
-    from .train import NOTED_FLAGS
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
@@ -293,7 +294,7 @@ def _folded_lora_forward(self, x, *args, **kwargs):
     x = self._cast_input_dtype(x, lora_A.weight.dtype)
     if isinstance(drop, torch.nn.Identity) or not drop.training:
         h = lora_A(x)
-    elif isinstance(drop, _cpu_dropout_class()) and lora_A.bias is None:  # ours: its 1/(1-p) joins the scale on the rank-r product
+    elif isinstance(drop, _cpu_dropout_class()) and lora_A.bias is None:  # ours: its 1/(1-p) joins the rank-r product's scale
         h, scale = _drop_then_a().apply(x, lora_A.weight, drop, drop.seed()), scale * drop.inv
     else:
         h = lora_A(drop(x))
@@ -422,6 +423,29 @@ def _drop_then_a():
             return gx, gw, None, None
 
     return DropThenA
+
+
+def plan_passes(model, per_process: int, micro: int | None, parallel: int, log, *, cpu_packed: bool,
+                threads: bool) -> tuple[int, int]:
+    """(dialogues trained at once, dialogues per pass) for a process's `per_process` dialogues of a step;
+    `micro` and `parallel` as asked (--micro-batch-size, --parallel-dialogues; None, 0: choose here).
+
+    `cpu_packed`: packed batches on CPU; `threads`: parallel_step may run (SFT, one process, --speedups).
+    Threads also need every stock dropout gone: cheap_cpu_dropout's draws from the dialogue's own
+    generator, torch's would interleave the threads' draws and a run would not repeat."""
+    import torch
+    workers = 1
+    if cpu_packed and threads and not any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        workers = parallel or (2 if torch.get_num_threads() >= 2 else 1)
+    elif parallel > 1:
+        log("--parallel-dialogues applies to packed SFT on one CPU process with --speedups: one pass at a time here")
+    if workers > 1:  # a pass holds up to 8 dialogues, so that the threads' loads even out
+        micro = micro or max(d for d in range(1, min(8, per_process) + 1) if per_process % d == 0)
+        log(f"{workers} dialogues trained at once, a thread each with {max(1, torch.get_num_threads() // workers)} "
+            f"for its ops (--parallel-dialogues 1: one packed pass at a time)")
+    else:  # on CPU 2 per pass (1 when that would round an odd batch up: the batch asked for is kept)
+        micro = micro or ((2 if per_process % 2 == 0 else 1) if cpu_packed else 8)
+    return workers, min(micro, per_process)
 
 
 _worker = threading.local()  # a parallel_step thread's dropout generator

@@ -1,4 +1,4 @@
-"""LoRA tuning on dialogue JSONL (`baize train`); merge.py folds a run into a standalone model.
+"""What the SFT and DPO recipes share (`baize train`; recipes.py picks one, sft.py and dpo.py are they).
 
     baize train --base default --data dialogues.jsonl --out runs/v1
     baize train --from runs/v1 --data sdf.jsonl --out runs/v2          # SDF's v2 continues v1's adapter
@@ -7,154 +7,83 @@
     baize merge runs/v1 --out merged/
 
 transformers' Trainer runs the loop (accumulation, DDP/FSDP/DeepSpeed through accelerate, checkpoints,
-resume, eval); peft adds the adapters. What is ours: the labels (taken from chat_format's assistant
-character spans through the tokenizer's offsets, so both formats mask exactly), the choice of batching,
-and the checks the original lacked (empty adapters, truncation that leaves nothing to learn).
+resume, eval); peft adds the adapters. Here: the flags, the run directory and its settings (--from,
+--resume), the model with its adapter, the Trainer's arguments, the progress log and loss curve, the
+check the original lacked (an empty or untrained adapter) and the run record. Each recipe reads top to
+bottom through these; neither is imported here.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BaizeError, add_dataclass_args, save_config
-from .packing import IGNORE, Collator, accepts_logits_to_keep, choose_packing
-from .speedups import cpu_flags, cpu_speedups, head_in_loss, parallel_trainer
+from .config import BaizeError, opt, save_config
+from .speedups import cpu_flags
 
 CONFIG_FILE = "train_config.json"
-NOTED_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # what decides CPU training speed
 LOSS_FILE = "loss.jsonl"
 SUMMARY_FILE = "train_summary.json"
 
 
-def _opt(default, help: str, **meta):
-    return field(default=default, metadata={"help": help, **meta})
-
-
 @dataclass
 class TrainConfig:
-    data: str | list = _opt("", "dialogue JSONL file(s), comma-separated (--method dpo: preference pairs)")
-    out: str = _opt("runs/v1", "run directory to write (adapter, tokenizer, loss curve, checkpoints)")
-    base: str | None = _opt(None, "base model spec: default, hf:PATH_OR_ID, a model or run directory (default: default)")
-    from_run: str | None = _opt(None, "continue training this run's adapter (its base, format and system)",
-                                flags=("--from",))
-    format: str | None = _opt(None, "chat format (default: --from's or the base run's, else baize, the paper's "
-                                    "[|Human|]/[|AI|] transcript)", choices=["baize", "template"])
-    system: str | None = _opt(None, "system prompt put before every dialogue that has none; recorded for chat/serve")
-    method: str = _opt("sft", "sft: fine-tune on dialogues; dpo: preference pairs {prompt, chosen, rejected} "
-                              "against the --from run (or --base) as the reference policy", choices=["sft", "dpo"])
-    beta: float = _opt(0.1, "DPO beta: how far the policy may move from the reference")
-    loss: str = _opt("assistant", "tokens the loss is taken on: the assistant's turns, or every token (the paper)",
-                     choices=["assistant", "all"])
-    lora_r: int = _opt(8, "LoRA rank")
-    lora_alpha: int = _opt(16, "LoRA alpha")
-    lora_dropout: float = _opt(0.05, "LoRA dropout")
-    target_modules: str = _opt("all-linear", "modules to adapt, comma-separated; all-linear: every linear but the head")
-    epochs: float = _opt(1.0, "passes over the data")
-    max_steps: int = _opt(-1, "stop after this many optimizer steps (-1: no cap)")
-    max_length: int = _opt(512, "tokens per dialogue; longer ones are truncated")
-    batch_size: int = _opt(64, "dialogues per optimizer step over all processes (gradient accumulation)")
-    micro_batch_size: int | None = _opt(None, "dialogues per pass and process (default: 8; on CPU with packed "
-                                              "batching and one dialogue at a time, 2: as fast there, less memory)")
-    parallel_dialogues: int = _opt(0, "on CPU with packed batching: dialogues trained at once, a thread each with "
-                                      "cores/N threads per op (0: 2 on 2+ cores; 1: one packed pass at a time)")
-    learning_rate: float = _opt(2e-4, "peak learning rate")
-    lr_scheduler: str = _opt("linear", "transformers scheduler name")
-    warmup: float = _opt(0.03, "warmup: a fraction of the steps if < 1, else steps")
-    weight_decay: float = _opt(0.0, "AdamW weight decay")
-    batching: str = _opt("packed", "packed: dialogues concatenated, no padding, attention kept within each; grouped: "
-                                   "similar lengths padded together; padded: all padded to --max-length (the paper)",
-                         choices=["packed", "grouped", "padded"])
-    precision: str = _opt("auto", "autocast precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older "
-                                  "GPUs, else fp32", choices=["auto", "fp32", "bf16", "fp16"])
-    quantize: str | None = _opt(None, "load the base with bitsandbytes (CUDA only): int8, or 4-bit NF4 (QLoRA)",
-                                choices=["8bit", "4bit"])
-    gradient_checkpointing: bool = _opt(False, "trade compute for activation memory")
-    speedups: bool = _opt(True, "on CPU, baize's chunked cross-entropy and cheaper LoRA dropout mask (speedups.py); "
-                                "--no-speedups keeps the stock transformers/peft ones")
-    val_size: float = _opt(0.0, "held-out dialogues for eval loss: a fraction if < 1, else a count")
-    eval_steps: int | None = _opt(None, "evaluate every N steps (default: --save-steps)")
-    save_steps: int = _opt(100, "checkpoint every N steps")
-    save_total_limit: int = _opt(3, "checkpoints kept")
-    resume: bool = _opt(False, "continue from the latest checkpoint in --out (with its saved flags)")
-    drop_truncated: bool = _opt(False, "skip dialogues that truncation leaves without an assistant token instead "
-                                       "of refusing the data")
-    log_steps: int = _opt(1, "log loss, tokens/s and ETA every N steps")
-    seed: int = _opt(42, "random seed (split, order, LoRA init, dropout)")
+    data: str | list = opt("", "dialogue JSONL file(s), comma-separated (--method dpo: preference pairs)")
+    out: str = opt("runs/v1", "run directory to write (adapter, tokenizer, loss curve, checkpoints)")
+    base: str | None = opt(None, "base model spec: default, hf:PATH_OR_ID, a model or run directory (default: default)")
+    from_run: str | None = opt(None, "continue training this run's adapter (its base, format and system)",
+                               flags=("--from",))
+    format: str | None = opt(None, "chat format (default: --from's or the base run's, else baize, the paper's "
+                                   "[|Human|]/[|AI|] transcript)", choices=["baize", "template"])
+    system: str | None = opt(None, "system prompt put before every dialogue that has none; recorded for chat/serve")
+    method: str = opt("sft", "sft: fine-tune on dialogues; dpo: preference pairs {prompt, chosen, rejected} "
+                             "against the --from run (or --base) as the reference policy", choices=["sft", "dpo"])
+    beta: float = opt(0.1, "DPO beta: how far the policy may move from the reference")
+    loss: str = opt("assistant", "tokens the loss is taken on: the assistant's turns, or every token (the paper)",
+                    choices=["assistant", "all"])
+    lora_r: int = opt(8, "LoRA rank")
+    lora_alpha: int = opt(16, "LoRA alpha")
+    lora_dropout: float = opt(0.05, "LoRA dropout")
+    target_modules: str = opt("all-linear", "modules to adapt, comma-separated; all-linear: every linear but the head")
+    epochs: float = opt(1.0, "passes over the data")
+    max_steps: int = opt(-1, "stop after this many optimizer steps (-1: no cap)")
+    max_length: int = opt(512, "tokens per dialogue; longer ones are truncated")
+    batch_size: int = opt(64, "dialogues per optimizer step over all processes (gradient accumulation)")
+    micro_batch_size: int | None = opt(None, "dialogues per pass and process (default: 8; on CPU with packed "
+                                             "batching and one dialogue at a time, 2: as fast there, less memory)")
+    parallel_dialogues: int = opt(0, "on CPU with packed batching: dialogues trained at once, a thread each with "
+                                     "cores/N threads per op (0: 2 on 2+ cores; 1: one packed pass at a time)")
+    learning_rate: float = opt(2e-4, "peak learning rate")
+    lr_scheduler: str = opt("linear", "transformers scheduler name")
+    warmup: float = opt(0.03, "warmup: a fraction of the steps if < 1, else steps")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    batching: str = opt("packed", "packed: dialogues concatenated, no padding, attention kept within each; grouped: "
+                                  "similar lengths padded together; padded: all padded to --max-length (the paper)",
+                        choices=["packed", "grouped", "padded"])
+    precision: str = opt("auto", "autocast precision; auto: bf16 on GPUs and CPUs with native bf16, fp16 on older "
+                                 "GPUs, else fp32", choices=["auto", "fp32", "bf16", "fp16"])
+    quantize: str | None = opt(None, "load the base with bitsandbytes (CUDA only): int8, or 4-bit NF4 (QLoRA)",
+                               choices=["8bit", "4bit"])
+    gradient_checkpointing: bool = opt(False, "trade compute for activation memory")
+    speedups: bool = opt(True, "on CPU, baize's chunked cross-entropy and cheaper LoRA dropout mask (speedups.py); "
+                               "--no-speedups keeps the stock transformers/peft ones")
+    val_size: float = opt(0.0, "held-out dialogues for eval loss: a fraction if < 1, else a count")
+    eval_steps: int | None = opt(None, "evaluate every N steps (default: --save-steps)")
+    save_steps: int = opt(100, "checkpoint every N steps")
+    save_total_limit: int = opt(3, "checkpoints kept")
+    resume: bool = opt(False, "continue from the latest checkpoint in --out (with its saved flags)")
+    drop_truncated: bool = opt(False, "skip dialogues that truncation leaves without an assistant token instead "
+                                      "of refusing the data")
+    log_steps: int = opt(1, "log loss, tokens/s and ETA every N steps")
+    seed: int = opt(42, "random seed (split, order, LoRA init, dropout)")
 
     def data_files(self) -> list[str]:
         items = self.data if isinstance(self.data, list) else [self.data]
         return [p.strip() for item in items for p in str(item).split(",") if p.strip()]
-
-
-# --- data ----------------------------------------------------------------------------------------
-
-def read_dialogues(paths: list[str]) -> list[tuple[dict, str]]:
-    """Every record with its 'file:line', validated; a bad line raises an error naming file and line."""
-    from .schema import read_jsonl_where, validate_record
-    if not paths:
-        raise BaizeError("no training data: pass --data dialogues.jsonl[,more.jsonl]")
-    out = [(validate_record(obj, where), where) for p in paths for where, obj in read_jsonl_where(p)]
-    if not out:
-        raise BaizeError(f"no dialogues in {', '.join(paths)}")
-    return out
-
-
-def assistant_mask(offsets, spans) -> list[bool]:
-    """Tokens whose characters overlap an assistant span; special tokens have empty offsets."""
-    return [e > s and any(s < se and e > ss for ss, se in spans) for s, e in offsets]
-
-
-def tokenize(records: list[dict], fmt, tokenizer, *, max_length: int, loss: str = "assistant",
-             system: str | None = None) -> list[dict]:
-    """input_ids + labels (-100 outside the loss) per dialogue, truncated to max_length.
-
-    Each sample also reports `truncated` and `assistant_tokens` (left after truncation)."""
-    texts, spans = [], []
-    for rec in records:
-        msgs = rec["messages"]
-        if system and msgs[0]["role"] != "system":
-            msgs = [{"role": "system", "content": system}] + list(msgs)
-        t, s = fmt.render_spans(msgs)
-        texts.append(t)
-        spans.append(s)
-    enc = tokenizer(texts, return_offsets_mapping=True, add_special_tokens=fmt.add_special_tokens)
-    out = []
-    for ids, offs, sp in zip(enc["input_ids"], enc["offset_mapping"], spans):
-        mask = assistant_mask(offs, sp)
-        labels = [t if (m or loss == "all") else IGNORE for t, m in zip(ids, mask)]
-        out.append({"input_ids": ids[:max_length], "labels": labels[:max_length], "truncated": len(ids) > max_length,
-                    "full_length": len(ids), "assistant_tokens": sum(mask[:max_length])})
-    return out
-
-
-def prepare_data(cfg: TrainConfig, fmt, tokenizer, log, items: list | None = None) -> tuple[list[dict], list[dict]]:
-    """Tokenized (train, val) samples; refuses dialogues left without an assistant token."""
-    items = items if items is not None else read_dialogues(cfg.data_files())
-    samples = tokenize([r for r, _ in items], fmt, tokenizer, max_length=cfg.max_length, loss=cfg.loss,
-                       system=cfg.system)
-    empty = [(where, s) for (_, where), s in zip(items, samples) if s["assistant_tokens"] == 0]
-    cut = sum(s["truncated"] for s in samples)
-    full = sum(s["full_length"] for s in samples)
-    kept = sum(len(s["input_ids"]) for s in samples)
-    log(f"data: {len(samples)} dialogues, {kept} tokens (mean {kept / len(samples):.0f}); {cut} truncated to "
-        f"{cfg.max_length} tokens ({full - kept} tokens cut)")
-    if empty:
-        where = ", ".join(w for w, _ in empty[:3]) + (" ..." if len(empty) > 3 else "")
-        why = ("no assistant message" if all(not s["truncated"] for _, s in empty)
-               else f"no assistant token left after truncation to {cfg.max_length} tokens")
-        if not cfg.drop_truncated:
-            raise BaizeError(f"{len(empty)} of {len(samples)} dialogues have {why} (at {where}): raise --max-length, "
-                             f"fix those records, or pass --drop-truncated to skip them")
-        log(f"dropping {len(empty)} dialogues with {why} (at {where})")
-        bad = {id(s) for _, s in empty}
-        samples = [s for s in samples if id(s) not in bad]
-    return split_val([{"input_ids": s["input_ids"], "labels": s["labels"]} for s in samples], cfg)
 
 
 def split_val(samples: list, cfg: TrainConfig, what: str = "dialogues") -> tuple[list, list]:
@@ -165,6 +94,89 @@ def split_val(samples: list, cfg: TrainConfig, what: str = "dialogues") -> tuple
     order = list(range(len(samples)))
     random.Random(cfg.seed).shuffle(order)
     return [samples[i] for i in sorted(order[n_val:])], [samples[i] for i in sorted(order[:n_val])]
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """A recipe's run: its settings resolved, where it writes, and its place among the processes."""
+    cfg: TrainConfig
+    dir: Path
+    last: str | None  # the latest checkpoint under dir, what --resume continues
+    rank: int = 0
+    world: int = 1
+    device: str = "cpu"
+    precision: str = "fp32"
+    started: float = 0.0  # perf_counter when training began, for the summary's seconds
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.dir / "checkpoints"
+
+    @property
+    def per_process(self) -> int:
+        return max(1, self.cfg.batch_size // self.world)
+
+    def log(self, msg: str) -> None:
+        if self.is_main:
+            print(f"[train] {msg}", flush=True)
+
+
+def start(cfg: TrainConfig, check=None) -> Run:
+    """The run a recipe trains: an --out that holds a run is refused without --resume; base, format and
+    system resolved (from --from's run); then the recipe's own `check` of the flags, the device and the
+    precision: all before any model is loaded."""
+    import torch
+    from transformers.trainer_utils import get_last_checkpoint
+    run = Run(cfg, Path(cfg.out), None, rank=int(os.environ.get("RANK", 0)), world=int(os.environ.get("WORLD_SIZE", 1)))
+    run.last = get_last_checkpoint(str(run.ckpt_dir)) if run.ckpt_dir.is_dir() else None
+    if not cfg.resume and (run.last or (run.dir / "adapter_model.safetensors").exists()):
+        raise BaizeError(f"{run.dir} already holds a run: pass --resume to continue it, or choose another --out")
+    if cfg.resume and not run.last:
+        run.log(f"no checkpoint in {run.ckpt_dir}: starting from step 0")
+    run.cfg = cfg = resolve_run_settings(cfg)
+    if check:
+        check(cfg)
+    run.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.quantize and run.device != "cuda":
+        raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
+    run.precision = resolve_precision(cfg.precision, run.device)
+    return run
+
+
+def _record_spec(spec: str) -> str:
+    """A spec to store in baize_run.json: local paths made absolute so the run loads from any directory."""
+    prefix, path = ("hf:", spec[3:]) if spec.startswith("hf:") else ("", spec)
+    if spec != "default" and "+" not in path and Path(path).exists():
+        return prefix + str(Path(path).resolve())
+    return spec
+
+
+def resolve_run_settings(cfg: TrainConfig) -> TrainConfig:
+    """Base, format and system: from --from's run when given, which must not contradict the flags."""
+    from dataclasses import replace
+
+    from . import models
+    if not cfg.from_run:  # a run as the base (its adapters merged in) lends its format and system
+        base = _record_spec(cfg.base or "default")
+        rec = models.read_run(base) if not base.startswith("hf:") else None
+        return replace(cfg, base=base, format=cfg.format or (rec or {}).get("format") or "baize",
+                       system=cfg.system if cfg.system is not None else (rec or {}).get("system"))
+    rec = models.read_run(cfg.from_run)
+    if rec is None:
+        raise BaizeError(f"--from {cfg.from_run}: not a run directory (no {models.RUN_FILE}); give a run of `baize train`")
+    if cfg.base and _record_spec(cfg.base) != rec["base"]:
+        raise BaizeError(f"--base {cfg.base} differs from the base of {cfg.from_run} ({rec['base']}): drop --base")
+    if cfg.format and cfg.format != rec.get("format"):
+        raise BaizeError(f"--format {cfg.format} differs from {cfg.from_run}'s format ({rec.get('format')}): "
+                         f"a continued adapter keeps its format")
+    return replace(cfg, base=rec["base"], format=rec.get("format") or "baize", from_run=str(Path(cfg.from_run).resolve()),
+                   system=cfg.system if cfg.system is not None else rec.get("system"))
 
 
 # --- model ---------------------------------------------------------------------------------------
@@ -209,8 +221,8 @@ def load_for_training(cfg: TrainConfig, device: str, log, *, adapter: bool = Tru
             raise BaizeError(f"--quantize cannot merge {below[-1]} into a quantized base: `baize merge {below[-1]} "
                              f"--out DIR` first and train on --base DIR")
         try:
-            from transformers import BitsAndBytesConfig
             import bitsandbytes  # noqa: F401
+            from transformers import BitsAndBytesConfig
         except ImportError:
             raise BaizeError("--quantize needs bitsandbytes: pip install 'baize[cuda]'") from None
         from peft import prepare_model_for_kbit_training
@@ -253,18 +265,116 @@ def log_lora(model, log) -> None:
     log(f"LoRA on {', '.join(names)}: {n_train:,} trainable of {n_all:,} parameters ({100 * n_train / n_all:.2f}%)")
 
 
-# --- training ------------------------------------------------------------------------------------
+# --- the Trainer ---------------------------------------------------------------------------------
 
-def _record_spec(spec: str) -> str:
-    """A spec to store in baize_run.json: local paths made absolute so the run loads from any directory."""
-    prefix, path = ("hf:", spec[3:]) if spec.startswith("hf:") else ("", spec)
-    if spec != "default" and "+" not in path and Path(path).exists():
-        return prefix + str(Path(path).resolve())
-    return spec
+def trainer_args(run: Run, args_class, *, micro: int, n_train: int, n_val: int, batching: str, attn: str,
+                 unit: str, objective: str):
+    """`args_class` (TrainingArguments or TRL's config) for `micro` samples per pass, accumulated to
+    --batch-size over the processes, checkpoints and evaluation every --save-steps. Logs the plan and
+    saves it with the flags as train_config.json (what --resume reads back)."""
+    cfg, world = run.cfg, run.world
+    accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
+    batch = micro * accum * world
+    if batch != cfg.batch_size:
+        run.log(f"batch: {micro} x {accum} accumulation x {world} processes = {batch} dialogues per step "
+                f"(asked {cfg.batch_size})")
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * math.ceil(n_train / batch))
+    warmup = int(cfg.warmup) if cfg.warmup >= 1 else int(cfg.warmup * total)  # floor: a short run keeps its first step
+    run.log(f"{n_train} train / {n_val} val {unit}; {total} steps of {batch} {unit} ({micro} per pass, {accum} "
+            f"accumulated, {world} process{'es' if world > 1 else ''}); {batching} batches ({attn} attention), "
+            f"{run.precision}, {objective}")
+    if run.is_main:
+        save_config(cfg, run.dir / CONFIG_FILE, world_size=world, effective_batch=batch, batching_used=batching,
+                    precision_used=run.precision)
+    return args_class(
+        output_dir=str(run.ckpt_dir), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
+        gradient_accumulation_steps=accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
+        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=warmup,
+        weight_decay=cfg.weight_decay, logging_steps=cfg.log_steps, save_strategy="steps", save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit, eval_strategy="steps" if n_val else "no",
+        eval_steps=cfg.eval_steps or cfg.save_steps, bf16=run.precision == "bf16", fp16=run.precision == "fp16",
+        use_cpu=run.device == "cpu", seed=cfg.seed, report_to=[], disable_tqdm=True, remove_unused_columns=False,
+        label_names=["labels"], ddp_find_unused_parameters=False, **_compat_args(cfg, batching),
+        # packed rows hold no padding at all; padded ones are counted through their attention mask
+        include_num_input_tokens_seen="all" if batching == "packed" else "non_padding",
+        dataloader_num_workers=0, log_level="warning", prediction_loss_only=True)
 
 
-def _progress(run_dir: Path, log, is_main: bool):
+def _compat_args(cfg: TrainConfig, batching: str) -> dict:
+    from transformers import TrainingArguments  # transformers 5 renamed these (the old names warn there)
+    v5 = "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
+    return {"activation_checkpointing" if v5 else "gradient_checkpointing": cfg.gradient_checkpointing,
+            **({"train_sampling_strategy": "group_by_length" if batching == "grouped" else "random"} if v5
+               else {"group_by_length": batching == "grouped"})}
+
+
+def fit(trainer, run: Run, *, has_val: bool) -> None:
+    """Train (from the last checkpoint with --resume) and evaluate once more when the last step was not an
+    evaluation step; on Ctrl-C, say which command continues."""
+    from transformers import PrinterCallback
+    from transformers.trainer_utils import get_last_checkpoint
+    trainer.remove_callback(PrinterCallback)  # our Progress prints the same, one line per step
+    run.started = time.perf_counter()
+    try:
+        trainer.train(resume_from_checkpoint=run.last if run.cfg.resume else None)
+        if has_val and trainer.state.global_step % trainer.args.eval_steps:
+            trainer.evaluate()
+    except KeyboardInterrupt:
+        last = get_last_checkpoint(str(run.ckpt_dir)) if run.ckpt_dir.is_dir() else None
+        if last:
+            run.log(f"interrupted: `baize train --out {run.dir} --resume` continues from {Path(last).name}")
+        raise
+
+
+def save(trainer, model, run: Run) -> list | None:
+    """The adapter written to --out by every process (FSDP/DeepSpeed gather the weights together); under
+    DDP first the adapter checksums of all processes, returned for the summary."""
+    import torch
+    checksums = None
+    if run.world > 1 and torch.distributed.is_initialized() and not (trainer.is_fsdp_enabled
+                                                                   or trainer.is_deepspeed_enabled):
+        # proof that DDP synchronised the gradients: every process must hold the very same adapter
+        local = sum(p.detach().double().sum() + p.detach().double().abs().sum()
+                    for n, p in model.named_parameters() if "lora_" in n)
+        checksums = trainer.accelerator.gather(local.reshape(1).to(trainer.args.device)).tolist()
+        run.log(f"DDP: {run.world} processes, adapter checksums {checksums}")
+    trainer.save_model(str(run.dir))
+    trainer.accelerator.wait_for_everyone()
+    return checksums
+
+
+def write_record(run: Run, trainer, model, *, base: str, **extra) -> None:
+    """baize_run.json: what chat, serve, merge and a later --from load the run with."""
+    from . import models
+    cfg = run.cfg
+    models.write_run(run.dir, base=base, format=cfg.format, system=cfg.system, from_run=cfg.from_run,
+                     data=[str(Path(p).resolve()) for p in cfg.data_files()], steps=trainer.state.global_step,
+                     lora=lora_record(model), **extra)
+
+
+def finish(run: Run, trainer, callback, **fields) -> Path:
+    """train_summary.json (throughput, from `progress`'s callback, after the first step, which pays for
+    warm-up: allocations, kernel selection), loss.png and the closing line; returns the run directory."""
+    import resource
+    (tw, cw, kw, sw), (t1, c1, k1, s1) = callback.warm or (0, 0, 0, 0), getattr(callback, "end", (0, 0, 0, 0))
+    summary = {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - run.started, 1),
+               "tokens": trainer.state.num_input_tokens_seen,
+               "tokens_per_s": round((k1 - kw) / (t1 - tw), 1) if s1 > sw else None,
+               "tokens_per_cpu_s": round((k1 - kw) / (c1 - cw), 1) if s1 > sw else None,
+               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), **fields}
+    (run.dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    plot_loss(run.dir)
+    run.log(f"saved {run.dir} ({summary['adapter_tensors']} adapter tensors, {summary['steps']} steps, "
+            f"{summary['seconds']}s); chat with: baize chat {run.dir}")
+    return run.dir
+
+
+# --- progress and the loss curve -----------------------------------------------------------------
+
+def progress(run: Run):
+    """The Trainer callback of both recipes; it also measures the throughput `finish` reports."""
     from transformers import TrainerCallback
+    run_dir, log, is_main = run.dir, run.log, run.is_main
 
     class Progress(TrainerCallback):
         """One line per log (loss, lr, tokens/s, ETA), the loss curve as JSONL and PNG."""
@@ -294,7 +404,7 @@ def _progress(run_dir: Path, log, is_main: bool):
             rec = {"step": state.global_step, "epoch": round(state.epoch or 0, 4)}
             # DPO: TRL's implicit rewards (beta x log-ratio to the reference) and log-probs, eval_ ones too
             extra = {k: v for k, v in logs.items() if k.split("_", 1)[-1].startswith(("rewards/", "logps/"))}
-            dpo = "".join(f"  {name} {logs[k]:.3f}" for k, name in (("rewards/margins", "margin"),
+            rewards = "".join(f"  {name} {logs[k]:.3f}" for k, name in (("rewards/margins", "margin"),
                                                                    ("rewards/accuracies", "acc"),
                                                                    ("eval_rewards/margins", "eval margin"),
                                                                    ("eval_rewards/accuracies", "eval acc")) if k in logs)
@@ -308,10 +418,10 @@ def _progress(run_dir: Path, log, is_main: bool):
                            tokens=state.num_input_tokens_seen, tokens_per_s=round(tps, 1),
                            tokens_per_cpu_s=round(cps, 1))
                 log(f"step {state.global_step}/{state.max_steps}  loss {logs['loss']:.4f}  "
-                    f"lr {logs.get('learning_rate', 0):.2e}  {tps:.0f} tok/s  eta {_hms(eta)}{dpo}")
+                    f"lr {logs.get('learning_rate', 0):.2e}  {tps:.0f} tok/s  eta {_hms(eta)}{rewards}")
             elif "eval_loss" in logs:
                 rec["eval_loss"] = logs["eval_loss"]
-                log(f"step {state.global_step}  eval loss {logs['eval_loss']:.4f}{dpo}")
+                log(f"step {state.global_step}  eval loss {logs['eval_loss']:.4f}{rewards}")
             else:
                 return
             rec.update(extra)
@@ -377,222 +487,13 @@ def check_adapter(run_dir: str | Path, before: dict | None = None) -> int:
     return len(sd)
 
 
-def _lora_record(model) -> dict:
+def lora_record(model) -> dict:
     lc = model.peft_config["default"]
     t = lc.target_modules
     return {"r": lc.r, "lora_alpha": lc.lora_alpha, "lora_dropout": lc.lora_dropout,
             "target_modules": sorted(t) if isinstance(t, (set, list, tuple)) else t}
 
 
-def _adapter_b(model) -> dict:
+def adapter_b(model) -> dict:
     # keys as peft saves them: without the adapter name
     return {n.replace(".default", ""): p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
-
-
-def _resolve_run_settings(cfg: TrainConfig) -> TrainConfig:
-    """Base, format and system: from --from's run when given, which must not contradict the flags."""
-    from dataclasses import replace
-
-    from . import models
-    if not cfg.from_run:  # a run as the base (its adapters merged in) lends its format and system
-        base = _record_spec(cfg.base or "default")
-        rec = models.read_run(base) if not base.startswith("hf:") else None
-        return replace(cfg, base=base, format=cfg.format or (rec or {}).get("format") or "baize",
-                       system=cfg.system if cfg.system is not None else (rec or {}).get("system"))
-    rec = models.read_run(cfg.from_run)
-    if rec is None:
-        raise BaizeError(f"--from {cfg.from_run}: not a run directory (no {models.RUN_FILE}); give a run of `baize train`")
-    if cfg.base and _record_spec(cfg.base) != rec["base"]:
-        raise BaizeError(f"--base {cfg.base} differs from the base of {cfg.from_run} ({rec['base']}): drop --base")
-    if cfg.format and cfg.format != rec.get("format"):
-        raise BaizeError(f"--format {cfg.format} differs from {cfg.from_run}'s format ({rec.get('format')}): "
-                         f"a continued adapter keeps its format")
-    return replace(cfg, base=rec["base"], format=rec.get("format") or "baize", from_run=str(Path(cfg.from_run).resolve()),
-                   system=cfg.system if cfg.system is not None else rec.get("system"))
-
-
-def _compat_args(cfg: TrainConfig, batching: str) -> dict:
-    from transformers import TrainingArguments  # transformers 5 renamed these (the old names warn there)
-    v5 = "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
-    return {"activation_checkpointing" if v5 else "gradient_checkpointing": cfg.gradient_checkpointing,
-            **({"train_sampling_strategy": "group_by_length" if batching == "grouped" else "random"} if v5
-               else {"group_by_length": batching == "grouped"})}
-
-
-def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
-    """Train (or resume, or continue --from) a LoRA run, by SFT or DPO (dpo.py); returns the run directory."""
-    import resource
-
-    import torch
-    from transformers import PrinterCallback, Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from . import models
-    from .chat_format import get_format
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    is_main = rank == 0
-
-    def log(msg):
-        if is_main:
-            print(f"[train] {msg}", flush=True)
-
-    run_dir = Path(cfg.out)
-    ckpt_dir = run_dir / "checkpoints"
-    last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-    if not cfg.resume and (last or (run_dir / "adapter_model.safetensors").exists()):
-        raise BaizeError(f"{run_dir} already holds a run: pass --resume to continue it, or choose another --out")
-    if cfg.resume and not last:
-        log(f"no checkpoint in {ckpt_dir}: starting from step 0")
-    cfg = _resolve_run_settings(cfg)
-    dpo = None  # --method dpo: dpo.py supplies the data, the reference, TRL's trainer and the run record
-    if cfg.method == "dpo":
-        from . import dpo
-        dpo.check(cfg)
-    elif cfg.method != "sft":
-        raise BaizeError(f"unknown --method {cfg.method!r}: use sft or dpo")
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if cfg.quantize and device != "cuda":
-        raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
-    precision = resolve_precision(cfg.precision, device)
-    # a bad line fails here, before minutes of model loading
-    items = dpo.read_prefs(cfg.data_files()) if dpo else read_dialogues(cfg.data_files())
-    set_seed(cfg.seed)
-    model, tok = load_for_training(dpo.policy_config(cfg) if dpo else cfg, device, log, adapter=not dpo)
-    fmt = get_format(cfg.format, tok)
-    train_set, val_set = (dpo.prepare_prefs if dpo else prepare_data)(cfg, fmt, tok, log, items)
-
-    if dpo:  # TRL's collator pads each batch's chosen and rejected sequences to the longest one
-        batching = "longest"
-    else:
-        batching = choose_packing(model, len(tok), cfg.max_length, log) if cfg.batching == "packed" else cfg.batching
-    attn = model.config._attn_implementation
-    applied = []
-    if device == "cpu" and not dpo:
-        applied = cpu_speedups(model, bf16=precision == "bf16", ours=cfg.speedups)
-        log(f"CPU ({' '.join(sorted(f for f in cpu_flags() if f in NOTED_FLAGS)) or 'no AVX2'}): "
-            f"{', '.join(applied) or 'stock implementations'}")
-    per_process = max(1, cfg.batch_size // world)
-    workers = 1  # dialogues at once (speedups.parallel_step): packed SFT on one CPU process, no stock dropout left
-    if device == "cpu" and batching == "packed" and cfg.speedups and not dpo and world == 1 and not any(
-            isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
-        workers = cfg.parallel_dialogues or (2 if torch.get_num_threads() >= 2 else 1)
-    elif cfg.parallel_dialogues > 1:
-        log("--parallel-dialogues applies to packed SFT on one CPU process with --speedups: one pass at a time here")
-    if workers > 1:  # a pass holds up to 8 dialogues, so that the threads' loads even out
-        micro = cfg.micro_batch_size or max(d for d in range(1, min(8, per_process) + 1) if per_process % d == 0)
-        applied.append(f"{workers} dialogues at once")
-        log(f"{workers} dialogues trained at once, a thread each with {max(1, torch.get_num_threads() // workers)} "
-            f"for its ops (--parallel-dialogues 1: one packed pass at a time)")
-    else:  # on CPU 2 per pass (1 when that would round an odd batch up: the batch asked for is kept)
-        micro = cfg.micro_batch_size or ((2 if per_process % 2 == 0 else 1) if device == "cpu" and batching == "packed"
-                                         else 8)
-    micro = min(micro, per_process)
-    accum = max(1, math.ceil(cfg.batch_size / (micro * world)))
-    if micro * accum * world != cfg.batch_size:
-        log(f"batch: {micro} x {accum} accumulation x {world} processes = {micro * accum * world} dialogues per step "
-            f"(asked {cfg.batch_size})")
-    per_epoch = math.ceil(len(train_set) / (micro * world * accum))
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(cfg.epochs * per_epoch)
-    warmup = int(cfg.warmup) if cfg.warmup >= 1 else int(cfg.warmup * total)  # floor: a short run keeps its first step
-    unit = "pairs" if dpo else "dialogues"
-    log(f"{len(train_set)} train / {len(val_set)} val {unit}; {total} steps of {micro * accum * world} {unit} "
-        f"({micro} per pass, {accum} accumulated, {world} process{'es' if world > 1 else ''}); "
-        f"{batching} batches ({attn} attention), {precision}, " + (f"DPO (beta {cfg.beta}) on the completions" if dpo else
-                                                                  f"loss on {'assistant turns' if cfg.loss == 'assistant' else 'all tokens'}"))
-    if is_main:
-        save_config(cfg, run_dir / CONFIG_FILE, world_size=world, effective_batch=micro * accum * world,
-                    batching_used=batching, precision_used=precision)
-    args = (dpo.args_class(cfg) if dpo else TrainingArguments)(
-        output_dir=str(ckpt_dir), per_device_train_batch_size=micro, per_device_eval_batch_size=micro,
-        gradient_accumulation_steps=accum, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps if cfg.max_steps > 0 else -1,
-        learning_rate=cfg.learning_rate, lr_scheduler_type=cfg.lr_scheduler, warmup_steps=warmup,
-        weight_decay=cfg.weight_decay, logging_steps=cfg.log_steps, save_strategy="steps", save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit, eval_strategy="steps" if val_set else "no",
-        eval_steps=cfg.eval_steps or cfg.save_steps, bf16=precision == "bf16", fp16=precision == "fp16",
-        use_cpu=device == "cpu", seed=cfg.seed, report_to=[], disable_tqdm=True, remove_unused_columns=False,
-        label_names=["labels"], ddp_find_unused_parameters=False, **_compat_args(cfg, batching),
-        # packed rows hold no padding at all; padded ones are counted through their attention mask
-        include_num_input_tokens_seen="all" if batching == "packed" else "non_padding",
-        dataloader_num_workers=0, log_level="warning", prediction_loss_only=True)
-    progress = _progress(run_dir, log, is_main)
-    if dpo:  # TRL adds the LoRA adapter: its reference, the model with the adapter disabled, is the policy spec
-        trainer = dpo.make_trainer(cfg, model, tok, args, train_set, val_set, [progress, *callbacks])
-        model = trainer.model
-        log_lora(model, log)
-        if device == "cpu":
-            cpu_speedups(model, bf16=precision == "bf16", ours=cfg.speedups)
-    else:
-        trainer = (parallel_trainer(Trainer, workers) if workers > 1 else Trainer)(
-            model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
-            data_collator=Collator(tok, batching, cfg.max_length, trim=accepts_logits_to_keep(model)),
-            processing_class=tok, callbacks=[progress, *callbacks])
-    trainer.remove_callback(PrinterCallback)  # our Progress prints the same, one line per step
-    before = _adapter_b(model) if cfg.from_run and not dpo else None
-    t0 = time.perf_counter()
-    fused = head_in_loss(model) if device == "cpu" and cfg.speedups and not dpo else contextlib.nullcontext()
-    try:
-        with fused as fused_on:
-            if fused_on:
-                log("the LM head runs inside the loss, a chunk of rows at a time (no tokens x vocabulary logits)")
-            trainer.train(resume_from_checkpoint=last if cfg.resume else None)
-            if val_set and trainer.state.global_step % args.eval_steps:
-                trainer.evaluate()
-    except KeyboardInterrupt:
-        last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
-        if last:
-            log(f"interrupted: `baize train --out {run_dir} --resume` continues from {Path(last).name}")
-        raise
-    checksums = None
-    if world > 1 and torch.distributed.is_initialized() and not (trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled):
-        # proof that DDP synchronised the gradients: every process must hold the very same adapter
-        local = sum(p.detach().double().sum() + p.detach().double().abs().sum()
-                    for n, p in model.named_parameters() if "lora_" in n)
-        checksums = trainer.accelerator.gather(local.reshape(1).to(args.device)).tolist()
-        log(f"DDP: {world} processes, adapter checksums {checksums}")
-    trainer.save_model(str(run_dir))  # every process: FSDP/DeepSpeed gather the weights together
-    trainer.accelerator.wait_for_everyone()
-    if not is_main:
-        return run_dir
-    n = check_adapter(run_dir, before)
-    tok.save_pretrained(run_dir)
-    models.write_run(run_dir, base=dpo.policy_spec(cfg) if dpo else cfg.base, format=cfg.format, system=cfg.system,
-                     from_run=cfg.from_run, data=[str(Path(p).resolve()) for p in cfg.data_files()],
-                     steps=trainer.state.global_step, lora=_lora_record(model), **(dpo.run_record(cfg) if dpo else {}))
-    (tw, cw, kw, sw), (t1, c1, k1, s1) = progress.warm or (0, 0, 0, 0), getattr(progress, "end", (0, 0, 0, 0))
-    summary = {"steps": trainer.state.global_step, "seconds": round(time.perf_counter() - t0, 1),
-               "tokens": trainer.state.num_input_tokens_seen,
-               # after the first step, which pays for warm-up (allocations, kernel selection)
-               "tokens_per_s": round((k1 - kw) / (t1 - tw), 1) if s1 > sw else None,
-               "tokens_per_cpu_s": round((k1 - kw) / (c1 - cw), 1) if s1 > sw else None,
-               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
-               "batching": batching, "micro_batch_size": micro, "parallel_dialogues": workers, "attention": attn,
-               "precision": precision,
-               "cpu_speedups": applied + (["head in the loss"] if fused_on else []), "world_size": world, "ddp_adapter_checksums": checksums,
-               "adapter_tensors": n, **(dpo.summary(trainer) if dpo else {})}
-    (run_dir / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
-    plot_loss(run_dir)
-    log(f"saved {run_dir} ({n} adapter tensors, {summary['steps']} steps, {summary['seconds']}s); "
-        f"chat with: baize chat {run_dir}")
-    return run_dir
-
-
-# --- CLI -----------------------------------------------------------------------------------------
-
-def _cli_train(args) -> int:
-    names = {f.name for f in fields(TrainConfig)}
-    given = {k: v for k, v in vars(args).items() if k in names}
-    saved = Path(given.get("out", TrainConfig.out)) / CONFIG_FILE
-    values = {}
-    if given.get("resume") and saved.exists():  # `--out runs/v1 --resume` alone continues with the saved flags
-        values = {k: v for k, v in json.loads(saved.read_text()).items() if k in names}
-    values.update(given)
-    train(TrainConfig(**values))
-    return 0
-
-
-def add_cli(sub) -> None:
-    p = sub.add_parser("train", help="LoRA-tune a model on dialogue JSONL (resume, DDP, --from a run)",
-                       description="LoRA on all linear layers with the paper's defaults; runs under "
-                                   "`accelerate launch` for DDP/FSDP/DeepSpeed.")
-    add_dataclass_args(p, TrainConfig)
-    p.set_defaults(func=_cli_train)

@@ -100,7 +100,8 @@ class Probe:
 
 @pytest.fixture(scope="module")
 def v1(tiny_model_dir, tmp_path_factory):
-    from baize.train import TrainConfig, train
+    from baize.recipes import train
+    from baize.train import TrainConfig
     d = tmp_path_factory.mktemp("v1data")
     return train(TrainConfig(base=str(tiny_model_dir), data=str(write_dialogues(d / "d.jsonl")),
                              out=str(d / "v1"), system=SYSTEM, max_steps=3, batch_size=4, micro_batch_size=2,
@@ -110,8 +111,8 @@ def v1(tiny_model_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def v2(v1, prefs, tok, tmp_path_factory):
     from baize.chat_format import get_format
+    from baize.recipes import train
     from baize.schema import read_jsonl
-    from baize.train import train
     rows = list(read_jsonl(prefs))
     probe = Probe(collate(rows, get_format("baize", tok), tok, SYSTEM))
     run = train(dpo_config(v1, prefs, tmp_path_factory.mktemp("v2") / "v2-dpo"), callbacks=[probe])
@@ -310,7 +311,7 @@ def test_resume_continues_to_the_same_adapter(v2, v1, prefs, tmp_path, capsys):
     from transformers import TrainerCallback
 
     from baize.cli import main
-    from baize.train import train
+    from baize.recipes import train
 
     class StopAt5(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -336,11 +337,12 @@ def test_quantize_needs_cuda_and_a_merged_v1(v1, prefs, tmp_path):
     import torch
 
     from baize.dpo import policy_config
-    from baize.train import _resolve_run_settings, load_for_training, train
+    from baize.recipes import train
+    from baize.train import load_for_training, resolve_run_settings
     if not torch.cuda.is_available():
         with pytest.raises(BaizeError, match="CUDA"):
             train(dpo_config(v1, prefs, tmp_path / "q", quantize="4bit"))
     # on a GPU, v1's adapter cannot be merged into a 4-bit base: the error says to `baize merge` it first
-    cfg = _resolve_run_settings(dpo_config(v1, prefs, tmp_path / "q", quantize="4bit"))
+    cfg = resolve_run_settings(dpo_config(v1, prefs, tmp_path / "q", quantize="4bit"))
     with pytest.raises(BaizeError, match=re.escape(f"`baize merge {v1.resolve()} --out DIR` first")):
         load_for_training(policy_config(cfg), "cuda", print, adapter=False)

@@ -26,7 +26,8 @@ TEXTS = ["Hello world 12345", "<|im_start|>user\nHi there!<|im_end|>\n", "  two 
 def run(tiny_model_dir, tmp_path_factory):
     from test_train import write_dialogues
 
-    from baize.train import TrainConfig, train
+    from baize.recipes import train
+    from baize.train import TrainConfig
     tmp = tmp_path_factory.mktemp("export-run")
     cfg = TrainConfig(base=str(tiny_model_dir), data=str(write_dialogues(tmp / "d.jsonl", n=8)), out=str(tmp / "v1"),
                       batch_size=4, micro_batch_size=4, max_steps=1, save_steps=1, precision="fp32",
