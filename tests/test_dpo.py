@@ -35,12 +35,6 @@ def write_dialogues(path, n=8):
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
 def prefs(tmp_path_factory):
     return write_prefs(tmp_path_factory.mktemp("prefs") / "prefs.jsonl")
 

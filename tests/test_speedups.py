@@ -4,12 +4,6 @@ import pytest
 from test_train import MSGS
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def test_bf16_frozen_weights_change_nothing_under_autocast(tiny_model_dir):
     import torch
     from peft import LoraConfig, get_peft_model

@@ -35,12 +35,6 @@ def data(tmp_path_factory):
     return write_dialogues(tmp_path_factory.mktemp("data") / "d.jsonl")
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_model_dir):
-    from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(tiny_model_dir)
-
-
 def config(base, data, out, **kw):
     from baize.train import TrainConfig
     kw = {"batch_size": 4, "micro_batch_size": 2, "max_steps": 4, "save_steps": 2, "precision": "fp32",
