@@ -152,6 +152,23 @@ BAD = [  # (name, body: dict or raw str, status, error.code or error.param it na
     ("stop a number", {"model": "tiny", "messages": MSG, "stop": 3}, 400, None),
     ("seed a string", {"model": "tiny", "messages": MSG, "seed": "x"}, 400, "seed"),
     ("logprobs", {"model": "tiny", "messages": MSG, "logprobs": True}, 400, "logprobs"),
+    # a lone surrogate is valid JSON that Python decodes and no tokenizer encodes: the client's error
+    ("lone surrogate", '{"model": "tiny", "messages": [{"role": "user", "content": "a\\ud800b"}]}', 400,
+     "messages.0.content"),
+    ("lone surrogate in a part", '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", '
+     '"text": "\\udfff"}]}]}', 400, "messages.0.content.0.text"),
+    ("lone surrogate in stop", '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": '
+     '"\\ud800"}', 400, "stop"),
+    # what the server would otherwise silently ignore is refused by name
+    ("tools", {"model": "tiny", "messages": MSG, "tools": [{"type": "function", "function": {"name": "f"}}]}, 400,
+     "tools"),
+    ("tool_choice", {"model": "tiny", "messages": MSG, "tool_choice": "required"}, 400, "tool_choice"),
+    ("functions", {"model": "tiny", "messages": MSG, "functions": [{"name": "f"}]}, 400, "functions"),
+    ("json mode", {"model": "tiny", "messages": MSG, "response_format": {"type": "json_object"}}, 400,
+     "response_format"),
+    ("logit_bias", {"model": "tiny", "messages": MSG, "logit_bias": {"42": -100}}, 400, "logit_bias"),
+    ("presence_penalty", {"model": "tiny", "messages": MSG, "presence_penalty": 1.5}, 400, "presence_penalty"),
+    ("top_logprobs", {"model": "tiny", "messages": MSG, "top_logprobs": 3}, 400, "top_logprobs"),
 ]
 
 
@@ -165,6 +182,22 @@ def test_bad_requests(url, name, body, status, names):
     assert err["message"] and err["type"] == "invalid_request_error"
     if names:
         assert names in (err["code"], err["param"]), err
+
+
+def test_unsupported_parameters_are_named_and_harmless_defaults_pass(url, client):
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "messages": MSG, "tools": [
+        {"type": "function", "function": {"name": "f"}}]}, timeout=30)
+    assert r.json()["error"] == {"message": "tools is not supported by this server (baize serves plain text "
+                                            "generation); send the request without tools",
+                                 "type": "invalid_request_error", "param": "tools", "code": "unsupported_parameter"}
+    with pytest.raises(openai.BadRequestError) as e:
+        create(client, response_format={"type": "json_object"})
+    assert e.value.param == "response_format" and e.value.code == "unsupported_parameter"
+    # what OpenAI clients send by default, asking for nothing this server lacks
+    r = create(client, max_tokens=2, presence_penalty=0, frequency_penalty=0, logit_bias={}, user="u1",
+               response_format={"type": "text"}, tool_choice="none", parallel_tool_calls=False, store=False,
+               metadata={"k": "v"})
+    assert r.choices[0].message.content is not None
 
 
 def test_bad_routes_and_methods(url):
@@ -411,3 +444,91 @@ def test_backends_without_the_engine_are_served_too():
         assert (r.usage.prompt_tokens, r.usage.completion_tokens) == (5, 8)
         chunks = client.chat.completions.create(model="remote", messages=HELLO, stream=True)
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from afar."
+
+
+# -- /v1/completions: what lm-evaluation-harness's local-completions model sends --------------------
+
+def _harness_loglikelihood(out: dict, ctxlens: list[int]) -> list[tuple[float, bool]]:
+    """LocalCompletionsAPI.parse_logprobs of lm-evaluation-harness (lm_eval/models/openai_completions.py):
+    the continuation's log-probability is token_logprobs[ctxlen:-1] summed (the last entry is the one
+    generated token), greedy when each of those tokens is its position's top one."""
+    res = []
+    for choice, ctxlen in zip(sorted(out["choices"], key=lambda c: c["index"]), ctxlens):
+        lps = choice["logprobs"]["token_logprobs"][ctxlen:-1]
+        tops = choice["logprobs"]["top_logprobs"][ctxlen:-1]
+        res.append((sum(lps), all(lp == max(top.values()) for lp, top in zip(lps, tops))))
+    return res
+
+
+def _reference_logprobs(llm, ids: list[int]) -> list[float]:
+    import torch
+    with torch.inference_mode():
+        logits = llm.model(input_ids=torch.tensor([ids])).logits[0].float()
+    lp = torch.log_softmax(logits, dim=-1)
+    return [float(lp[i - 1, ids[i]]) for i in range(1, len(ids))]
+
+
+def test_completions_score_a_continuation_as_the_harness_asks(url, models):
+    llm, tok = models["tiny"], models["tiny"].tokenizer
+    pairs = [("The capital of France is", " Paris"), ("Two plus two equals", " four, of course")]
+    batch, ctxlens = [], []
+    for context, continuation in pairs:
+        ctx = tok(context)["input_ids"]
+        batch.append(ctx + tok(continuation)["input_ids"])
+        ctxlens.append(len(ctx))
+    # LocalCompletionsAPI._create_payload(generate=False): token ids (tokenized_requests=True), a batch
+    payload = {"model": "tiny", "prompt": batch, "temperature": 0, "max_tokens": 1, "logprobs": 1, "seed": 1234,
+               "echo": True}
+    r = httpx.post(url + "/v1/completions", json=payload, timeout=120)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["object"] == "text_completion" and [c["index"] for c in out["choices"]] == [0, 1]
+    for ids, choice in zip(batch, out["choices"]):
+        lp = choice["logprobs"]
+        assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(ids) + 1
+        assert lp["token_logprobs"][0] is None and lp["top_logprobs"][0] is None
+        assert lp["tokens"][:len(ids)] == [tok.decode([t]) for t in ids]
+        assert lp["token_logprobs"][1:len(ids)] == pytest.approx(_reference_logprobs(llm, ids), abs=1e-4)
+        assert all(len(top) == 1 for top in lp["top_logprobs"][1:])
+        # the one generated token is the greedy one: the top of its position
+        assert lp["token_logprobs"][-1] == pytest.approx(max(lp["top_logprobs"][-1].values()))
+        assert lp["text_offset"][1] == len(lp["tokens"][0]) and choice["text"].startswith(tok.decode(ids))
+    assert out["usage"]["prompt_tokens"] == sum(len(ids) for ids in batch) and out["usage"]["completion_tokens"] == 2
+    scored = _harness_loglikelihood(out, ctxlens)
+    for (logprob, greedy), ids, n in zip(scored, batch, ctxlens):
+        ref = _reference_logprobs(llm, ids)[n - 1:]
+        assert logprob == pytest.approx(sum(ref), abs=1e-3)
+        assert isinstance(greedy, bool)
+    # the same request as strings (tokenized_requests=False), one prompt or several
+    texts = [c + x for c, x in pairs]
+    one = httpx.post(url + "/v1/completions", json=dict(payload, prompt=texts[0]), timeout=60).json()
+    two = httpx.post(url + "/v1/completions", json=dict(payload, prompt=texts), timeout=60).json()
+    assert one["choices"][0]["logprobs"] == two["choices"][0]["logprobs"] == out["choices"][0]["logprobs"]
+
+
+def test_completions_through_the_openai_client(client, models):
+    tok = models["tiny"].tokenizer
+    r = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0, seed=3)
+    assert r.object == "text_completion" and r.choices[0].text and r.choices[0].logprobs is None
+    assert r.usage.prompt_tokens == len(tok("Once upon a time")["input_ids"]) and 0 < r.usage.completion_tokens <= 6
+    again = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0,
+                                      logprobs=2)
+    assert again.choices[0].text == r.choices[0].text  # greedy: logprobs change nothing of the text
+    lp = again.choices[0].logprobs
+    assert "".join(lp.tokens) == r.choices[0].text and all(len(t) == 2 for t in lp.top_logprobs)
+    assert lp.text_offset[0] == len("Once upon a time")
+    echo = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=0, echo=True, logprobs=0)
+    assert echo.choices[0].text == "Once upon a time" and echo.choices[0].logprobs.token_logprobs[0] is None
+    assert len(echo.choices[0].logprobs.tokens) == r.usage.prompt_tokens and echo.usage.completion_tokens == 0
+    n = client.completions.create(model="tiny", prompt=["a", "b"], max_tokens=3, n=2, seed=1)
+    assert [c.index for c in n.choices] == [0, 1, 2, 3]
+    for bad, param in ((dict(prompt="hi", stream=True), "stream"), (dict(prompt="hi", suffix="x"), "suffix"),
+                       (dict(prompt="hi", best_of=3), "best_of"), (dict(prompt=[10 ** 9]), "prompt"),
+                       (dict(prompt="hi", logprobs=9), "logprobs"),
+                       (dict(prompt="word " * 3000), "prompt")):
+        with pytest.raises(openai.BadRequestError) as e:
+            client.completions.create(model="tiny", **{"max_tokens": 2, **bad})
+        assert e.value.param == param, (bad, e.value.body)
+    r = httpx.post(str(client.base_url) + "completions", content='{"model": "tiny", "prompt": "\\ud800"}',
+                   headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"

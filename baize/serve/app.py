@@ -18,9 +18,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from . import protocol
+from .completions import Completions
 from .config import ServeConfig
 from .jobs import events, start
-from .protocol import APIError, ChatRequest, error_body
+from .protocol import APIError, ChatRequest, CompletionRequest, error_body
 
 router = APIRouter()
 
@@ -33,6 +34,7 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
     app.state.models = models
     app.state.created = int(time.time())
     app.state.chat = ChatCompletions(models, cfg)
+    app.state.completions = Completions(models, cfg)
     _add_error_handlers(app)
     app.add_middleware(Guard, api_key=cfg.api_key)
     app.include_router(router)
@@ -71,6 +73,11 @@ async def chat_completions(body: ChatRequest, request: Request):
     return await request.app.state.chat.create(body, request)
 
 
+@router.post("/v1/completions")
+async def completions(body: CompletionRequest, request: Request):
+    return await request.app.state.completions.create(body)
+
+
 # -- the chat-completion logic -------------------------------------------------------------------------
 
 class ChatCompletions:
@@ -103,6 +110,7 @@ class ChatCompletions:
 
     def _check(self, llm, body: ChatRequest) -> list[str]:
         """What pydantic cannot check alone; returns the stop strings as a list."""
+        protocol.refuse_unsupported(body)
         if body.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
         max_batch = llm.engine.max_batch if llm.is_local else self.cfg.max_batch
@@ -189,14 +197,17 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request, e: RequestValidationError):
         errs = e.errors()
-        first = errs[0] if errs else {"loc": (), "msg": "invalid request", "type": ""}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        # a validator's own error (a lone surrogate) says more than the union's other branches failing
+        first = next((x for x in errs if x.get("type") == "value_error"), errs[0] if errs else
+                     {"loc": (), "msg": "invalid request", "type": ""})
         if first.get("type") == "json_invalid":
             return JSONResponse(error_body(f"The request body is not valid JSON: {first.get('msg')}",
                                            code="invalid_json"), status_code=400)
-        where = ".".join(loc)
-        msg = f"{where}: {first['msg']}" if where else first["msg"]
-        more = f" (and {len(errs) - 1} more problem(s))" if len(errs) > 1 else ""
+        where = _where(first.get("loc", ()))
+        text = first["msg"].removeprefix("Value error, ")
+        msg = f"{where}: {text}" if where else text
+        others = {_where(x.get("loc", ())) for x in errs} - {where}
+        more = f" (and {len(others)} more problem(s))" if others else ""
         return JSONResponse(error_body(f"Invalid request: {msg}{more}", param=where or None,
                                        code="invalid_value"), status_code=400)
 
@@ -207,6 +218,13 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _internal(request, e: Exception):
         return JSONResponse(error_body(f"internal error: {type(e).__name__}: {e}", "server_error"), status_code=500)
+
+
+def _where(loc) -> str:
+    """A pydantic error location as the request's own path (messages.0.content), without the names
+    pydantic gives a union's branches and validators (str, function-after[...])."""
+    return ".".join(str(x) for x in loc if x != "body" and not any(c in str(x) for c in "[(")
+                    and x not in ("str", "int", "float", "bool", "list", "dict"))
 
 
 class Guard:

@@ -8,26 +8,43 @@ Only imported when serving: pydantic stays out of `baize --help`.
 from __future__ import annotations
 
 import json
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from ..llm import Completion
 
-# unknown fields (user, presence_penalty, ...) are ignored, as most compatible servers do
 _STRICT = ConfigDict(strict=True, extra="ignore")
+# a request keeps its unknown fields, so that those we would silently ignore but cannot honour
+# (UNSUPPORTED) are refused by name; the rest (user, store, metadata, ...) are ignored, as most
+# compatible servers do
+_REQUEST = ConfigDict(strict=True, extra="allow")
+
+
+def _unicode(text: str) -> str:
+    # JSON may carry a lone UTF-16 surrogate ("\ud800"): Python decodes it, the tokenizer cannot
+    # encode it (a 500 deep in the model); it is not text, so it is the client's error
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ValueError(f"contains a lone surrogate ({text[e.start]!r}), which is not valid Unicode text: "
+                         f"send the text as UTF-8") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_unicode)]
 
 
 class TextPart(BaseModel):
     model_config = _STRICT
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
     model_config = _STRICT
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart] | None = None
+    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -41,7 +58,7 @@ class StreamOptions(BaseModel):
 
 
 class ChatRequest(BaseModel):
-    model_config = _STRICT
+    model_config = _REQUEST
     model: str
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
@@ -51,9 +68,50 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: str | list[str] | None = None
+    stop: Text | list[Text] | None = None
     seed: int | None = Field(None, ge=-(2 ** 62), le=2 ** 62)
     logprobs: bool | None = None
+
+
+class CompletionRequest(BaseModel):
+    """POST /v1/completions as lm-evaluation-harness's local-completions model sends it: a prompt
+    (text, texts, token ids or lists of them), echo and logprobs to score the prompt itself."""
+    model_config = _REQUEST
+    model: str
+    prompt: Text | list[Text] | list[int] | list[list[int]]
+    max_tokens: int | None = Field(16, ge=0)
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, ge=0, le=1)
+    n: int = Field(1, ge=1, le=128)
+    stop: Text | list[Text] | None = None
+    seed: int | None = Field(None, ge=-(2 ** 62), le=2 ** 62)
+    logprobs: int | None = Field(None, ge=0, le=5)
+    echo: bool = False
+    stream: bool = False
+
+
+def _off(value) -> bool:
+    return value in (None, 0, "", [], {}, False)
+
+
+# what a request may carry that this server cannot honour, with the values that ask for nothing
+# (clients send some of them by default: LangChain sends zero penalties, SDKs an empty logit_bias)
+UNSUPPORTED = {
+    "tools": _off, "functions": _off, "tool_choice": lambda v: _off(v) or v == "none",
+    "function_call": lambda v: _off(v) or v == "none", "response_format": lambda v: _off(v) or v == {"type": "text"},
+    "logit_bias": _off, "top_logprobs": _off, "presence_penalty": _off, "frequency_penalty": _off,
+    "audio": _off, "modalities": lambda v: _off(v) or v == ["text"], "prediction": _off,
+    "suffix": _off, "best_of": lambda v: _off(v) or v == 1,
+}
+
+
+def refuse_unsupported(body: BaseModel) -> None:
+    """A 400 naming the first parameter the request sets that this server would otherwise ignore."""
+    for name, value in (body.model_extra or {}).items():
+        harmless = UNSUPPORTED.get(name)
+        if harmless is not None and not harmless(value):
+            raise APIError(400, f"{name} is not supported by this server (baize serves plain text generation); "
+                                f"send the request without {name}", param=name, code="unsupported_parameter")
 
 
 class APIError(Exception):
@@ -105,3 +163,10 @@ def chunk(cid: str, created: int, model: str, choices: list[dict], **extra) -> s
 
 def choice_delta(i: int, delta: dict, finish: str | None = None) -> dict:
     return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+
+
+def text_completion(cid: str, created: int, model: str, choices: list[dict], prompt_tokens: int) -> dict:
+    """The body of a /v1/completions answer (object "text_completion")."""
+    ct = sum(c.pop("completion_tokens") for c in choices)
+    return {"id": cid, "object": "text_completion", "created": created, "model": model, "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": ct, "total_tokens": prompt_tokens + ct}}
