@@ -186,8 +186,11 @@ _HUMAN_AS_AI = re.compile(
     r"|^\W*(?:that's |what )?an? (?:very |really )?(?:great|good|excellent|insightful) question\b",
     re.IGNORECASE | re.MULTILINE)
 # the self-chat prompt's own words in the dialogue: "The human's next message: ..."
-_PROMPT_LEAK = re.compile(r"\bthe (?:human|ai)'s (?:next )?(?:message|reply|response)\b"
-                          r"|\bhere(?:'s| is) (?:a |the )?(?:possible )?next question\b", re.IGNORECASE)
+# ("The human's next question is: ...", and the prompt's "one question or request" echoed back:
+# both in the embedded teacher's kept dialogues of the main job, 2026-12-03)
+_PROMPT_LEAK = re.compile(r"\bthe (?:human|ai)'s (?:next )?(?:message|reply|response|question)\b"
+                          r"|\bhere(?:'s| is) (?:a |the )?(?:possible )?next question\b"
+                          r"|\bone question or request\b", re.IGNORECASE)
 # either side narrating the self-chat in the third person: "The human wants to know more about..."
 # (the embedded teacher's kept dialogues of a 64-seed run had it; no sample seed says it)
 _NARRATION = re.compile(r"\bthe human (?:wants|is asking|asks|would like|is looking for|has asked|is interested)\b",

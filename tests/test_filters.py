@@ -221,6 +221,19 @@ BAD = [
         U("The human's next message: How much does India spend on sport per athlete?"),
         A("Far less than the medal-winning nations: a few hundred crore rupees a year across all sports.")],
      "role_leakage", 2),
+    # the embedded teacher, the main job of 2026-12-03: kept until the prompt-leak pattern knew them
+    ("prompt-leak-next-question", "When did crop circles start appearing?", [
+        U("When did crop circles start appearing?"),
+        A("Reports go back to the 1970s in southern England, and a few folk tales describe older ones."),
+        U("The human's next question is: What's the origin story behind crop circles?"),
+        A("Two men, Doug Bower and Dave Chorley, said in 1991 that they had made many of them with planks.")],
+     "role_leakage", 2),
+    ("prompt-echo", "Will Trump seek a deal with Iran?", [
+        U("Will Trump seek a deal with Iran?"),
+        A("He said he would talk without preconditions, while keeping the sanctions in place."),
+        U("One question or request, no question. How about this: how do you know a recent event is occurring?"),
+        A("From dated reports in several independent news sources.")],
+     "role_leakage", 2),
     # the embedded teacher, 64-seed run: the AI narrates the self-chat instead of answering
     ("ai-narrates-the-chat", "How does Paytm company earn money?", [
         U("How does Paytm company earn money?"),
