@@ -55,6 +55,10 @@ class _CollectFields:
     top_p: float = opt(1.0, "teacher nucleus sampling")
     price_in: float = opt(0.0, "teacher price per 1K prompt tokens, for the cost ledger")
     price_out: float = opt(0.0, "teacher price per 1K completion tokens")
+    max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
+                                       "when spent")
+    dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
+                               "nothing is loaded, called or written")
 
 
 @dataclass
@@ -166,10 +170,9 @@ def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict]
 def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Summary:
     """Run (or resume) a collection; returns the summary of this invocation."""
     from .models import load_endpoint
-    from .seeds import load_seeds
     check_config(cfg)  # a bad knob fails before any model loads
     out = Path(cfg.out)
-    seeds = load_seeds(cfg.seeds, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
+    seeds = _seeds(cfg)
     if llm is None:
         llm = load_endpoint(cfg.teacher, cfg, max_batch=cfg.concurrency)
     else:
@@ -177,7 +180,7 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
     if judge_llm is None and cfg.judge == cfg.teacher and not (cfg.judge or "").startswith("openai:"):
         judge_llm = llm  # one copy of a local model in memory
     ledger = Ledger(cfg.max_tokens_total, {"teacher": (cfg.price_in, cfg.price_out),
-                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)})
+                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)}, max_cost=cfg.max_cost)
     filt = DialogueFilter(cfg, out, ledger, judge_llm=judge_llm)
 
     def meta_of(seed) -> dict:
@@ -202,6 +205,23 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
         filt.close()
 
 
+def _seeds(cfg: CollectConfig):
+    from .plan import limit_warning, warn
+    from .seeds import load_seeds
+    seeds = load_seeds(cfg.seeds, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
+    warn(limit_warning("--limit", cfg.limit, len(seeds), f"{cfg.seeds} has" + (" in this shard" if cfg.shard else "")))
+    return seeds
+
+
+def plan(cfg: CollectConfig, seeds=None):
+    """The --dry-run plan: the teacher's (and --judge's) calls, tokens and cost, nothing called."""
+    from .plan import collect_plan
+    check_config(cfg)
+    seeds = _seeds(cfg) if seeds is None else seeds
+    return collect_plan(cfg, [s.text for s in seeds], self_chat=SELF_CHAT_TEMPLATE, human=HUMAN_PROMPT,
+                        assistant=ASSISTANT_PROMPT)
+
+
 def print_summary(s: Summary, out: str, console=None) -> None:
     _print_summary(s, f"collect -> {out}", console)
 
@@ -213,7 +233,13 @@ def add_cli(sub) -> None:
 
 
 def _main(args) -> int:
+    from .plan import print_plan, stopped_line
     cfg = dataclass_from_args(CollectConfig, args)
+    if cfg.dry_run:
+        print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)
+        return 0
     s = collect(cfg)
     print_summary(s, cfg.out)
+    if s.stopped == "budget":
+        print(stopped_line(cfg, s))
     return 130 if s.stopped == "interrupted" else 0

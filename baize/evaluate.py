@@ -58,6 +58,12 @@ class _EvalFields:
     seed: int = opt(0, "answer sampling seed (same seed, same answers)")
     bootstrap: int = opt(1000, "bootstrap resamples for the 95-percent intervals")
     sample: int = opt(8, "questions shown side by side in the report")
+    price_in: float = opt(0.0, "price per 1K prompt tokens of the openai: models answering, for the cost ledger")
+    price_out: float = opt(0.0, "price per 1K completion tokens of the openai: models answering")
+    max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
+                                       "when spent")
+    dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
+                               "nothing is loaded, called or written")
 
 
 @dataclass
@@ -394,14 +400,14 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         raise BaizeError(f"--baseline {cfg.baseline}: not one of the models ({', '.join(models)}); use one of those names")
     for spec in models.values():
         _check_spec(spec)
-    questions = load_questions(cfg.questions, field=cfg.seed_field, limit=cfg.limit)
+    questions = _questions(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "eval.config.json")
     judged = cfg.judge and cfg.judge.lower() != "none" and (cfg.pairwise or cfg.single)
     # an unreachable judge fails now, before minutes of answers
     judge = load_judge(cfg, out / "judge_cache", judge_llm) if judged else None
-    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)})
+    ledger = Ledger(cfg.max_tokens_total, _prices(cfg, models), max_cost=cfg.max_cost)
     t0 = time.monotonic()
     answers, nlls = {}, {}
     nll_cache = _NllCache(out / "nll.jsonl")
@@ -431,6 +437,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     scores = judge_scores(judge, names, questions, answers, cfg, ledger, out, console) if judged and cfg.single else []
     results = build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs)
     results["ledger"], results["seconds"] = ledger.as_dict(), round(time.monotonic() - t0, 1)
+    results["stopped"] = ledger.spent_cap()  # the cap that stopped it: a rerun with more finishes the rest
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     from .report import write_report
     results["paths"] = {k: str(v) for k, v in write_report(results, out).items()}
@@ -519,7 +526,40 @@ def add_cli(sub) -> None:
     p.set_defaults(func=_main)
 
 
+def _questions(cfg: EvalConfig) -> list[Question]:
+    from .plan import limit_warning, warn
+    questions = load_questions(cfg.questions, field=cfg.seed_field)
+    warn(limit_warning("--limit", cfg.limit, len(questions), f"{cfg.questions} has"))
+    return questions[:cfg.limit] if cfg.limit else questions
+
+
+def _prices(cfg: EvalConfig, models: dict[str, str]) -> dict:
+    """The ledger's prices: the judge's, and --price-in/--price-out for each openai: model answering
+    (its role in the ledger is its name)."""
+    return {"judge": (cfg.judge_price_in, cfg.judge_price_out),
+            **{n: (cfg.price_in, cfg.price_out) for n, spec in models.items() if spec.startswith("openai:")}}
+
+
+def plan(cfg: EvalConfig, questions: list[Question] | None = None):
+    """The --dry-run plan: the models' answers and the judge's verdicts and scores, nothing called."""
+    from .plan import eval_plan
+    models = parse_models(cfg.models)
+    questions = _questions(cfg) if questions is None else questions
+    return eval_plan(cfg, models, questions, judge_inputs=judge_inputs, reference=_reference,
+                     prices=_prices(cfg, models))
+
+
 def _main(args) -> int:
+    from .plan import budget_hint, print_plan
     cfg = dataclass_from_args(EvalConfig, args, models=args.models)
-    print_results(evaluate(cfg))
+    if cfg.dry_run:
+        print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)
+        return 0
+    res = evaluate(cfg)
+    print_results(res)
+    if res["stopped"]:
+        cap = cfg.max_cost if res["stopped"] == "--max-cost" else cfg.max_tokens_total
+        used = sum(r["cost"] for r in res["ledger"].values()) if res["stopped"] == "--max-cost" else \
+            sum(r["prompt_tokens"] + r["completion_tokens"] for r in res["ledger"].values())
+        print(budget_hint(res["stopped"], cap, used))
     return 0

@@ -48,6 +48,20 @@ class PipelineConfig:
     eval_questions: str = opt("builtin", "questions for eval (see `baize eval --help`)")
     eval_limit: int | None = opt(6, "eval questions used (builtin has 12, two turns each)")
     eval_max_tokens: int = opt(128, "max new tokens per eval answer")
+    # prices per 1K tokens, as each stage's --price-in/--price-out and --judge-price-in/--judge-price-out
+    teacher_price_in: float = opt(0.0, "teacher price per 1K prompt tokens, for the cost ledger and the plan")
+    teacher_price_out: float = opt(0.0, "teacher price per 1K completion tokens")
+    policy_price_in: float = opt(0.0, "policy price per 1K prompt tokens (an openai: --sdf-policy; eval's openai: "
+                                      "models)")
+    policy_price_out: float = opt(0.0, "policy price per 1K completion tokens")
+    judge_price_in: float = opt(0.0, "judge price per 1K prompt tokens (SDF and eval)")
+    judge_price_out: float = opt(0.0, "judge price per 1K completion tokens")
+    max_cost: float | None = opt(None, "dollars the whole pipeline may spend, every stage and every resumed run "
+                                       "together; stops cleanly when spent")
+    max_tokens_total: int | None = opt(None, "tokens (in+out) the whole pipeline may spend, every stage and every "
+                                             "resumed run together")
+    dry_run: bool = opt(False, "print the plan of every stage (calls, tokens and cost per role, an upper bound) and "
+                               "stop: nothing is loaded, called or written")
 
 
 def _step(console, title: str):
@@ -72,111 +86,245 @@ def _train_once(console, run: Path, cfg) -> None:
     train(replace(cfg, resume=half))
 
 
-def _sdf_prompts(cfg: PipelineConfig, path: Path) -> Path:
-    """The seeds after the collected ones: SDF asks v1 questions it was not trained on."""
-    import json
-
+def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
+    """The seeds to collect on, the SDF prompts (the seeds after those: SDF asks v1 questions it was not
+    trained on), the eval questions, and a line for each limit that asks for more than there is."""
+    from .evaluate import load_questions
+    from .plan import limit_warning
     from .seeds import load_seeds
-    seeds = load_seeds(cfg.seeds, limit=cfg.limit + cfg.sdf_prompts)[cfg.limit:]
-    path.write_text("".join(json.dumps({"seed": s.text, "source": s.source}) + "\n" for s in seeds))
-    return path
+    seeds = load_seeds(cfg.seeds, limit=cfg.limit + cfg.sdf_prompts)
+    questions = load_questions(cfg.eval_questions)
+    collected, prompts = seeds[:cfg.limit], seeds[cfg.limit:]
+    warnings = [limit_warning("--limit", cfg.limit, len(collected), f"{cfg.seeds} has"),
+                limit_warning("--sdf-prompts", cfg.sdf_prompts, len(prompts),
+                              f"{cfg.seeds} has {len(seeds)} seeds, {cfg.limit} for collection, so SDF prompts:"),
+                limit_warning("--eval-limit", cfg.eval_limit, len(questions), f"{cfg.eval_questions} has")]
+    return collected, prompts, questions[:cfg.eval_limit or None], [w for w in warnings if w]
+
+
+def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
+    from .collect import CollectConfig
+    return CollectConfig(seeds=cfg.seeds, out=str(out / "dialogues.jsonl"), teacher=cfg.teacher, base_url=cfg.base_url,
+                         mode=cfg.mode, limit=n, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
+                         temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency,
+                         price_in=cfg.teacher_price_in, price_out=cfg.teacher_price_out, **budget)
+
+
+def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = None):
+    from .sdf import SDFConfig
+    return SDFConfig(policy=cfg.sdf_policy or str(out / "v1"), base_url=cfg.sdf_base_url, judge=cfg.judge,
+                     prompts=str(out / "sdf_prompts.jsonl"), out=str(out / "sdf.jsonl"), n=cfg.n,
+                     max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency, temperature=cfg.temperature,
+                     judge_base_url=cfg.base_url, system=system, price_in=cfg.policy_price_in,
+                     price_out=cfg.policy_price_out, judge_price_in=cfg.judge_price_in,
+                     judge_price_out=cfg.judge_price_out, **budget)
+
+
+def _eval_cfg(cfg: PipelineConfig, out: Path, compared: dict, n: int, budget: dict):
+    from .evaluate import EvalConfig
+    return EvalConfig(models=[f"{k}={v}" for k, v in compared.items()], questions=cfg.eval_questions,
+                      judge=cfg.judge, judge_base_url=cfg.base_url, out=str(out / "eval"), limit=n,
+                      max_tokens=cfg.eval_max_tokens, concurrency=cfg.concurrency, price_in=cfg.policy_price_in,
+                      price_out=cfg.policy_price_out, judge_price_in=cfg.judge_price_in,
+                      judge_price_out=cfg.judge_price_out, **budget)
+
+
+def _compared(cfg: PipelineConfig, out: Path) -> dict:
+    return {"base": cfg.base, "v1": str(out / "v1"), "v2": str(out / "v2"),
+            **({"v2-dpo": str(out / "v2-dpo")} if cfg.dpo else {})}
+
+
+def plan(cfg: PipelineConfig):
+    """Every stage's plan at the pipeline's settings: what `--dry-run` prints (nothing is loaded or written)."""
+    from .collect import plan as collect_plan
+    from .evaluate import plan as eval_plan
+    from .sdf import Prompt
+    from .sdf import plan as sdf_plan
+    out = Path(cfg.out)
+    collected, prompts, questions, warnings = _inputs(cfg)
+    p = collect_plan(_collect_cfg(cfg, out, len(collected), {}), collected)
+    p.extend(sdf_plan(_sdf_cfg(cfg, out, {}), [Prompt(s.id, [{"role": "user", "content": s.text}], s.source)
+                                               for s in prompts]))
+    p.extend(eval_plan(_eval_cfg(cfg, out, _compared(cfg, out), len(questions), {}), questions))
+    p.warnings = warnings + p.warnings
+    return p
+
+
+def _summaries(out: Path) -> list[Path]:
+    """Where the stages write what they spent (each summary's `total` counts every resumed run)."""
+    ev = out / "eval"
+    return [out / "dialogues.summary.json", out / "sdf.summary.json", *(sorted(ev.rglob("*.summary.json"))
+                                                                         if ev.is_dir() else [])]
+
+
+def _budget(cfg: PipelineConfig, out: Path) -> dict | None:
+    """What the next stage may spend: the pipeline's caps less what every earlier run spent (read from
+    the summaries on disk, so a resumed pipeline knows); None when a cap is already spent."""
+    from .plan import spent
+    used = spent(_summaries(out))
+    budget = {}
+    if cfg.max_cost is not None:
+        budget["max_cost"] = cfg.max_cost - used["cost"]
+    if cfg.max_tokens_total is not None:
+        budget["max_tokens_total"] = cfg.max_tokens_total - used["tokens"]
+    return None if any(v <= 0 for v in budget.values()) else budget
+
+
+def _stop_line(cfg: PipelineConfig, out: Path) -> str:
+    from .plan import budget_hint, spent
+    used = spent(_summaries(out))
+    if cfg.max_cost is not None and used["cost"] >= cfg.max_cost:
+        return budget_hint("--max-cost", cfg.max_cost, used["cost"], scope="every stage and run so far")
+    return budget_hint("--max-tokens-total", cfg.max_tokens_total or 0, used["tokens"],
+                       scope="every stage and run so far")
+
+
+def _stopped(console, cfg: PipelineConfig, out: Path, stopped) -> bool:
+    """True (after the one line saying how to resume) when the budget ran out: before a stage (stopped
+    None: the caps are spent already) or in it (its summary's `stopped`)."""
+    if stopped is None or stopped in ("budget", "--max-cost", "--max-tokens-total"):
+        console.print(_stop_line(cfg, out), style="bold yellow", soft_wrap=True)
+        return True
+    return False
 
 
 def run(cfg: PipelineConfig) -> dict:
     from rich.console import Console
 
-    from .chat import usage_hint
-    from .collect import CollectConfig, collect, print_summary
-    from .data import print_stats, stats
-    from .evaluate import EvalConfig, evaluate, print_results
-    from .models import read_run
-    from .runner import print_summary as print_run
-    from .sdf import SDFConfig, sdf
-    from .train import TrainConfig
+    from .plan import print_plan, spent, warn
     if cfg.dpo and cfg.quantize:  # fail now, not after v1 and v2 trained: train.py refuses the merge then
         raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
                          f"cannot take; drop --quantize or --dpo")
     console = Console()
     out = Path(cfg.out)
+    if cfg.dry_run:
+        print_plan(plan(cfg), console, max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total,
+                   spent=spent(_summaries(out)))
+        return {}
+    collected, prompts, questions, warnings = _inputs(cfg)
+    if not prompts:
+        raise BaizeError(f"--limit {cfg.limit} takes every seed of {cfg.seeds} ({len(collected)}): SDF has no prompt "
+                         f"left; lower --limit or give more seeds")
+    for w in warnings:
+        warn(w)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.config.json")
-    times: dict[str, float] = {}
     steps = 7 if cfg.dpo else 6
+    times: dict[str, float] = {}
+    inputs = {"collected": collected, "prompts": prompts, "questions": questions}
+    for name, step in (("collect", _collect_step), ("train_v1", _v1_step), ("sdf", _sdf_step),
+                       ("train_v2", _v2_step), ("train_v2_dpo", _dpo_step), ("eval", _eval_step)):
+        t = time.monotonic()
+        done = step(console, cfg, out, steps, inputs)
+        if done is not None:
+            times[name] = time.monotonic() - t
+        if done is False or cfg.stop_after == {"train_v1": "v1", "train_v2": "v2"}.get(name, name):
+            return times
+    console.print("step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+    return times
 
-    t = _step(console, f"1/{steps} collect: {cfg.limit} {cfg.seeds} seeds, teacher {cfg.teacher}, mode {cfg.mode}")
-    dialogues = out / "dialogues.jsonl"
-    summary = collect(CollectConfig(seeds=cfg.seeds, out=str(dialogues), teacher=cfg.teacher, base_url=cfg.base_url,
-                                    mode=cfg.mode, limit=cfg.limit, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
-                                    temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency))
-    print_summary(summary, str(dialogues), console)
-    print_stats(stats(dialogues))
-    times["collect"] = time.monotonic() - t
-    if cfg.stop_after == "collect":
-        return times
 
-    v1 = out / "v1"
-    t = _step(console, f"2/{steps} train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
-    _train_once(console, v1, TrainConfig(base=cfg.base, data=str(dialogues), out=str(v1), format=cfg.format,
-                                         max_steps=cfg.max_steps, batch_size=cfg.batch_size, quantize=cfg.quantize))
-    times["train_v1"] = time.monotonic() - t
-    if cfg.stop_after == "v1":
-        return times
+# Each step returns True when done, False when the pipeline must stop here (the budget is spent),
+# None when it had nothing to do.
 
-    t = _step(console, f"3/{steps} SDF: v1 samples {cfg.n} answers to each of {cfg.sdf_prompts} new prompts, "
-                       f"judge {cfg.judge} ranks them")
-    sdf_out = out / "sdf.jsonl"
-    scfg = SDFConfig(policy=cfg.sdf_policy or str(v1), base_url=cfg.sdf_base_url, judge=cfg.judge,
-                     prompts=str(_sdf_prompts(cfg, out / "sdf_prompts.jsonl")),
-                     out=str(sdf_out), n=cfg.n, max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency,
-                     temperature=cfg.temperature, judge_base_url=cfg.base_url,
-                     # an endpoint serving v1 needs v1's system prompt from us; in-process v1 adds its own
-                     system=(read_run(v1) or {}).get("system") if cfg.sdf_policy else None)
+def _collect_step(console, cfg, out, steps, inputs) -> bool:
+    from .collect import collect, print_summary
+    from .data import print_stats, stats
+    budget = _budget(cfg, out)
+    if budget is None:
+        return not _stopped(console, cfg, out, None)
+    _step(console, f"1/{steps} collect: {cfg.limit} {cfg.seeds} seeds, teacher {cfg.teacher}, mode {cfg.mode}")
+    ccfg = _collect_cfg(cfg, out, len(inputs["collected"]), budget)
+    summary = collect(ccfg)
+    print_summary(summary, ccfg.out, console)
+    print_stats(stats(Path(ccfg.out)))
+    return not _stopped(console, cfg, out, summary.stopped or "done")
+
+
+def _v1_step(console, cfg, out, steps, inputs) -> bool:
+    from .train import TrainConfig
+    _step(console, f"2/{steps} train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
+    _train_once(console, out / "v1", TrainConfig(base=cfg.base, data=str(out / "dialogues.jsonl"), out=str(out / "v1"),
+                                                 format=cfg.format, max_steps=cfg.max_steps,
+                                                 batch_size=cfg.batch_size, quantize=cfg.quantize))
+    return True
+
+
+def _sdf_step(console, cfg, out, steps, inputs) -> bool:
+    import json
+
+    from .models import read_run
+    from .runner import print_summary
+    from .sdf import sdf
+    budget = _budget(cfg, out)
+    if budget is None:
+        return not _stopped(console, cfg, out, None)
+    _step(console, f"3/{steps} SDF: v1 samples {cfg.n} answers to each of {len(inputs['prompts'])} new prompts, "
+                   f"judge {cfg.judge} ranks them")
+    (out / "sdf_prompts.jsonl").write_text("".join(json.dumps({"seed": s.text, "source": s.source}) + "\n"
+                                                   for s in inputs["prompts"]))
+    # an endpoint serving v1 needs v1's system prompt from us; in-process v1 adds its own
+    scfg = _sdf_cfg(cfg, out, budget, (read_run(out / "v1") or {}).get("system") if cfg.sdf_policy else None)
     s, prefs = sdf(scfg)
-    print_run(s, f"sdf -> {sdf_out}", console, unit="prompts")
+    print_summary(s, f"sdf -> {scfg.out}", console, unit="prompts")
     agree = prefs["mean_agreement"]
     console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs; judge order agreement "
                   f"{'n/a' if agree is None else f'{agree:.2f}'} (1: the same ranking in both orders, 0: reversed)")
-    times["sdf"] = time.monotonic() - t
-    if cfg.stop_after == "sdf":
-        return times
+    inputs["prefs"] = prefs
+    return not _stopped(console, cfg, out, s.stopped or "done")
 
-    v2 = out / "v2"
-    t = _step(console, f"4/{steps} train v2: v1's adapter continued on the SDF best answers (the paper), {cfg.v2_steps} steps")
+
+def _v2_step(console, cfg, out, steps, inputs) -> bool:
+    from .train import TrainConfig
+    prefs = inputs["prefs"]
+    _step(console, f"4/{steps} train v2: v1's adapter continued on the SDF best answers (the paper), "
+                   f"{cfg.v2_steps} steps")
     if prefs["prompts"] == 0:
-        raise BaizeError(f"SDF kept no prompt (see {sidecar(sdf_out, 'rejected')}): use a stronger --judge or "
-                         f"more --sdf-prompts")
-    _train_once(console, v2, TrainConfig(from_run=str(v1), data=str(sdf_out), out=str(v2), max_steps=cfg.v2_steps,
-                                         batch_size=min(cfg.batch_size, prefs["prompts"]), quantize=cfg.quantize))
-    times["train_v2"] = time.monotonic() - t
-    if cfg.stop_after == "v2":
-        return times
-    compared = {"base": cfg.base, "v1": str(v1), "v2": str(v2)}
-    if cfg.dpo:
-        t = _step(console, f"5/{steps} train v2-dpo: DPO from v1 on the SDF preference pairs, {cfg.v2_steps} steps")
-        if prefs["pairs"]:
-            _train_once(console, out / "v2-dpo", TrainConfig(from_run=str(v1), method="dpo", data=prefs["prefs"],
-                                                             out=str(out / "v2-dpo"), max_steps=cfg.v2_steps,
-                                                             batch_size=min(cfg.batch_size, prefs["pairs"]),
-                                                             quantize=cfg.quantize))
-            compared["v2-dpo"] = str(out / "v2-dpo")
-        else:
-            console.print("no preference pairs (the judge preferred no candidate): v2-dpo skipped")
-        times["train_v2_dpo"] = time.monotonic() - t
+        raise BaizeError(f"SDF kept no prompt (see {sidecar(out / 'sdf.jsonl', 'rejected')}): use a stronger --judge "
+                         f"or more --sdf-prompts")
+    _train_once(console, out / "v2", TrainConfig(from_run=str(out / "v1"), data=str(out / "sdf.jsonl"),
+                                                 out=str(out / "v2"), max_steps=cfg.v2_steps,
+                                                 batch_size=min(cfg.batch_size, prefs["prompts"]),
+                                                 quantize=cfg.quantize))
+    return True
 
-    t = _step(console, f"{steps - 1}/{steps} eval: {', '.join(compared)} on {cfg.eval_questions} questions, "
-                       f"judge {cfg.judge}")
-    res = evaluate(EvalConfig(models=[f"{k}={v}" for k, v in compared.items()], questions=cfg.eval_questions,
-                              judge=cfg.judge, judge_base_url=cfg.base_url, out=str(out / "eval"),
-                              limit=cfg.eval_limit, max_tokens=cfg.eval_max_tokens, concurrency=cfg.concurrency))
-    times["eval"] = time.monotonic() - t
 
+def _dpo_step(console, cfg, out, steps, inputs) -> bool | None:
+    from .train import TrainConfig
+    if not cfg.dpo:
+        return None
+    prefs = inputs["prefs"]
+    _step(console, f"5/{steps} train v2-dpo: DPO from v1 on the SDF preference pairs, {cfg.v2_steps} steps")
+    if prefs["pairs"]:
+        _train_once(console, out / "v2-dpo", TrainConfig(from_run=str(out / "v1"), method="dpo", data=prefs["prefs"],
+                                                         out=str(out / "v2-dpo"), max_steps=cfg.v2_steps,
+                                                         batch_size=min(cfg.batch_size, prefs["pairs"]),
+                                                         quantize=cfg.quantize))
+    else:
+        console.print("no preference pairs (the judge preferred no candidate): v2-dpo skipped")
+    return True
+
+
+def _eval_step(console, cfg, out, steps, inputs) -> bool:
+    from .chat import usage_hint
+    from .evaluate import evaluate, print_results
+    budget = _budget(cfg, out)
+    if budget is None:
+        return not _stopped(console, cfg, out, None)
+    compared = _compared(cfg, out)
+    if cfg.dpo and not (out / "v2-dpo").is_dir():
+        del compared["v2-dpo"]
+    _step(console, f"{steps - 1}/{steps} eval: {', '.join(compared)} on {cfg.eval_questions} questions, "
+                   f"judge {cfg.judge}")
+    res = evaluate(_eval_cfg(cfg, out, compared, len(inputs["questions"]), budget))
     _step(console, f"{steps}/{steps} report")
     print_results(res, console)
+    if _stopped(console, cfg, out, res.get("stopped") or "done"):
+        return False
     console.rule("[bold]next")
-    console.print(usage_hint(str(v2), compare={"base": cfg.base, "v1": str(v1)}), soft_wrap=True)
-    console.print("step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
+    console.print(usage_hint(str(out / "v2"), compare={"base": cfg.base, "v1": str(out / "v1")}), soft_wrap=True)
     console.print(f"report: {res['paths']['html']}", soft_wrap=True)
-    return times
+    return True
 
 
 def add_cli(sub) -> None:

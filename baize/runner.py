@@ -27,11 +27,13 @@ from .schema import JsonlAppender, atomic_write_text, read_jsonl, repair_torn_ta
 class Ledger:
     """Tokens, calls and cost per role, shared by the workers; decides when the budget is spent.
 
-    `prices` maps a role to (price per 1K prompt tokens, per 1K completion tokens)."""
+    `prices` maps a role to (price per 1K prompt tokens, per 1K completion tokens); the budget is
+    spent at `max_tokens_total` tokens (in + out) or at `max_cost` dollars, whichever comes first."""
 
     def __init__(self, max_tokens_total: int | None = None, prices: dict[str, tuple[float, float]] | None = None,
-                 parent: Ledger | None = None):
+                 parent: Ledger | None = None, *, max_cost: float | None = None):
         self.max_tokens_total, self.prices = max_tokens_total, dict(prices or {})
+        self.max_cost = max_cost
         self.lock = threading.Lock()
         self.roles: dict[str, dict] = {}
         self.parent = parent
@@ -78,10 +80,16 @@ class Ledger:
         return sum(self.role_cost(role) for role in list(self.roles))
 
     def exhausted(self) -> bool:
+        return self.spent_cap() is not None
+
+    def spent_cap(self) -> str | None:
+        """The flag of the cap that is spent (--max-cost, --max-tokens-total), or None."""
         if self.parent is not None:
-            return self.parent.exhausted()
+            return self.parent.spent_cap()
+        if self.max_cost is not None and self.cost >= self.max_cost:
+            return "--max-cost"
         b = self.max_tokens_total
-        return b is not None and self.prompt_tokens + self.completion_tokens >= b
+        return "--max-tokens-total" if b is not None and self.prompt_tokens + self.completion_tokens >= b else None
 
     def as_dict(self) -> dict:
         return {role: {**r, "cost": round(self.role_cost(role), 6)} for role, r in sorted(self.roles.items())}

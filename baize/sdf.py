@@ -46,6 +46,10 @@ class _SDFFields:
     min_agreement: float = opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
     price_in: float = opt(0.0, "policy price per 1K prompt tokens, for the cost ledger")
     price_out: float = opt(0.0, "policy price per 1K completion tokens")
+    max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
+                                       "when spent")
+    dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
+                               "nothing is loaded, called or written")
 
 
 @dataclass
@@ -236,10 +240,10 @@ def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):
     """Run (or resume) SDF; returns (summary of this invocation, prefs counts over the whole file)."""
     if cfg.n < 2:
         raise BaizeError(f"--n {cfg.n}: SDF needs at least 2 candidates per prompt to rank")
-    prompts = load_prompts(cfg.prompts, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
+    prompts = _prompts(cfg)
     policy, judge = load_policy_and_judge(cfg, policy, judge_llm)
     ledger = Ledger(cfg.max_tokens_total, {"policy": (cfg.price_in, cfg.price_out),
-                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)})
+                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)}, max_cost=cfg.max_cost)
     try:
         summary = run_items(prompts, lambda p: sdf_one(p, policy, judge, cfg, ledger), out=cfg.out, ledger=ledger,
                             concurrency=cfg.concurrency, label="sdf", noun="prompts", config=cfg,
@@ -256,12 +260,33 @@ def add_cli(sub) -> None:
     p.set_defaults(func=_main)
 
 
+def _prompts(cfg: SDFConfig) -> list[Prompt]:
+    from .plan import limit_warning, warn
+    prompts = load_prompts(cfg.prompts, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
+    warn(limit_warning("--limit", cfg.limit, len(prompts), f"{cfg.prompts} has"))
+    return prompts
+
+
+def plan(cfg: SDFConfig, prompts: list[Prompt] | None = None):
+    """The --dry-run plan: the policy's and the judge's calls, tokens and cost, nothing called."""
+    from .plan import sdf_plan
+    prompts = _prompts(cfg) if prompts is None else prompts
+    return sdf_plan(cfg, [p.context for p in prompts])
+
+
 def _main(args) -> int:
     from rich.console import Console
+
+    from .plan import print_plan, stopped_line
     cfg = dataclass_from_args(SDFConfig, args)
+    if cfg.dry_run:
+        print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)
+        return 0
     console = Console()
     s, prefs = sdf(cfg, console=console)
     print_summary(s, f"sdf -> {cfg.out}", console, unit="prompts")
+    if s.stopped == "budget":
+        console.print(stopped_line(cfg, s), soft_wrap=True)
     agree = prefs["mean_agreement"]
     console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs -> {prefs['prefs']}; "
                   f"judge order agreement {'n/a' if agree is None else f'{agree:.2f}'}")
