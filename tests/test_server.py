@@ -343,6 +343,14 @@ def test_adapters_share_one_base(tiny_model_dir, runs, monkeypatch):
         with cf.ThreadPoolExecutor(9) as pool:
             answers = list(pool.map(lambda n: create(client, model=n, seed=4, max_tokens=8)
                                     .choices[0].message.content, jobs))
+        # /v1/completions scores a prompt under the name's own adapters too
+        scored = {n: client.completions.create(model=n, prompt=ids[0].tolist(), max_tokens=0, echo=True, logprobs=1)
+                  .choices[0].logprobs.token_logprobs[1:] for n in ("base", "v1", "v2")}
+    with torch.no_grad():
+        for name, spec in (("base", f"hf:{tiny_model_dir}"), ("v1", str(runs / "v1")), ("v2", str(runs / "v2"))):
+            ref = torch.log_softmax(bm.load_model(spec)[0](ids).logits[0].float(), -1)
+            want = [float(ref[i - 1, ids[0, i]]) for i in range(1, ids.shape[1])]
+            assert scored[name] == pytest.approx(want, abs=2e-4), name
     assert all(len(b) == 1 for b in batches) and len(batches) < len(jobs)
     by_name = {n: {a for j, a in zip(jobs, answers) if j == n} for n in ("base", "v1", "v2")}
     assert all(len(s) == 1 for s in by_name.values())  # same prompt and seed: one answer per name
