@@ -147,6 +147,7 @@ def plan(cfg: PipelineConfig):
                                                for s in prompts]))
     p.extend(eval_plan(_eval_cfg(cfg, out, _compared(cfg, out), len(questions), {}), questions))
     p.warnings = warnings + p.warnings
+    p.price_flags = {role: f"--{role}-price-in/--{role}-price-out" for role in ("teacher", "policy", "judge")}
     return p
 
 

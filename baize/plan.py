@@ -74,6 +74,8 @@ class Plan:
     rows: list[Row] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     items: dict[str, str] = field(default_factory=dict)  # stage -> what it runs over, in words
+    # role -> the flags that price it (a stage's own; the pipeline names each role's)
+    price_flags: dict[str, str] = field(default_factory=lambda: {"judge": "--judge-price-in/--judge-price-out"})
 
     def row(self, stage: str, role: str, model: str, prices: tuple[float, float] = (0.0, 0.0)) -> Row:
         r = Row(stage, role, model, price_in=prices[0], price_out=prices[1])
@@ -248,6 +250,11 @@ def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_t
     console.print("runs over: " + "; ".join(f"{k} {v}" for k, v in plan.items.items()), soft_wrap=True)
     for note in NOTES:
         console.print(f"- {note}", soft_wrap=True)
+    for role, model in sorted({(r.role, r.model) for r in plan.rows if not is_local(r.model) and not r.price_in
+                               and not r.price_out}):
+        flags = plan.price_flags.get(role, "--price-in/--price-out")
+        console.print(f"no price given for the {role} ({model}): its cost shows as $0; give {flags} (dollars per 1K "
+                      f"tokens)", soft_wrap=True)
     if spent and (spent["cost"] or spent["tokens"]):
         console.print(f"already spent in earlier runs: {spent['tokens']:,} tokens, {_money(spent['cost'])} "
                       f"(finished work is skipped on a rerun)", soft_wrap=True)
@@ -282,7 +289,11 @@ def spent(paths) -> dict:
 def budget_hint(flag: str, cap: float, used: float, *, scope: str = "this run") -> str:
     """The one line a capped run ends with: which cap, what was spent, and the value to rerun with."""
     used_s = _money(used) if flag == "--max-cost" else f"{int(used):,} tokens"
-    raise_to = f"{cap * 2:g}" if cap else "1"
+    more = max(cap * 2, used * 1.5) if cap else 1
+    raise_to = f"{round(more, 2):g}" if flag == "--max-cost" else f"{int(more)}"
+    if scope == "this run":  # a stage's cap is per run: the same command goes on, another cap's worth
+        return (f"budget spent: {used_s} of {flag} {cap:g} (this run); everything written is kept: rerun the same "
+                f"command to go on (each run may spend {flag}), or raise it, e.g. {flag} {raise_to}")
     return (f"budget spent: {used_s} of {flag} {cap:g} ({scope}); everything written is kept: rerun the same "
             f"command with {flag} {raise_to} (or higher) to continue")
 
