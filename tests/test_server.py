@@ -514,6 +514,14 @@ def test_completions_score_a_continuation_as_the_harness_asks(url, models):
     assert one["choices"][0]["logprobs"] == two["choices"][0]["logprobs"] == out["choices"][0]["logprobs"]
 
 
+def test_completions_stop_when_the_client_goes(url, models, monkeypatch):
+    reqs = _spy(monkeypatch, models["tiny"].engine)
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": "Once", "max_tokens": 900, "seed": 1,
+                                                  "logprobs": 1}, timeout=1.0)
+    assert _wait_finished(reqs[0]) == "cancelled" and len(reqs[0].tokens) < 800
+
+
 def test_completions_through_the_openai_client(client, models):
     tok = models["tiny"].tokenizer
     r = client.completions.create(model="tiny", prompt="Once upon a time", max_tokens=6, temperature=0, seed=3)

@@ -75,7 +75,7 @@ async def chat_completions(body: ChatRequest, request: Request):
 
 @router.post("/v1/completions")
 async def completions(body: CompletionRequest, request: Request):
-    return await request.app.state.completions.create(body)
+    return await request.app.state.completions.create(body, request)
 
 
 # -- the chat-completion logic -------------------------------------------------------------------------

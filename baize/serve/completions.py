@@ -15,10 +15,13 @@ token too, at its log-probability: the harness counts on exactly max_tokens gene
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import threading
 import time
 import uuid
 
+from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from ..llm import GenParams
@@ -31,7 +34,7 @@ class Completions:
     def __init__(self, models: dict[str, object], cfg):
         self.models, self.cfg = models, cfg
 
-    async def create(self, body: CompletionRequest):
+    async def create(self, body: CompletionRequest, request):
         llm = self._check(body)
         prompts = [self._ids(llm, p) for p in self._prompts(body.prompt)]
         max_tokens = self.cfg.max_tokens if body.max_tokens is None else body.max_tokens
@@ -45,7 +48,23 @@ class Completions:
         stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
         params = GenParams(self.cfg.temperature if body.temperature is None else body.temperature,
                            self.cfg.top_p if body.top_p is None else body.top_p, max_tokens, stop, body.seed)
-        choices = await run_in_threadpool(self._run, llm, prompts, params, body)
+        rows = self._submit(llm, prompts, params, body)
+        gone = threading.Event()
+        task = asyncio.ensure_future(run_in_threadpool(self._choices, llm, rows, body, gone))
+        try:
+            while not task.done():  # a client that goes away cancels its rows, as chat's do
+                await asyncio.wait([task], timeout=0.5)
+                if not task.done() and await request.is_disconnected():
+                    gone.set()
+                    for _, req in rows:
+                        if req is not None:
+                            req.cancel()
+                    return JSONResponse(protocol.error_body("client disconnected"), status_code=499)
+            choices = task.result()
+        except APIError:
+            raise
+        except Exception as e:
+            raise APIError(500, f"generation failed: {type(e).__name__}: {e}", type="server_error") from None
         return protocol.text_completion(f"cmpl-{uuid.uuid4().hex}", int(time.time()), body.model, choices,
                                         sum(len(ids) for ids in prompts))
 
@@ -92,12 +111,18 @@ class Completions:
             raise APIError(400, "prompt is empty", param="prompt")
         return ids
 
-    def _run(self, llm, prompts: list[list[int]], params: GenParams, body: CompletionRequest) -> list[dict]:
-        """Every row generated at once through the engine, then each choice's text and log-probabilities."""
+    @staticmethod
+    def _submit(llm, prompts: list[list[int]], params: GenParams, body: CompletionRequest) -> list[tuple]:
+        """Every row into the engine at once (it batches them): (prompt ids, request or None for max_tokens 0)."""
         adapter = llm.adapter if isinstance(llm, ServedLLM) else None
-        rows = [(ids, None if params.max_tokens == 0 else
+        return [(ids, None if params.max_tokens == 0 else
                  llm.engine.submit(ids, params, None if body.seed is None else body.seed + i, adapter=adapter))
                 for ids in prompts for i in range(body.n)]
+
+    @staticmethod
+    def _choices(llm, rows: list[tuple], body: CompletionRequest, gone: threading.Event) -> list[dict]:
+        """Each row's text and, when asked, log-probabilities (skipped once the client is gone)."""
+        adapter = llm.adapter if isinstance(llm, ServedLLM) else None
         choices = []
         for index, (ids, req) in enumerate(rows):
             done = req.result() if req is not None else None
@@ -106,18 +131,17 @@ class Completions:
             choice = {"index": index, "text": text, "logprobs": None,
                       "finish_reason": "length" if done is None or done.finish_reason == "length" else "stop",
                       "completion_tokens": done.completion_tokens if done is not None else 0}
-            if body.logprobs is not None or body.echo:
+            prompt_text = llm.tokenizer.decode(ids) if body.echo or body.logprobs is not None else ""
+            if body.echo:
+                choice["text"] = prompt_text + text
+            if body.logprobs is not None and not gone.is_set():
                 lp = llm.engine.call(lambda ids=ids, gen=gen, eos=bool(req and req.eos):
-                                     _logprobs(llm, ids, gen, eos, body.logprobs or 0, adapter))
-                prompt_text = llm.tokenizer.decode(ids)
-                if body.echo:
-                    choice["text"] = prompt_text + text
-                else:  # only the generated tokens, their offsets counted from the prompt's text end
+                                     _logprobs(llm, ids, gen, eos, body.logprobs, adapter))
+                if not body.echo:  # only the generated tokens, their offsets counted from the prompt's text end
                     lp = {k: v[len(ids):] for k, v in lp.items()}
                     lp["text_offset"] = [o - lp["text_offset"][0] + len(prompt_text) for o in lp["text_offset"]] \
                         if lp["text_offset"] else []
-                if body.logprobs is not None:
-                    choice["logprobs"] = lp
+                choice["logprobs"] = lp
             choices.append(choice)
         return choices
 
