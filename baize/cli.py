@@ -18,6 +18,7 @@ STAGES = [
     "baize.merge",     # merge
     "baize.export",    # export (one GGUF file for llama.cpp / Ollama, + a Modelfile)
     "baize.evaluate",  # eval (judged win rates, scores, NLL, report)
+    "baize.judge_check",  # judge-check (agreement with human preference pairs)
     "baize.chat",      # chat
     "baize.serve.cli",  # serve, ui
     "baize.pipeline",  # pipeline (the README's main job)

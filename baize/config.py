@@ -40,7 +40,7 @@ class EndpointFields:
     timeout: float = opt(120.0, "HTTP timeout per call, seconds")
 
 
-JUDGE_MODES = ["auto", "text", "choice"]
+JUDGE_MODES = ["auto", "text", "choice", "debiased"]
 
 
 @dataclasses.dataclass
@@ -48,9 +48,10 @@ class JudgeFields:
     """How a stage's judge is asked, where it lives and what it costs (the `judge` spec itself is
     the stage's own: its default differs between stages)."""
     judge_max_tokens: int = opt(512, "max new tokens per judge reply")
-    judge_mode: str = opt("auto", "text: the judge writes its verdict; choice: the most probable of the verdict's "
-                          "fixed options by log-probability (local models only); auto: choice for local "
-                          "judges, text for endpoints", choices=JUDGE_MODES)
+    judge_mode: str = opt("auto", "text: the judge writes its verdict; choice: each order's most probable verdict "
+                          "option by log-probability (local models only); debiased: those log-probs of both "
+                          "orders summed, so a position prior cancels; auto: debiased for local judges, text "
+                          "for endpoints", choices=JUDGE_MODES)
     max_unparseable: int = opt(8, "stop after this many unparseable judge verdicts in a row")
     judge_cache: str | None = opt(None, "verdict cache directory (default: beside the output; 'none': off)")
     judge_base_url: str | None = opt(None, "base URL of an openai: judge (default: --base-url / OPENAI_BASE_URL)")

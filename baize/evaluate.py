@@ -58,6 +58,12 @@ class _EvalFields:
     seed: int = opt(0, "answer sampling seed (same seed, same answers)")
     bootstrap: int = opt(1000, "bootstrap resamples for the 95-percent intervals")
     sample: int = opt(8, "questions shown side by side in the report")
+    judge_check: str | None = opt(None, "a judge_check.json of this judge (baize judge-check), shown in the report "
+                                        "(default: one found in OUT or beside it for the same judge)")
+    judge_prompts: str | None = opt(None, "FastChat's judge_prompts.jsonl: judge each turn with its single-v1 / pair-v2, "
+                                          "math and multi-turn prompts, as MT-bench does (mtbench.py)")
+    fastchat_out: str | None = opt(None, "also write FastChat's model_answer/ and model_judgment/ files here, for "
+                                         "its show_result.py (e.g. data/mt_bench)")
     price_in: float = opt(0.0, "price per 1K prompt tokens of the openai: models answering, for the cost ledger")
     price_out: float = opt(0.0, "price per 1K completion tokens of the openai: models answering")
     max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
@@ -316,7 +322,8 @@ def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, consol
         for a, b in pairs:
             if q.id in answers[a] and q.id in answers[b]:
                 ans_a, ans_b = answers[a][q.id], answers[b][q.id]
-                items.append(_Item(f"{q.id}:{a}:{b}:{_h(judge.name, ans_a, ans_b)}", q, {"a": a, "b": b, "ans": (ans_a, ans_b)}))
+                items.append(_Item(f"{q.id}:{a}:{b}:{_h(_jid(judge), ans_a, ans_b)}", q,
+                                   {"a": a, "b": b, "ans": (ans_a, ans_b)}))
 
     def work(item):
         (ctx, ta), (_, tb) = judge_inputs(item.q, item.extra["ans"][0]), judge_inputs(item.q, item.extra["ans"][1])
@@ -324,9 +331,16 @@ def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, consol
         ledger.add(role="judge", usage=v.usage)
         return {"id": item.id, "question_id": item.q.id, "category": item.q.category, "a": item.extra["a"],
                 "b": item.extra["b"], "winner": {"A": "a", "B": "b", "tie": "tie"}.get(v.winner),
-                "consistent": v.consistent, "verdicts": v.verdicts, "raw": v.raw, "meta": {"usage": v.usage}}
+                "consistent": v.consistent, "verdicts": v.verdicts, "margin": v.margin, "mode": judge.mode,
+                "raw": v.raw, "meta": {"usage": v.usage}}
 
     return _judged(items, work, out / "verdicts.jsonl", cfg, ledger, "judge pairs", console)
+
+
+def _jid(judge) -> str:
+    """What a verdict record depends on: the judge, and how a debiased one reads its log-probs (text and
+    choice keep the ids they always had, so older runs stay cached)."""
+    return judge.name if judge.mode in ("text", "choice") else f"{judge.name}/{judge.mode}"
 
 
 def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
@@ -433,14 +447,23 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     names = list(models)
     pairs = ([(n, cfg.baseline) for n in names if n != cfg.baseline] if cfg.baseline
              else [(names[j], names[i]) for i, j in combinations(range(len(names)), 2)])  # newer vs older
-    verdicts = judge_pairs(judge, pairs, questions, answers, cfg, ledger, out, console) if judged and cfg.pairwise else []
-    scores = judge_scores(judge, names, questions, answers, cfg, ledger, out, console) if judged and cfg.single else []
+    if judged and cfg.judge_prompts:  # FastChat's prompts, each turn judged apart
+        from .mtbench import judge_mt
+        verdicts, scores = judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out, console)
+    else:
+        verdicts = judge_pairs(judge, pairs, questions, answers, cfg, ledger, out, console) if judged and cfg.pairwise \
+            else []
+        scores = judge_scores(judge, names, questions, answers, cfg, ledger, out, console) if judged and cfg.single \
+            else []
     results = build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs)
     results["ledger"], results["seconds"] = ledger.as_dict(), round(time.monotonic() - t0, 1)
     results["stopped"] = ledger.spent_cap()  # the cap that stopped it: a rerun with more finishes the rest
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     from .report import write_report
     results["paths"] = {k: str(v) for k, v in write_report(results, out).items()}
+    if cfg.fastchat_out:
+        from .mtbench import write_fastchat
+        results["fastchat"] = write_fastchat(cfg.fastchat_out, cfg, questions, answers, verdicts, scores)
     return results
 
 
@@ -462,15 +485,15 @@ class _NllCache:
 
 def build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs) -> dict:
     from datetime import datetime, timezone
-    consistent = [r["consistent"] for r in verdicts if r["consistent"] is not None]
-    consistency = round(sum(consistent) / len(consistent), 4) if consistent else None
+
+    from .judge_check import eval_judge_summary
+    from .winrate import add_length_control
+    pairwise, length = add_length_control([pair_stats(verdicts, a, b, cfg.bootstrap) for a, b in pairs], verdicts,
+                                          answers, cfg.bootstrap) if verdicts else ([], None)
     res = {"title": "baize eval", "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
            "questions_file": cfg.questions, "n_questions": len(questions),
-           "judge": None if not (verdicts or scores) else {
-               "spec": cfg.judge, "consistency": consistency, "pairs_judged": len(verdicts),
-               "unparseable": sum(r["winner"] is None for r in verdicts) + sum(r["value"] is None for r in scores),
-               "near_chance": consistency is not None and consistency < NEAR_CHANCE},
-           "models": {}, "pairwise": [pair_stats(verdicts, a, b, cfg.bootstrap) for a, b in pairs] if verdicts else []}
+           "judge": None if not (verdicts or scores) else eval_judge_summary(cfg, verdicts, scores, Path(cfg.out)),
+           "models": {}, "pairwise": pairwise, "length_control": length}
     for name, spec in models.items():
         turns = [a for ans in answers[name].values() for a in ans]
         res["models"][name] = {
@@ -505,16 +528,17 @@ def print_results(res: dict, console=None) -> None:
     console.print(t)
     if res["pairwise"]:
         p = Table(title="pairwise (ties count half)")
-        for col in ("a vs b", "win / tie / loss", "win rate (95% CI)"):
+        for col in ("a vs b", "win / tie / loss", "win rate (95% CI)", "length-controlled (95% CI)"):
             p.add_column(col)
         for r in res["pairwise"]:
             wr = "-" if r["win_rate"] is None else f"{r['win_rate']:.3f} [{r['ci'][0]:.2f}, {r['ci'][1]:.2f}]"
-            p.add_row(f"{r['a']} vs {r['b']}", f"{r['win']} / {r['tie']} / {r['loss']}", wr)
+            lc = r.get("lc_note") or "-" if r.get("lc_win_rate") is None else f"{r['lc_win_rate']:.3f}" + (
+                f" [{r['lc_ci'][0]:.2f}, {r['lc_ci'][1]:.2f}]" if r.get("lc_ci") else "")
+            p.add_row(f"{r['a']} vs {r['b']}", f"{r['win']} / {r['tie']} / {r['loss']}", wr, lc)
         console.print(p)
-    j = res["judge"]
-    if j and j["consistency"] is not None:
-        line = f"judge {j['spec']}: agrees with itself under swapped order on {j['consistency']:.0%} of pairs"
-        console.print(line + (" - near chance: do not trust these win rates" if j["near_chance"] else ""))
+    from .report import judge_lines
+    for line in judge_lines(res.get("judge")):
+        console.print(line, soft_wrap=True)
     console.print(f"report: {res['paths']['html']} (and {res['paths']['md']})", soft_wrap=True)
 
 

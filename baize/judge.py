@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -26,7 +27,15 @@ from .schema import repair_torn_tail
 from .verdicts import _numbers, parse_pair, parse_ranking, parse_score  # noqa: F401  (re-exported)
 
 __all__ = ["Judge", "Ranking", "Verdict", "Score", "JudgeError", "parse_ranking", "parse_pair", "parse_score",
-           "render_context", "borda", "agreement"]
+           "render_context", "borda", "agreement", "reliability", "pair_margin", "rank_scores", "logprobs_of"]
+
+
+# How local judges read their option log-probs by default: "debiased" (both orders together) beat
+# "choice" (each order's argmax) on human pairs; docs/judge-check.md has the figures.
+MODES = ("auto", "text", "choice", "debiased")
+LOCAL_MODE = "debiased"
+# Summed log-odds (nats, both orders) within which a debiased verdict is a tie
+TIE_BAND = 0.1
 
 
 class JudgeError(BaizeError):
@@ -133,11 +142,14 @@ class Ranking:
 @dataclass
 class Verdict:
     winner: str | None               # "A" = the first argument, "B" = the second, "tie", None: unparsed
-    consistent: bool | None          # both presentations agreed (None when one did not parse)
+    # both presentations named the same winner; None when one did not parse or neither decided
+    # (two ties agree on nothing, and counting them would let an always-tie judge look perfect)
+    consistent: bool | None
     verdicts: list[str | None]       # per presentation, mapped back to the arguments
     raw: list[str]
     usage: dict
     cached: bool
+    margin: float | None = None      # debiased mode: log-odds for A over both orders (> tie band: A)
 
 
 @dataclass
@@ -207,8 +219,47 @@ def _choose(llm, kind: str, messages: list[dict]) -> str:
         lp = llm.option_logprobs(messages, "Ranking: [[", opts)
         # listwise from one distribution: the labels by how likely each is to be named best
         verdict = "Ranking: " + " > ".join(f"[[{opts[i]}]]" for i in sorted(range(k), key=lambda i: -lp[i]))
-    probs = ", ".join(f"{o} {x:.3f}" for o, x in zip(opts, lp))
+    probs = ", ".join(f"{o} {x:.4f}" for o, x in zip(opts, lp))
     return f"(chosen by log-probability: {probs})\n{verdict}"
+
+
+_LOGPROBS = re.compile(r"\(chosen by log-probability: ([^)]*)\)")
+
+
+def logprobs_of(raw: str) -> dict[str, float] | None:
+    """The option log-probs a choice-mode reply recorded on its first line (None: a written reply)."""
+    m = _LOGPROBS.search(raw or "")
+    if not m:
+        return None
+    out = {}
+    for part in m.group(1).split(", "):
+        label, _, x = part.rpartition(" ")
+        try:
+            out[label] = float(x)
+        except ValueError:
+            return None
+    return out
+
+
+def pair_margin(ab: dict[str, float], ba: dict[str, float]) -> float:
+    """Log-odds that the first argument is better, from both orders together: in order AB it is
+    option A, in BA option B. A prior for a position adds the same amount to one order's log-odds
+    as it takes from the other's, so the sum keeps only what the content moved."""
+    return (ab["A"] - ab["B"]) + (ba["B"] - ba["A"])
+
+
+def rank_scores(presented: list[tuple[list[int], list[float]]], k: int) -> list[float]:
+    """Per answer, its log-prob of being named best, centred within each presentation and summed
+    over presentations: an answer shown at every position equally often (as given and reversed,
+    rotations) carries each position's prior equally, so the prior drops out of the comparison."""
+    scores = [0.0] * k
+    for perm, lp in presented:
+        top = max(lp)
+        norm = [x - top - math.log(sum(math.exp(y - top) for y in lp)) for x in lp]
+        mean = sum(norm) / k
+        for pos, i in enumerate(perm):
+            scores[i] += norm[pos] - mean
+    return scores
 
 
 # --- the judge --------------------------------------------------------------------------------------
@@ -219,16 +270,22 @@ class Judge:
     CACHE_FILE = "judge_cache.jsonl"
 
     def __init__(self, llm, cache_dir=None, max_tokens: int = 512, temperature: float = 0.0,
-                 max_unparseable: int | None = 8, orders: int = 2, mode: str = "auto"):
+                 max_unparseable: int | None = 8, orders: int = 2, mode: str = "auto", tie_band: float = TIE_BAND):
         if orders < 2:
             raise ValueError("Judge: orders must be >= 2 (one order cannot separate position bias from quality)")
-        if mode not in ("auto", "text", "choice"):
-            raise ValueError(f"Judge: mode {mode!r}: use auto, text or choice")
-        # choice: the verdict is the most probable of its fixed options (a local model's next-token
-        # log-probs) instead of written text; auto picks it for local models, which can score options
-        self.choice = mode == "choice" or (mode == "auto" and llm.can_score_options)
+        if mode not in MODES:
+            raise ValueError(f"Judge: mode {mode!r}: use {', '.join(MODES)}")
+        # choice: each order's verdict is the most probable of its fixed options (a local model's
+        # next-token log-probs) instead of written text; debiased: the same log-probs, but both orders
+        # read together so a position prior cancels; auto: LOCAL_MODE for local models (docs/judge-check.md)
+        if mode == "auto":
+            mode = LOCAL_MODE if llm.can_score_options else "text"
+        self.mode = mode
+        self.choice = mode in ("choice", "debiased")
+        self.debiased = mode == "debiased"
+        self.tie_band = tie_band
         if self.choice and not llm.can_score_options:
-            raise ValueError(f"Judge: mode choice needs a local model; {getattr(llm, 'name', llm)} only writes text")
+            raise ValueError(f"Judge: mode {mode} needs a local model; {getattr(llm, 'name', llm)} only writes text")
         self.llm = llm
         self.name = getattr(llm, "name", type(llm).__name__)
         self.max_tokens, self.temperature = max_tokens, temperature
@@ -316,6 +373,9 @@ class Judge:
                 u["prompt_tokens"] += entry["prompt_tokens"]
                 u["completion_tokens"] += entry["completion_tokens"]
                 u["calls"] += 1
+                for k, v in c.usage().items():  # an endpoint's reasoning or estimated tokens, where any
+                    if k not in ("prompt_tokens", "completion_tokens", "calls"):
+                        u[k] = u.get(k, 0) + v
             if self.cache_path is not None:
                 if self._file is None:
                     self._file = self.cache_path.open("a", encoding="utf-8")
@@ -344,6 +404,11 @@ class Judge:
                              f"use a stronger judge or check its endpoint")
         return value
 
+    def ask(self, kind: str, messages: list[dict], parse, reminder: str, usage: dict, raw: list[str]):
+        """One presentation of a caller's own prompt (FastChat's MT-bench prompts, mtbench.py): the same
+        cache, retry and choice of verdict by log-probability as the built-in prompts. kind: pair or score."""
+        return self._ask(kind, messages, parse, reminder, usage, raw)
+
     @staticmethod
     def _new_usage() -> dict:
         return {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
@@ -352,18 +417,24 @@ class Judge:
     def pair(self, context, a: str, b: str) -> Verdict:
         ctx = render_context(context)
         usage, raw, verdicts = self._new_usage(), [], []
+        lps = []
         for first, second, swap in ((a, b, False), (b, a, True)):
             msgs = [{"role": "system", "content": PAIR_SYSTEM},
                     {"role": "user", "content": PAIR_USER.format(context=ctx, a=first, b=second)}]
             v = self._ask("pair", msgs, parse_pair, PAIR_REMINDER, usage, raw)
+            lps.append(logprobs_of(raw[-1]))
             verdicts.append({"A": "B", "B": "A"}.get(v, v) if swap else v)
         if None in verdicts:
             winner, consistent = None, None
         elif verdicts[0] == verdicts[1]:
-            winner, consistent = verdicts[0], True
+            winner, consistent = verdicts[0], (True if verdicts[0] != "tie" else None)
         else:  # the verdict followed the position, not the content
             winner, consistent = "tie", False
-        return Verdict(winner, consistent, verdicts, raw, usage, usage["calls"] == 0)
+        margin = None
+        if self.debiased and None not in lps:
+            margin = round(pair_margin(*lps), 4)
+            winner = "A" if margin > self.tie_band else "B" if margin < -self.tie_band else "tie"
+        return Verdict(winner, consistent, verdicts, raw, usage, usage["calls"] == 0, margin)
 
     def score(self, context, answer: str, reference: str | None = None) -> Score:
         ctx = render_context(context)
@@ -387,16 +458,31 @@ class Judge:
         labels = _numbers(k)
         example = " > ".join(f"[[{x}]]" for x in labels[1:] + labels[:1])
         reminder = RANK_REMINDER.format(k=k, example=example)
-        usage, raw, orders = self._new_usage(), [], []
-        for perm in _presentations(k, self.orders):
+        usage, raw, orders, presented = self._new_usage(), [], [], []
+        # debiased: the k rotations put every answer at every position once, so any position prior
+        # cancels exactly (as given and reversed only does that for two answers)
+        perms = [list(range(r, k)) + list(range(r)) for r in range(k)] if self.debiased else None
+        for perm in perms or _presentations(k, self.orders):
             shown = "\n\n".join(RANK_ANSWER.format(label=labels[p], answer=answers[i]) for p, i in enumerate(perm))
             msgs = [{"role": "system", "content": RANK_SYSTEM},
                     {"role": "user", "content": RANK_USER.format(context=ctx, answers=shown, k=k)}]
             pos = self._ask("rank", msgs, lambda t: parse_ranking(t, k, labels), reminder, usage, raw)
             orders.append(None if pos is None else [perm[p] for p in pos])
+            lp = logprobs_of(raw[-1])
+            presented.append((perm, [lp[x] for x in labels]) if lp and all(x in lp for x in labels) else None)
         parsed = [o for o in orders if o is not None]
         order, points = borda(parsed, answers) if parsed else (None, None)
+        if self.debiased and presented and None not in presented:
+            order, points = self._debiased_order(rank_scores(presented, k), answers)
         return Ranking(order, points, agreement(parsed, k), orders, raw, usage, usage["calls"] == 0)
+
+    def _debiased_order(self, scores: list[float], answers: list[str]) -> tuple[list[int], list[float]]:
+        """Best first by debiased score; a spread inside the tie band is no preference at all (every
+        point equal), so SDF rejects the prompt instead of training on a coin flip."""
+        if max(scores) - min(scores) <= self.tie_band:
+            scores = [0.0] * len(scores)
+        points = [round(x, 4) for x in scores]
+        return sorted(range(len(answers)), key=lambda i: (-points[i], _text_hash(answers[i]), i)), points
 
 
 def load_judge(cfg, default_cache: Path, llm=None, *, orders: int = 2) -> Judge:
@@ -411,3 +497,17 @@ def load_judge(cfg, default_cache: Path, llm=None, *, orders: int = 2) -> Judge:
     cache = None if (cfg.judge_cache or "").lower() == "none" else Path(cfg.judge_cache or default_cache)
     return Judge(llm, cache_dir=cache, max_tokens=cfg.judge_max_tokens, orders=orders,
                  max_unparseable=cfg.max_unparseable, mode=cfg.judge_mode)
+
+
+def reliability(rows: list[dict]) -> dict:
+    """How far a judge's pairwise verdicts can be trusted, from records with `winner` (final: a, b or
+    A, B, tie, None) and `verdicts` (per order). consistency counts only pairs where some order
+    decided: an always-tie judge has no consistency to show, and its decisive rate says why."""
+    parsed = [r for r in rows if r.get("winner") is not None]
+    decisive = [r for r in parsed if r["winner"] not in ("tie",)]
+    decided = [r for r in parsed if any(v not in (None, "tie") for v in r.get("verdicts") or [])]
+    same = [r for r in decided if len(set(r["verdicts"])) == 1]
+    return {"pairs": len(rows), "parsed": len(parsed),
+            "decisive_rate": round(len(decisive) / len(parsed), 4) if parsed else None,
+            "consistency": round(len(same) / len(decided), 4) if decided else None,
+            "tie_rate": round(1 - len(decisive) / len(parsed), 4) if parsed else None}

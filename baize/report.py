@@ -81,12 +81,14 @@ def _view(res: dict) -> dict:
     models = {str(k): _d(m) for k, m in _d(res.get("models")).items()}
     judge = _d(res.get("judge"))
     cons = _num(judge.get("consistency"))
-    near = judge.get("near_chance") is True or (cons is not None and cons < NEAR_CHANCE)
+    flags = [str(f) for f in judge.get("flags") or [] if f]
+    near = bool(flags) or judge.get("near_chance") is True or (cons is not None and cons < NEAR_CHANCE)
     pairs = [p for p in (res.get("pairwise") or []) if isinstance(p, dict)]
     qs = [q for q in (res.get("questions") or []) if isinstance(q, dict)]
     return {"title": str(res.get("title") or "baize eval"), "created": res.get("created"),
             "n_questions": res.get("n_questions"), "questions_file": res.get("questions_file"),
-            "models": models, "judge": judge or None, "consistency": cons, "near_chance": near,
+            "models": models, "judge": judge or None, "consistency": cons, "near_chance": near, "flags": flags,
+            "length": _d(res.get("length_control")),
             "pairwise": pairs, "questions": qs, "config": _d(res.get("config")),
             "ledger": _d(res.get("ledger")), "seconds": _num(res.get("seconds"))}
 
@@ -94,6 +96,8 @@ def _view(res: dict) -> dict:
 def _warning(v) -> str | None:
     if not v["near_chance"]:
         return None
+    if v["flags"]:
+        return "Warning: do not trust these win rates: the judge is " + "; and ".join(v["flags"]) + "."
     c = v["consistency"]
     how = f"only {c:.0%} of the time" if c is not None else "too rarely"
     return (f"Warning: the judge agrees with itself under swapped order {how}, so its verdicts are near chance "
@@ -101,18 +105,40 @@ def _warning(v) -> str | None:
 
 
 def _judge_line(v) -> str | None:
-    j = v["judge"]
+    lines = judge_lines(v["judge"])
+    return " ".join(lines) if lines else None
+
+
+def judge_lines(j) -> list[str]:
+    """The judge's reliability in sentences (eval's report and its printed summary): consistency over
+    decisive verdicts with the decisive rate beside it, agreement with humans, and every flag's reason."""
+    j = _d(j)
     if not j:
-        return None
-    c = v["consistency"]
-    parts = [f"Judge {j.get('spec') or '?'}: "
-             + (f"agrees with itself under swapped order on {c:.0%} of pairs" if c is not None
+        return []
+    c, d = _num(j.get("consistency")), _num(j.get("decisive_rate"))
+    mode = f" ({j['mode']} mode)" if j.get("mode") else ""
+    parts = [f"Judge {j.get('spec') or '?'}{mode}: "
+             + (f"the two orders name the same winner on {c:.0%} of the pairs either order decided" if c is not None
+                else "no decisive verdict in either order, so no consistency" if d is not None
                 else "no consistency measured (no pairwise verdicts)")]
+    if d is not None:
+        parts.append(f"it prefers one answer on {d:.0%} of pairs")
     if _num(j.get("pairs_judged")) is not None:
         parts.append(f"{_int(j['pairs_judged'])} pairwise verdicts")
     if _num(j.get("unparseable")) is not None:
         parts.append(f"{_int(j['unparseable'])} unparseable")
-    return "; ".join(parts) + f" (below {NEAR_CHANCE:.0%} counts as near chance)."
+    out = ["; ".join(parts) + f" (below {NEAR_CHANCE:.0%} consistency counts as position-biased"
+           + (", below 50% decisive as undecided)." if d is not None else ").")]
+    h = _d(j.get("human"))
+    if _num(h.get("agreement")) is not None:
+        ci = _fci(h.get("agreement_ci"))
+        out.append(f"Against humans (judge-check{', ' + str(h['mode']) + ' mode' if h.get('mode') else ''}): agrees "
+                   f"with the human choice on {h['agreement']:.0%} {ci} of {_int(h.get('decisive'))} decisive "
+                   f"verdicts over {_int(h.get('n'))} pairs; 50% is chance, 65% about the best judges reach.")
+    elif j.get("human") is None and (j.get("flags") is not None):
+        out.append("Not checked against humans: run baize judge-check --judge SPEC --pairs FILE --out OUT/judge_check.")
+    out += [f"Flag: {f}." for f in j.get("flags") or []]
+    return out
 
 
 # --- tables, shared by both formats: (headers, rows) with cells as plain strings --------------------
@@ -148,9 +174,29 @@ def _pair_cells(p):
 
 
 def _pairs_table(v):
-    rows = [[f"{p.get('a')} vs {p.get('b')}", *_pair_cells(p), _int(p.get("unjudged")), _int(p.get("n"))]
-            for p in v["pairwise"]]
-    return _drop_empty(["a vs b", "win", "tie", "loss", "win rate", "95% CI", "unjudged", "n"], rows)
+    rows = [[f"{p.get('a')} vs {p.get('b')}", *_pair_cells(p), _lc_cell(p), _fci(p.get("lc_ci")),
+             _int(p.get("unjudged")), _int(p.get("n"))] for p in v["pairwise"]]
+    return _drop_empty(["a vs b", "win", "tie", "loss", "win rate", "95% CI", "length-controlled", "LC 95% CI",
+                        "unjudged", "n"], rows)
+
+
+def _lc_cell(p):
+    """The length-controlled win rate, or why there is none (a fit that failed is not a number)."""
+    if _num(p.get("lc_win_rate")) is not None:
+        return _f(p["lc_win_rate"], 3)
+    return str(p["lc_note"]) if p.get("lc_note") else _T("–")
+
+
+def _length_note(v) -> str:
+    ln = v["length"]
+    if not ln:
+        return ""
+    slope = _num(ln.get("slope"))
+    what = (f" The judge's length slope is {slope:+.2f} (logit per unit of tanh of the standardized length "
+            "difference; positive: it favours the longer answer)." if slope is not None else
+            f" {ln['note']}." if ln.get("note") else "")
+    return ("Length-controlled: alpaca_eval's GLM, the verdict predicted at zero length difference (one length "
+            "slope for all pairs, one term per pair); symmetric, wr(a, b) = 1 - wr(b, a)." + what)
 
 
 def _pair_cats_table(v):
@@ -223,6 +269,8 @@ def render_md(v: dict) -> str:
     if v["pairwise"]:
         out += ["## Pairwise win rates", "", "Win rate of a over b, ties count half; 95% bootstrap interval.", "",
                 _md_table(*_pairs_table(v))]
+        if (note := _length_note(v)):
+            out += [_md(note), ""]
         if (t := _pair_cats_table(v))[1]:
             out += ["### By category", "", _md_table(*t)]
     if (j := _judge_line(v)):
@@ -483,9 +531,11 @@ def render_html(v: dict, plots: dict | None = None) -> str:
         body.append('<section><h2>Pairwise win rates</h2><p class="note">Win rate of a over b, ties count half; '
                     "95% bootstrap interval; green: a is better beyond the interval, red: worse.</p>"
                     f'<div class="row">{_html_table(*_pairs_table(v))}{_fig(plots, "winrates")}</div>'
+                    + (f'<p class="note">{_e(_length_note(v))}</p>' if _length_note(v) else "")
                     + (f"<h3>By category</h3>{cats}" if cats else "") + "</section>")
-    if (j := _judge_line(v)):
-        body.append(f'<section><h2>Judge reliability</h2><p>{_e(j)}</p>{_fig(plots, "consistency")}</section>')
+    if (lines := judge_lines(v["judge"])):
+        body.append("<section><h2>Judge reliability</h2>" + "".join(f"<p>{_e(j)}</p>" for j in lines)
+                    + f'{_fig(plots, "consistency")}</section>')
     if (t := _score_cats_table(v))[1] or "scores" in plots:
         body.append(f'<section><h2>Scores by category</h2><div class="row">{_html_table(*t)}'
                     f'{_fig(plots, "scores")}</div></section>')

@@ -218,8 +218,15 @@ def write_prefs(out: str | Path) -> dict:
                 lines.append(json.dumps(row, ensure_ascii=False))
     path = sidecar(out, "prefs")
     atomic_write_text(path, "".join(line + "\n" for line in lines))
+    # the decisive rate beside the agreement: a judge that ties every candidate has no agreement to
+    # show, and its prompts sit in .rejected as no_preference, not in OUT
+    rej = sidecar(out, "rejected")
+    reasons = [r["meta"].get("reject_reason") for r in read_jsonl(rej)] if rej.exists() else []
+    undecided = reasons.count("no_preference")
+    judged = n + undecided + reasons.count("low_agreement")
     return {"prompts": n, "pairs": pairs, "prefs": str(path),
-            "mean_agreement": round(sum(agreements) / len(agreements), 4) if agreements else None}
+            "mean_agreement": round(sum(agreements) / len(agreements), 4) if agreements else None,
+            "decisive_rate": round(1 - undecided / judged, 4) if judged else None}
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -287,9 +294,10 @@ def _main(args) -> int:
     print_summary(s, f"sdf -> {cfg.out}", console, unit="prompts")
     if s.stopped == "budget":
         console.print(stopped_line(cfg, s), soft_wrap=True)
-    agree = prefs["mean_agreement"]
+    agree, dec = prefs["mean_agreement"], prefs.get("decisive_rate")
     console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs -> {prefs['prefs']}; "
-                  f"judge order agreement {'n/a' if agree is None else f'{agree:.2f}'}")
+                  f"judge order agreement {'n/a' if agree is None else f'{agree:.2f}'}, decisive on "
+                  f"{'n/a' if dec is None else f'{dec:.0%}'} of judged prompts")
     console.print(f"next: baize train --from {cfg.policy} --data {cfg.out} --out runs/v2   "
                   f"(or --method dpo --data {prefs['prefs']})", soft_wrap=True)
     return 130 if s.stopped == "interrupted" else 0

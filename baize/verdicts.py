@@ -241,3 +241,29 @@ def parse_ranking(text, k: int, labels: list[str] | None = None) -> list[int] | 
                 if p is not None:
                     break
     return p
+
+
+# --- trust ------------------------------------------------------------------------------------------
+# One place decides when a judge's verdicts are not to be trusted, for eval's report, judge-check
+# and SDF: each flag is a sentence with its reason, shown as it is.
+
+NEAR_CHANCE = 0.6    # consistency below this: the verdicts follow the position, not the content
+MIN_DECISIVE = 0.5   # deciding fewer pairs than this: ties tell nothing about which answer is better
+HUMAN_CHANCE = 0.55  # judge-check agreement with humans below this is close to a coin flip
+MIN_HUMAN_PAIRS = 20  # fewer decisive pairs than this cannot tell chance from skill
+
+
+def judge_flags(consistency, decisive_rate, mode=None, agreement=None, decisive=None) -> list[str]:
+    """Why a judge should not be trusted (empty: no known reason). A debiased judge reads both orders
+    together, so its per-order consistency is not a flag: its position prior is cancelled."""
+    out = []
+    if consistency is not None and consistency < NEAR_CHANCE and mode != "debiased":
+        out.append(f"position-biased: the two orders name the same winner on only {consistency:.0%} of the pairs "
+                   f"either order decided (below {NEAR_CHANCE:.0%})")
+    if decisive_rate is not None and decisive_rate < MIN_DECISIVE:
+        out.append(f"undecided: it prefers one answer on only {decisive_rate:.0%} of pairs (below {MIN_DECISIVE:.0%}); "
+                   f"ties say nothing about which answer is better")
+    if agreement is not None and (decisive is None or decisive >= MIN_HUMAN_PAIRS) and agreement < HUMAN_CHANCE:
+        out.append(f"near chance against humans: it agrees with human choices on {agreement:.0%} of its decisive "
+                   f"verdicts (below {HUMAN_CHANCE:.0%}; see judge-check)")
+    return out

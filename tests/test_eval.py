@@ -96,7 +96,30 @@ def test_an_always_first_judge_gives_ties_and_the_report_says_near_chance(tmp_pa
     for p in res["pairwise"]:
         assert (p["win"], p["tie"], p["loss"]) == (0, 6, 0) and p["win_rate"] == 0.5
     assert res["judge"]["consistency"] == 0.0 and res["judge"]["near_chance"]
-    assert "near chance" in (Path(cfg.out) / "report.md").read_text().lower()
+    assert res["judge"]["decisive_rate"] == 0.0
+    md = (Path(cfg.out) / "report.md").read_text()
+    assert "do not trust these win rates" in md and "position-biased" in md and "undecided" in md
+
+
+def test_an_always_tie_judge_is_flagged_not_called_consistent(tmp_path):
+    """Ties in both orders agree on nothing: before, this judge scored consistency 1.0 unflagged."""
+    fakes, cfg = models_for(tmp_path)
+    cfg.single = False
+    res = evaluate(cfg, llms=fakes, judge_llm=FakeLLM(["Both are fine. [[C]]"], name="tie"))
+    j = res["judge"]
+    assert j["consistency"] is None and j["decisive_rate"] == 0.0 and j["tie_rate"] == 1.0
+    assert j["near_chance"] and any(f.startswith("undecided") for f in j["flags"])
+    md = (Path(cfg.out) / "report.md").read_text()
+    assert "do not trust these win rates" in md and "prefers one answer on only 0% of pairs" in md
+    # the judge's agreement with humans, found beside the eval, is shown with its figure
+    (tmp_path / "judge_check").mkdir()
+    (tmp_path / "judge_check" / "judge_check.json").write_text(json.dumps(
+        {"judge": cfg.judge, "mode": "text", "n": 200, "agreement": 0.51, "agreement_ci": [0.44, 0.58],
+         "decisive": 150}))
+    res = evaluate(cfg, llms=fakes, judge_llm=FakeLLM(["Both are fine. [[C]]"], name="tie"))
+    assert res["judge"]["human"]["agreement"] == 0.51
+    assert any(f.startswith("near chance against humans") for f in res["judge"]["flags"])
+    assert "agrees with the human choice on 51%" in (Path(cfg.out) / "report.md").read_text()
 
 
 def test_baseline_and_bad_input(tmp_path):
@@ -187,3 +210,79 @@ def test_each_part_keeps_its_own_ledger_and_the_results_the_whole(tmp_path):
     assert set(pairs) == {"judge"} and pairs["judge"]["calls"] == 3 * 6 * 2
     assert res["ledger"]["judge"]["calls"] == 3 * 6 * 2 + 3 * 6 and res["ledger"]["c"]["calls"] == 12
     assert res["ledger"]["judge"]["cost"] > 0
+
+
+# --- MT-bench interop: FastChat's judge prompts in, FastChat's files out --------------------------
+
+def fastchat_prompts(path):
+    """Judge prompts in FastChat's judge_prompts.jsonl shape (written here, not copied): the fields
+    and placeholders its common.py fills, one prompt per name gen_judgment.py picks."""
+    def p(name, typ, template, fmt):
+        return {"name": name, "type": typ, "system_prompt": f"You judge ({name}).", "prompt_template": template,
+                "description": name, "category": "general", "output_format": fmt}
+    rows = [p("single-v1", "single", "[Question]\n{question}\n[Answer]\n{answer}\nRate it: Rating: [[5]]", "[[rating]]"),
+            p("single-math-v1", "single", "[Question]\n{question}\n[Reference]\n{ref_answer_1}\n[Answer]\n{answer}",
+              "[[rating]]"),
+            p("single-v1-multi-turn", "single", "{question_1}|{answer_1}|{question_2}|{answer_2}", "[[rating]]"),
+            p("single-math-v1-multi-turn", "single", "{question_1}|{ref_answer_1}|{answer_1}|{question_2}|"
+              "{ref_answer_2}|{answer_2}", "[[rating]]"),
+            p("pair-v2", "pairwise", "[Question]\n{question}\n[A]\n{answer_a}\n[B]\n{answer_b}", "[[A]]"),
+            p("pair-math-v1", "pairwise", "[Question]\n{question}\n[Reference]\n{ref_answer_1}\n[A]\n{answer_a}\n[B]\n"
+              "{answer_b}", "[[A]]"),
+            p("pair-v2-multi-turn", "pairwise", "{question_1}|{answer_a_1}|{answer_a_2}||{question_2}|{answer_b_1}|"
+              "{answer_b_2}", "[[A]]")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def mt_judge(messages):
+    """Rates by length; in pairs prefers the longer answer A or B, read from the filled template."""
+    user = messages[-1]["content"]
+    if "[A]\n" in user:
+        a, b = user.split("[A]\n")[1].split("\n[B]\n")
+        return "[[A]]" if len(a) > len(b) else "[[B]]" if len(b) > len(a) else "[[C]]"
+    if "||" in user:
+        left, right = user.split("||")
+        return "[[A]]" if len(left) > len(right) else "[[B]]" if len(right) > len(left) else "[[C]]"
+    return f"Rating: [[{min(10, 1 + len(user) // 40)}]]"
+
+
+def test_mt_bench_prompts_and_fastchat_files(tmp_path):
+    pd = pytest.importorskip("pandas")
+    fakes, cfg = models_for(tmp_path)
+    cfg.judge_prompts = str(fastchat_prompts(tmp_path / "judge_prompts.jsonl"))
+    cfg.fastchat_out = str(tmp_path / "data" / "mt_bench")
+    judge = FakeLLM(mt_judge, name="judge")
+    res = evaluate(cfg, llms=fakes, judge_llm=judge)
+    systems = [c[0]["content"] for c in judge.calls]
+    # math/coding with a reference: the math prompts; turn 2: the multi-turn ones; the reference is shown
+    for name in ("single-v1", "single-math-v1", "single-v1-multi-turn", "single-math-v1-multi-turn", "pair-v2",
+                 "pair-math-v1", "pair-v2-multi-turn"):
+        assert f"You judge ({name})." in systems
+    assert any("[Reference]\nReference 1." in c[-1]["content"] for c in judge.calls)
+    assert res["pairwise"][0]["n"] == 12 and res["judge"]["consistency"] == 1.0  # 6 questions x 2 turns
+    # FastChat's files, read the way show_result.py reads them
+    jm = res["fastchat"]["judge_model"]
+    answers = [json.loads(x) for x in (tmp_path / "data/mt_bench/model_answer/b.jsonl").read_text().splitlines()]
+    assert answers[0]["model_id"] == "b" and len(answers[0]["choices"][0]["turns"]) == 2
+    single = pd.read_json(tmp_path / f"data/mt_bench/model_judgment/{jm}_single.jsonl", lines=True)
+    df = single[["model", "score", "turn"]]
+    df = df[df["score"] != -1]
+    means = df[["model", "score"]].groupby(["model"]).mean()["score"]
+    assert set(df["turn"]) == {1, 2} and means["c"] > means["a"]
+    pair = pd.read_json(tmp_path / f"data/mt_bench/model_judgment/{jm}_pair.jsonl", lines=True)
+    pair = pair[(pair["g1_winner"] != "error") & (pair["g2_winner"] != "error")]
+    wins = {}
+    for _, row in pair.iterrows():
+        if row["g1_winner"] != "tie" and row["g1_winner"] == row["g2_winner"]:
+            w = row["model_1"] if row["g1_winner"] == "model_1" else row["model_2"]
+            wins[w] = wins.get(w, 0) + 1
+    assert wins == {"c": 24, "b": 12}  # longer wins: c beats b and a, b beats a, on both turns of 6 questions
+
+
+def test_bad_judge_prompts_file_names_the_line(tmp_path):
+    from baize.mtbench import load_judge_prompts
+    bad = tmp_path / "jp.jsonl"
+    bad.write_text(json.dumps({"name": "single-v1", "type": "single", "system_prompt": "s", "prompt_template": "t"}) + "\n")
+    with pytest.raises(BaizeError, match=r"jp.jsonl:1: field 'output_format'"):
+        load_judge_prompts(str(bad))

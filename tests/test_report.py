@@ -107,7 +107,8 @@ def test_both_files_and_the_markdown(report):
     assert "| v2 vs v1 | 9 | 5 | 6 | 0.575 | [0.41, 0.73] | 0 | 20 |" in md
     assert "| v2 vs v1 | reasoning | 2 | 0 | 4 | 0.333 | [0.00, 0.67] |" in md  # per category
     assert "| writing | 5.10 | 6.40 | 7.20 |" in md  # scores by category, a column per model
-    assert "agrees with itself under swapped order on 71% of pairs" in md and "near chance" not in md.split("##")[0]
+    assert "the two orders name the same winner on 71% of the pairs either order decided" in md
+    assert "near chance" not in md.split("##")[0]
     assert "runs/v2 <\\- runs/v1" not in md and "runs/v2 &lt;" not in md  # lineage is escaped, not mangled
     assert "v2 vs v1: v2 better; both orders agree" in md and "v1 vs base: unjudged" in md
     # every answer sits in a fence longer than any backtick run inside it
