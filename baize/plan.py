@@ -96,10 +96,6 @@ class Plan:
     def total_tokens(self) -> int:
         return sum(r.prompt_tokens + r.completion_tokens for r in self.rows)
 
-    def as_dict(self) -> dict:
-        return {"rows": [{**vars(r), "cost": round(r.cost, 4)} for r in self.rows], "items": self.items,
-                "cost": round(self.cost, 4), "total_tokens": self.total_tokens, "warnings": self.warnings}
-
 
 def limit_warning(flag: str, asked: int | None, got: int, what: str) -> str | None:
     """One line when a limit asks for more items than there are (never silent); None otherwise."""
