@@ -29,6 +29,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import BaizeError
+from .distributed import describe, fsdp_trainer, speedups_off
 from .speedups import cpu_speedups, plan_passes
 from .train import (
     TrainConfig,
@@ -196,10 +197,11 @@ def _trainer_class():
     return BaizeDPOTrainer
 
 
-def make_trainer(cfg, model, tokenizer, args, train_set, val_set, callbacks):
+def make_trainer(cfg, model, tokenizer, args, train_set, val_set, callbacks, device: str = "cpu"):
     """TRL wraps `model` (the policy, chain merged) with a fresh adapter from the LoRA flags; no `ref` copy:
-    the reference is that model with the adapter disabled."""
-    return _trainer_class()(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
+    the reference is that model with the adapter disabled (under FSDP too: the switch is per LoRA layer,
+    not a second set of weights)."""
+    return fsdp_trainer(_trainer_class(), device)(model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
                             processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=callbacks)
 
 
@@ -241,11 +243,13 @@ def dpo(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     args = trainer_args(run, args_class(cfg), micro=micro, n_train=len(train_set), n_val=len(val_set),
                         batching="longest", attn=attn, unit="pairs", objective=f"DPO (beta {cfg.beta}) on the completions")
     callback = progress(run)
-    trainer = make_trainer(cfg, model, tok, args, train_set, val_set, [callback, *callbacks])
+    trainer = make_trainer(cfg, model, tok, args, train_set, val_set, [callback, *callbacks], run.device)
     model = trainer.model  # with the adapter TRL added
     log_lora(model, log)
+    if spread := describe(trainer, run):
+        log(spread)
     if run.device == "cpu":
-        cpu_speedups(model, bf16=run.precision == "bf16", ours=cfg.speedups)
+        cpu_speedups(model, bf16=run.precision == "bf16", ours=cfg.speedups, skip=speedups_off())
 
     fit(trainer, run, has_val=bool(val_set))
     checksums = save(trainer, model, run)

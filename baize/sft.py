@@ -14,6 +14,7 @@ import contextlib
 from pathlib import Path
 
 from .config import BaizeError
+from .distributed import describe, describe_launch, fsdp_trainer, speedups_off
 from .packing import Collator, accepts_logits_to_keep, choose_packing, tokenize
 from .speedups import NOTED_FLAGS, cpu_flags, cpu_speedups, head_in_loss, parallel_trainer, plan_passes
 from .train import (
@@ -80,11 +81,13 @@ def sft(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     train_set, val_set = prepare_data(cfg, get_format(cfg.format, tok), tok, log, items)
 
     batching = choose_packing(model, len(tok), cfg.max_length, log) if cfg.batching == "packed" else cfg.batching
-    cpu = run.device == "cpu"
-    applied = cpu_speedups(model, bf16=run.precision == "bf16", ours=cfg.speedups) if cpu else []
+    cpu, off = run.device == "cpu", speedups_off()
+    applied = cpu_speedups(model, bf16=run.precision == "bf16", ours=cfg.speedups, skip=off) if cpu else []
     if cpu:
         log(f"CPU ({' '.join(sorted(NOTED_FLAGS & cpu_flags())) or 'no AVX2'}): "
             f"{', '.join(applied) or 'stock implementations'}")
+    if cpu and off and cfg.speedups:
+        log(f"{describe_launch()}: " + "; ".join(f"{k} off ({why})" for k, why in off.items()))
     workers, micro = plan_passes(model, run.per_process, cfg.micro_batch_size, cfg.parallel_dialogues, log,
                                  cpu_packed=cpu and batching == "packed", threads=cfg.speedups and run.world == 1)
     applied += [f"{workers} dialogues at once"] if workers > 1 else []
@@ -93,13 +96,15 @@ def sft(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
                         batching=batching, attn=attn, unit="dialogues",
                         objective=f"loss on {'assistant turns' if cfg.loss == 'assistant' else 'all tokens'}")
     callback = progress(run)
-    trainer = (parallel_trainer(Trainer, workers) if workers > 1 else Trainer)(
+    trainer = fsdp_trainer(parallel_trainer(Trainer, workers) if workers > 1 else Trainer, run.device)(
         model=model, args=args, train_dataset=train_set, eval_dataset=val_set or None,
         data_collator=Collator(tok, batching, cfg.max_length, trim=accepts_logits_to_keep(model)),
         processing_class=tok, callbacks=[callback, *callbacks])
     before = adapter_b(model) if cfg.from_run else None  # a continued adapter must move from --from's values
+    if spread := describe(trainer, run):
+        log(spread)
 
-    with head_in_loss(model) if cpu and cfg.speedups else contextlib.nullcontext() as fused:
+    with head_in_loss(model) if cpu and cfg.speedups and "head in the loss" not in off else contextlib.nullcontext() as fused:
         if fused:
             log("the LM head runs inside the loss, a chunk of rows at a time (no tokens x vocabulary logits)")
         fit(trainer, run, has_val=bool(val_set))

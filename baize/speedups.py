@@ -222,13 +222,14 @@ def _fused_head_ce():
     return FusedHeadCE
 
 
-def cpu_speedups(model, *, bf16: bool, ours: bool = True) -> list[str]:
+def cpu_speedups(model, *, bf16: bool, ours: bool = True, skip=()) -> list[str]:
     """What `baize train` applies on CPU: bf16 frozen weights under bf16 autocast (bit-identical, always),
     and with `ours` (--speedups) the chunked loss, LoRA's products folded, glibc's allocator kept from
     returning memory to the OS, and the cheaper dropout mask. `head_in_loss` (a context)
-    goes with them in SFT. Returns what was applied, for the log."""
+    goes with them in SFT. `skip`: names (as returned) that the launch rules out (distributed.speedups_off).
+    Returns what was applied, for the log."""
     done = []
-    if bf16:
+    if bf16 and "bf16 frozen weights" not in skip:
         frozen_linears_to_bf16(model)
         done.append("bf16 frozen weights")
     if not ours:
@@ -237,7 +238,7 @@ def cpu_speedups(model, *, bf16: bool, ours: bool = True) -> list[str]:
         done.append("freed memory kept")
     if cheap_cpu_dropout(model):
         done.append("cheaper dropout mask")
-    if fold_lora_products(model):
+    if "LoRA products folded" not in skip and fold_lora_products(model):
         done.append("LoRA products folded")
     from transformers.loss.loss_utils import ForCausalLMLoss
     base = model.get_base_model()

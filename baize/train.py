@@ -3,7 +3,7 @@
     baize train --base default --data dialogues.jsonl --out runs/v1
     baize train --from runs/v1 --data sdf.jsonl --out runs/v2          # SDF's v2 continues v1's adapter
     baize train --from runs/v1 --method dpo --data sdf.prefs.jsonl --out runs/v2-dpo   # v2 by DPO (dpo.py)
-    accelerate launch --config_file examples/accelerate_ddp.yaml -m baize train ...   # DDP; FSDP, ZeRO-3 too
+    accelerate launch --config_file examples/accelerate/fsdp_cpu.yaml --num_processes 2 -m baize train ...  # distributed.py
     baize merge runs/v1 --out merged/
 
 transformers' Trainer runs the loop (accumulation, DDP/FSDP/DeepSpeed through accelerate, checkpoints,
@@ -202,7 +202,7 @@ def load_for_training(cfg: TrainConfig, device: str, log, *, adapter: bool = Tru
     (without `adapter`, the caller adds it: DPO hands lora_config(cfg) to TRL)."""
     import torch
     from peft import PeftModel, get_peft_model
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     from . import models
     ref = models.resolve(cfg.from_run or cfg.base)
@@ -220,20 +220,7 @@ def load_for_training(cfg: TrainConfig, device: str, log, *, adapter: bool = Tru
         if below:
             raise BaizeError(f"--quantize cannot merge {below[-1]} into a quantized base: `baize merge {below[-1]} "
                              f"--out DIR` first and train on --base DIR")
-        try:
-            import bitsandbytes  # noqa: F401
-            from transformers import BitsAndBytesConfig
-        except ImportError:
-            raise BaizeError("--quantize needs bitsandbytes: pip install 'baize[cuda]'") from None
-        from peft import prepare_model_for_kbit_training
-        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        q = (BitsAndBytesConfig(load_in_8bit=True) if cfg.quantize == "8bit" else
-             BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                                bnb_4bit_compute_dtype=dtype))
-        # each DDP process holds its own copy on its own GPU (models.load_model pins GPU 0)
-        model = AutoModelForCausalLM.from_pretrained(ref.base, quantization_config=q, dtype=dtype,
-                                                     device_map={"": int(os.environ.get("LOCAL_RANK", 0))})
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        model = _load_quantized(cfg, ref.base, log)
     else:
         # weights stay fp32 on CPU (autocast does the bf16 math); bf16 on GPUs halves their memory
         dtype = None if device == "cpu" else ("bfloat16" if torch.cuda.is_bf16_supported() else "float32")
@@ -249,6 +236,33 @@ def load_for_training(cfg: TrainConfig, device: str, log, *, adapter: bool = Tru
         model = get_peft_model(model, lora_config(cfg))
     log_lora(model, log)
     return model, tok
+
+
+def _load_quantized(cfg: TrainConfig, base: str, log):
+    """The base through bitsandbytes on this process's GPU, with the settings FSDP needs to shard it
+    (distributed.qlora_settings) when the launch is FSDP."""
+    import torch
+    try:
+        import bitsandbytes  # noqa: F401
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+    except ImportError:
+        raise BaizeError("--quantize needs bitsandbytes: pip install 'baize[cuda]'") from None
+    from peft import prepare_model_for_kbit_training
+
+    from .distributed import fsdp_env, fsdp_version, qlora_settings
+    dtype = "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    bnb, plugin = qlora_settings(cfg.quantize, fsdp_version=fsdp_version(), compute_dtype=dtype)
+    if plugin:  # read by accelerate's FSDP plugin when the Trainer builds it, after this load
+        os.environ.update(fsdp_env(plugin))
+        log(f"QLoRA under FSDP: 4-bit weights stored as {dtype} to be sharded; "
+            + ", ".join(f"{k}={v}" for k, v in plugin.items()))
+    # one process per GPU: DDP pins each copy to its GPU; FSDP places the shards itself (PEFT's FSDP-QLoRA)
+    model = AutoModelForCausalLM.from_pretrained(
+        base, quantization_config=BitsAndBytesConfig(**bnb), dtype=getattr(torch, dtype),
+        device_map=None if plugin else {"": int(os.environ.get("LOCAL_RANK", 0))})
+    if plugin:  # prepare_model_for_kbit_training upcasts the norms to fp32: FSDP1 cannot flatten them beside
+        return model  # the 4-bit weights stored in bf16, and FSDP's checkpointing replaces its own
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
 
 
 def lora_config(cfg: TrainConfig):
@@ -303,7 +317,10 @@ def trainer_args(run: Run, args_class, *, micro: int, n_train: int, n_val: int, 
 def _compat_args(cfg: TrainConfig, batching: str) -> dict:
     from transformers import TrainingArguments  # transformers 5 renamed these (the old names warn there)
     v5 = "train_sampling_strategy" in TrainingArguments.__dataclass_fields__
-    return {"activation_checkpointing" if v5 else "gradient_checkpointing": cfg.gradient_checkpointing,
+    # FSDP's own activation checkpointing (its config, or QLoRA's settings) replaces the Trainer's, which
+    # refuses both at once
+    ckpt = cfg.gradient_checkpointing and os.environ.get("FSDP_ACTIVATION_CHECKPOINTING", "").lower() != "true"
+    return {"activation_checkpointing" if v5 else "gradient_checkpointing": ckpt,
             **({"train_sampling_strategy": "group_by_length" if batching == "grouped" else "random"} if v5
                else {"group_by_length": batching == "grouped"})}
 
