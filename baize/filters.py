@@ -425,8 +425,8 @@ def judge_dialogue(judge, msgs: list[dict]) -> tuple[float | None, list, dict]:
         if m["role"] != "assistant" or i == 0 or msgs[i - 1]["role"] != "user":
             continue
         s = judge.score(msgs[:i], m["content"])
-        for k in usage:
-            usage[k] += s.usage.get(k, 0)
+        for k, v in s.usage.items():  # reasoning and estimated tokens too, where the judge's endpoint has them
+            usage[k] = usage.get(k, 0) + v
         scores.append(s.value)
     low = None if not scores or None in scores else min(scores)
     return low, scores, usage

@@ -11,20 +11,26 @@ engine, so the engine can use these value types without an import circle.
 
 Concurrency comes from the caller's threads: the HTTP backend is thread-safe, the local backends
 batch concurrent calls together. Retries (429, 5xx, timeouts, Retry-After) live in the HTTP
-backend alone. What a backend can do beyond chat/stream is declared on its class (the `can_*`
-flags of `LLM`), never probed with hasattr.
+backend alone, and so does adapting to what an endpoint accepts (endpoints.py: learned once per
+endpoint and model, logged once); 429s are counted in `rate_limits` for the runner's throttle. What a backend can do beyond
+chat/stream is declared on its class (the `can_*` flags of `LLM`, `honours_n`), never probed
+with hasattr.
 """
 from __future__ import annotations
 
 import json
 import os
+import random
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
 from .config import BaizeError
+from .endpoints import ADAPTABLE, estimate_tokens, quirks_for, refusal, retry_after
 
-__all__ = ["LLM", "Completion", "GenParams", "LLMError", "TransientLLMError", "OpenAILLM", "LlamaCppLLM"]
+__all__ = ["LLM", "Completion", "GenParams", "LLMError", "TransientLLMError", "EmptyReplyError", "OpenAILLM",
+           "LlamaCppLLM", "rate_limits"]
 
 
 @dataclass
@@ -42,6 +48,17 @@ class Completion:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     finish_reason: str = "stop"  # stop | length | cancelled
+    reasoning_tokens: int = 0  # hidden thinking, already inside completion_tokens (as OpenAI bills it)
+    estimated: bool = False  # the server sent no usage: the token counts are local estimates
+
+    def usage(self) -> dict:
+        """This completion's share of a ledger: reasoning and estimated tokens only where there are any."""
+        u = {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens, "calls": 1}
+        if self.reasoning_tokens:
+            u["reasoning_tokens"] = self.reasoning_tokens
+        if self.estimated:
+            u["estimated_tokens"] = self.prompt_tokens + self.completion_tokens
+        return u
 
 
 class LLMError(BaizeError):
@@ -52,6 +69,16 @@ class TransientLLMError(LLMError):
     """Retries ran out (rate limits, server errors, timeouts, malformed replies): the item failed."""
 
 
+class EmptyReplyError(TransientLLMError):
+    """The reply hit its token cap before any text (a reasoning model that spent it all thinking).
+    A failure, not a rejection: the item is retried on the next run, which a higher --max-tokens
+    fixes; `usage` says what the call cost."""
+
+    def __init__(self, message: str, usage: dict | None = None):
+        super().__init__(message)
+        self.usage = usage or {}
+
+
 class LLM:
     """The interface, with what a backend can do declared as flags (as simonw/llm declares
     `can_stream`), so a stage asks the flag instead of probing attributes:
@@ -59,6 +86,8 @@ class LLM:
     - `can_score_options`: `option_logprobs(messages, prefix, options)` gives log P(option) (a
       judge can choose its verdict among fixed options instead of writing it);
     - `can_count_tokens`: `prompt_ids(messages)` gives the exact prompt tokens (history trimming);
+    - `honours_n`: one call with n > 1 gives n choices (None: not known yet; an HTTP endpoint
+      learns it from its first such reply, and SDF tops up with single calls where it is False);
     - `is_local`: a transformers model in this process: `.model`, `.tokenizer`, `.format`,
       `.system`, `.engine` (NLL, scoring on the engine thread) and `submit()` (the server's
       streaming requests).
@@ -68,6 +97,7 @@ class LLM:
     can_stream: bool = True
     can_score_options: bool = False
     can_count_tokens: bool = False
+    honours_n: bool | None = None
     is_local: bool = False
 
     def check(self) -> None:
@@ -84,11 +114,45 @@ class LLM:
         raise NotImplementedError
 
 
+class RateLimits:
+    """How many 429s the HTTP backends met in this process: the runner (runner.py) narrows the
+    number of items in flight when they come in a streak, without knowing which backend it was."""
+
+    def __init__(self):
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def hit(self) -> None:
+        with self._lock:
+            self._count += 1
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+
+rate_limits = RateLimits()
+
+
+def _backoff(attempt: int) -> float:
+    """Exponential backoff with jitter (the openai client's own curve: 0.5 s doubling, at most 8 s)."""
+    return min(0.5 * 2 ** max(0, attempt - 1), 8.0) * (1 - 0.25 * random.random())
+
+
+class _Refused(Exception):
+    def __init__(self, param: str, message: str):
+        super().__init__(message)
+        self.param = param
+
+
 class OpenAILLM(LLM):
-    """Any OpenAI-compatible endpoint through the official client (OpenAI, vLLM, llama.cpp, Ollama)."""
+    """Any OpenAI-compatible endpoint through the official client (OpenAI, vLLM, llama.cpp, Ollama).
+
+    Retries are ours, not the client's (its max_retries is 0): a 429 must reach the runner's
+    throttle, and llama.cpp refuses `n` with a 500 that is worth adapting to, not retrying."""
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 max_retries: int = 6, timeout: float = 120.0, malformed_retries: int = 3):
+                 max_retries: int = 6, timeout: float = 120.0, malformed_retries: int = 3, count_tokens=None):
         import openai
         self.name = model
         self.model = model
@@ -99,28 +163,53 @@ class OpenAILLM(LLM):
                 raise LLMError(f"openai:{model}: no API key: set OPENAI_API_KEY, or --base-url for a local server")
             api_key = "EMPTY"  # local servers (vLLM, llama.cpp, Ollama) accept any key
         self.base_url = base_url or "https://api.openai.com/v1"
-        # the client's own retry loop: exponential backoff with jitter on 408/409/429/5xx and
-        # connection errors/timeouts, honouring Retry-After
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=timeout)
-        self.malformed_retries = malformed_retries
+        self.client = openai.OpenAI(base_url=base_url, api_key=api_key, max_retries=0, timeout=timeout)
+        self.max_retries, self.malformed_retries = max_retries, malformed_retries
+        # a rate limit is the server asking us to wait, not failing: it gets a larger budget of its own
+        self.rate_limit_retries = max(12, 2 * max_retries)
+        self.count_tokens = count_tokens  # text -> tokens, for servers that send no usage
+        self.quirks = quirks_for(self.base_url, model)
+        self.where = f"openai:{model} at {self.base_url}"
+
+    @property
+    def honours_n(self) -> bool | None:
+        return self.quirks.honours_n
+
+    @honours_n.setter
+    def honours_n(self, value: bool | None) -> None:
+        self.quirks.honours_n = value
 
     def check(self) -> None:
         """Fail fast, in one line, when the endpoint is unreachable or the key is refused."""
         import openai
-        where = f"openai:{self.model} at {self.base_url}"
         try:
             self.client.with_options(max_retries=1, timeout=15).models.list()
         except openai.AuthenticationError:
-            raise LLMError(f"{where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
+            raise LLMError(f"{self.where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
         except openai.APIConnectionError:
-            raise LLMError(f"{where}: cannot connect: is the server running? (set --base-url or OPENAI_BASE_URL)") from None
+            raise LLMError(f"{self.where}: cannot connect: is the server running? (set --base-url or "
+                           f"OPENAI_BASE_URL)") from None
         except openai.APIError:
             pass  # some servers have no /models; the first real call will tell
 
-    def _call(self, **kw):
+    def _call(self, wish: dict):
+        """Send `wish` shaped to what the endpoint accepts; on a refused parameter, learn and resend."""
+        last = None
+        for _ in range(len(ADAPTABLE) + 1):
+            kw = self.quirks.shape(wish)
+            try:
+                return self._send(kw)
+            except _Refused as r:
+                last = r
+                self.quirks.learn(r.param, kw, str(r))
+        raise LLMError(f"{self.where}: request refused even after adapting to it: {last}")
+
+    def _send(self, kw: dict):
+        """One request, retried: 429s after Retry-After, 408/409/5xx/timeouts/connection errors and
+        malformed bodies with backoff; other errors fail at once in one line that says the fix."""
         import openai
-        where = f"openai:{self.model} at {self.base_url}"
-        for attempt in range(self.malformed_retries + 1):
+        tries = {"rate": 0, "transient": 0, "malformed": 0}
+        while True:
             try:
                 resp = self.client.chat.completions.create(model=self.model, **kw)
                 if kw.get("stream"):
@@ -128,56 +217,106 @@ class OpenAILLM(LLM):
                 if not resp.choices or resp.choices[0].message is None:
                     raise ValueError("reply has no choices")
                 return resp
-            except openai.AuthenticationError:
-                raise LLMError(f"{where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
-            except openai.PermissionDeniedError as e:
-                raise LLMError(f"{where}: 403, not allowed: {e.message}") from None
-            except openai.NotFoundError:
-                raise LLMError(f"{where}: 404, unknown model or wrong base URL: check the model name and "
-                               f"--base-url (it usually ends in /v1)") from None
-            except openai.BadRequestError as e:
-                raise LLMError(f"{where}: 400, request refused: {e.message}") from None
-            except openai.APITimeoutError:
-                raise TransientLLMError(f"{where}: timed out after retries") from None
-            except openai.APIConnectionError:
-                raise TransientLLMError(f"{where}: cannot connect: is the server running? "
-                                        f"(set --base-url or OPENAI_BASE_URL)") from None
+            except openai.RateLimitError as e:
+                rate_limits.hit()
+                if _error_code(e) == "insufficient_quota":
+                    raise LLMError(f"{self.where}: 429 insufficient_quota: the key has no credit left: add "
+                                   f"credit or use another key") from None
+                tries["rate"] += 1
+                if tries["rate"] > self.rate_limit_retries:
+                    raise TransientLLMError(f"{self.where}: HTTP 429 (rate limited) after {tries['rate'] - 1} "
+                                            f"retries: lower --concurrency or wait for the key's limit") from None
+                # never sooner than asked, and later with each 429 in a row: calls already in flight
+                # spread out while the runner narrows the width for the next ones
+                wait = min(max(retry_after(e.response.headers) or 0.0, _backoff(tries["rate"])), 120.0)
             except openai.APIStatusError as e:
-                raise TransientLLMError(f"{where}: HTTP {e.status_code} after retries") from None
+                wait = self._status_error(e, kw, tries)
+            except openai.APITimeoutError:
+                tries["transient"] += 1
+                if tries["transient"] > self.max_retries:
+                    raise TransientLLMError(f"{self.where}: timed out after retries") from None
+                wait = _backoff(tries["transient"])
+            except openai.APIConnectionError:
+                tries["transient"] += 1
+                if tries["transient"] > self.max_retries:
+                    raise TransientLLMError(f"{self.where}: cannot connect: is the server running? "
+                                            f"(set --base-url or OPENAI_BASE_URL)") from None
+                wait = _backoff(tries["transient"])
             except (ValueError, TypeError, AttributeError, KeyError, openai.APIResponseValidationError) as e:
                 # a 200 with a body that is not a chat completion: retry a few times, then fail the item
-                if attempt == self.malformed_retries:
-                    raise TransientLLMError(f"{where}: malformed reply ({type(e).__name__}) after retries") from None
+                tries["malformed"] += 1
+                if tries["malformed"] > self.malformed_retries:
+                    raise TransientLLMError(f"{self.where}: malformed reply ({type(e).__name__}) after "
+                                            f"retries") from None
+                wait = 0.0
+            time.sleep(wait)
 
-    @staticmethod
-    def _request(messages, temperature, top_p, max_tokens, stop, seed, **extra) -> dict:
-        kw = dict(messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens, **extra)
-        if stop:
-            kw["stop"] = stop[:4]  # OpenAI allows at most four
-        if seed is not None:
-            kw["seed"] = seed
-        return kw
+    def _status_error(self, e, kw: dict, tries: dict) -> float:
+        """The wait before retrying an HTTP error, or the exception that ends the request."""
+        status, body = e.status_code, e.body if isinstance(e.body, dict) else {}
+        message = body.get("message") or e.message
+        if status in (400, 422, 500, 501) and (param := refusal(body, e.message, kw)):
+            raise _Refused(param, str(message))
+        if status == 401:
+            raise LLMError(f"{self.where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
+        if status == 403:
+            raise LLMError(f"{self.where}: 403, not allowed: {message}") from None
+        if status == 404:
+            raise LLMError(f"{self.where}: 404, unknown model or wrong base URL: check the model name and "
+                           f"--base-url (it usually ends in /v1)") from None
+        if status < 500 and status not in (408, 409):
+            raise LLMError(f"{self.where}: {status}, request refused: {message}") from None
+        tries["transient"] += 1
+        if tries["transient"] > self.max_retries:
+            raise TransientLLMError(f"{self.where}: HTTP {status} after retries") from None
+        wait = retry_after(e.response.headers)
+        return _backoff(tries["transient"]) if wait is None else min(wait, 120.0)
 
     def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
-        resp = self._call(**self._request(messages, temperature, top_p, max_tokens, stop, seed, n=n))
+        wish = dict(messages=messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                    stop=list(stop or [])[:4] or None, seed=seed)  # OpenAI allows at most four stops
+        resp = self._call(wish)
+        self.quirks.saw_choices(n, len(resp.choices))
         usage = resp.usage
-        pt = usage.prompt_tokens if usage else 0
-        ct = usage.completion_tokens if usage else 0
+        self.quirks.saw_usage(usage is not None)
+        if usage is not None:
+            pt, ct = usage.prompt_tokens or 0, usage.completion_tokens or 0
+            details = getattr(usage, "completion_tokens_details", None)
+            # already inside completion_tokens, which is what OpenAI bills: shown, never added again
+            rt = (getattr(details, "reasoning_tokens", None) or 0) if details is not None else 0
+        else:
+            pt = estimate_tokens("\n".join(str(m.get("content") or "") for m in messages), self.count_tokens)
+            ct = sum(estimate_tokens(c.message.content or "", self.count_tokens) for c in resp.choices)
+            rt = 0
         out = []
-        for i, c in enumerate(resp.choices):
-            # the request's usage is split over its choices so that summing completions counts it once
-            out.append(Completion(c.message.content or "", pt if i == 0 else 0,
-                                  ct if i == 0 else 0, c.finish_reason or "stop"))
+        for c in resp.choices:
+            text, finish = c.message.content or "", c.finish_reason or "stop"
+            if finish == "length" and not text.strip():
+                continue  # the budget went on hidden reasoning: no answer, not an empty one
+            first = not out  # the request's usage rides on its first completion: summing counts it once
+            out.append(Completion(text, pt if first else 0, ct if first else 0, finish, rt if first else 0,
+                                  usage is None))
+        if not out:
+            spent = f" ({rt} of {ct} tokens spent reasoning)" if rt else ""
+            raise EmptyReplyError(f"{self.where}: the reply hit max_tokens={max_tokens} before any text{spent}: "
+                                  f"raise --max-tokens", usage={"prompt_tokens": pt, "completion_tokens": ct,
+                                                                "reasoning_tokens": rt, "calls": 1})
         return out
 
     def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
-        resp = self._call(**self._request(messages, temperature, top_p, max_tokens, stop, seed, stream=True))
+        resp = self._call(dict(messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
+                               stop=list(stop or [])[:4] or None, seed=seed, stream=True))
         try:
             for chunk in resp:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
         finally:
             resp.close()
+
+
+def _error_code(e) -> str | None:
+    body = e.body if isinstance(e.body, dict) else {}
+    return body.get("code") or getattr(e, "code", None)
 
 
 def gguf_prompting(meta: dict) -> tuple[list[str], str | None]:
@@ -208,6 +347,7 @@ def gguf_string_arrays(path: str, keys) -> dict:
 
 class LlamaCppLLM(LLM):
     """A GGUF file through llama.cpp (pip install 'baize[llamacpp]'); one request at a time."""
+    honours_n = True  # n choices are n sequential generations
 
     def __init__(self, path: str, *, n_ctx: int = 4096):
         try:

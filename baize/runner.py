@@ -44,14 +44,16 @@ class Ledger:
         return Ledger(prices=self.prices, parent=self)
 
     def add(self, completion=None, role: str = "teacher", *, usage: dict | None = None) -> None:
-        """Count one Completion, or a usage dict {prompt_tokens, completion_tokens, calls}."""
+        """Count one Completion, or a usage dict {prompt_tokens, completion_tokens, calls} (and, where an
+        endpoint reported them, reasoning_tokens, already inside completion_tokens, and
+        estimated_tokens, counted locally because the server sent no usage)."""
         if usage is None:
-            usage = {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens,
-                     "calls": 1}
+            usage = completion.usage()
         with self.lock:
             r = self.roles.setdefault(role, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0})
-            for k in r:
-                r[k] += int(usage.get(k, 0))
+            for k in ("prompt_tokens", "completion_tokens", "calls", "reasoning_tokens", "estimated_tokens"):
+                if k in r or usage.get(k):
+                    r[k] = r.get(k, 0) + int(usage.get(k, 0))
         if self.parent is not None:
             self.parent.add(role=role, usage=usage)
 
@@ -108,6 +110,7 @@ class Summary:
     stopped: str = ""
     ledger: dict = field(default_factory=dict)
     total: dict = field(default_factory=dict)  # the output so far, over every resumed run
+    width: dict = field(default_factory=dict)  # the throttle's story when 429s narrowed it (Throttle.as_dict)
 
     @property
     def done(self) -> int:
@@ -115,6 +118,8 @@ class Summary:
 
     def as_dict(self) -> dict:
         d = dict(vars(self))
+        if not d["width"]:
+            d.pop("width")
         d["items_per_s"] = d["dialogues_per_s"] = round(self.done / self.seconds, 3) if self.seconds else 0.0
         return d
 
@@ -132,7 +137,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     key, a judge that only writes garbage) stops the run, keeping everything already written.
     accept(item, record) -> a reject reason or None runs on the calling thread in completion order,
     for filters that keep state (near-duplicates); it may add to the record's meta."""
-    from .llm import TransientLLMError
+    from .llm import TransientLLMError, rate_limits
     out = Path(out)
     kept_w, rej_w = JsonlAppender(out), JsonlAppender(sidecar(out, "rejected"))
     failed_path = sidecar(out, "failed")
@@ -147,7 +152,8 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     summary = Summary(skipped=len(items) - len(todo))
     if config is not None:
         save_config(config, sidecar(out, "config.json"))  # secrets masked
-    bar = Progress(label, len(todo), summary, ledger, enabled=progress, console=console)
+    throttle = Throttle(max(1, concurrency), lambda: rate_limits.count)
+    bar = Progress(label, len(todo), summary, ledger, enabled=progress, console=console, throttle=throttle)
     limit = max_failures_in_a_row or max(20, 2 * concurrency)
     start = time.monotonic()
     it = iter(todo)
@@ -157,7 +163,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     pool = cf.ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix=label)
     try:
         while True:
-            while not summary.stopped and len(pending) < concurrency:
+            while not summary.stopped and len(pending) < throttle.width:
                 if ledger.exhausted():
                     summary.stopped = "budget"
                     break
@@ -168,7 +174,8 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
             if not pending:
                 break
             try:
-                finished, _ = cf.wait(pending, return_when=cf.FIRST_COMPLETED)
+                # a timeout, so that 429s met by calls still in flight narrow the width at once
+                finished, _ = cf.wait(pending, timeout=0.25, return_when=cf.FIRST_COMPLETED)
             except KeyboardInterrupt:
                 if interrupted:
                     raise
@@ -182,7 +189,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
                 except TransientLLMError as e:
                     failures_in_a_row += 1
                     summary.failed += 1
-                    fail_w.append({"id": item.id, "error": str(e), "meta": meta_of(item) if meta_of else {}})
+                    fail_w.append(_failure(item, e, meta_of))
                     if failures_in_a_row >= limit:
                         raise BaizeError(f"{failures_in_a_row} {noun} failed in a row, last: {e}") from None
                     continue
@@ -201,6 +208,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
                 else:
                     summary.kept += 1
                     kept_w.append(rec)
+            throttle.update(len(finished))
             bar.update()
     finally:
         pool.shutdown(wait=not interrupted or not pending, cancel_futures=True)
@@ -210,11 +218,21 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
         summary.prompt_tokens, summary.completion_tokens = ledger.prompt_tokens, ledger.completion_tokens
         summary.cost = round(ledger.cost, 6)
         summary.ledger = ledger.as_dict()
+        summary.width = throttle.as_dict()
         bar.close()
         path = sidecar(out, "summary.json")
         summary.total = _totals(path, summary, len(kept_w.ids), len(rej_w.ids))
         atomic_write_text(path, json.dumps(summary.as_dict(), indent=2) + "\n")
     return summary
+
+
+def _failure(item, e: Exception, meta_of) -> dict:
+    """The .failed.jsonl line: the error, the item's meta, and what a call that produced nothing
+    still cost (EmptyReplyError's usage: a reasoning model bills the tokens it spent thinking)."""
+    failed = {"id": item.id, "error": str(e), "meta": meta_of(item) if meta_of else {}}
+    if getattr(e, "usage", None):
+        failed["usage"] = e.usage
+    return failed
 
 
 def _totals(path: Path, summary: Summary, kept: int, rejected: int) -> dict:
@@ -237,25 +255,71 @@ def _totals(path: Path, summary: Summary, kept: int, rejected: int) -> dict:
             "completion_tokens": sum_("completion_tokens"), "cost": round(sum_("cost"), 6), "ledger": ledger}
 
 
+class Throttle:
+    """How many items may be in flight: AIMD on rate limits, as TCP does on loss. A streak of 429s
+    (two or more with no item finished in between) halves the width, at most once per `cooldown`
+    seconds (the calls already in flight report the same streak); every item that finishes
+    `cooldown` seconds after the last 429 widens it by one, back up to `limit`. A 64-wide run on a
+    low-tier key then settles near what the key allows instead of burning every call's retries.
+    `signal()` counts the 429s so far (llm.rate_limits); the runner knows nothing of HTTP."""
+
+    def __init__(self, limit: int, signal: Callable[[], int] = lambda: 0, *, cooldown: float = 1.0, streak: int = 2):
+        self.limit = self.width = self.lowest = max(1, limit)
+        self.signal, self.cooldown, self.streak = signal, cooldown, streak
+        self.seen, self.hits, self.cuts, self.raises, self.rate_limited = signal(), 0, 0, 0, 0
+        self.last_429 = self.last_cut = -float("inf")
+
+    def update(self, finished: int) -> None:
+        count = self.signal()
+        new, self.seen = count - self.seen, count
+        now = time.monotonic()
+        if new > 0:
+            self.rate_limited += new
+            self.hits += new
+            self.last_429 = now
+            if self.hits >= self.streak and now - self.last_cut >= self.cooldown and self.width > 1:
+                self.width, self.last_cut, self.hits, self.cuts = max(1, self.width // 2), now, 0, self.cuts + 1
+                self.lowest = min(self.lowest, self.width)
+        elif finished:
+            self.hits = 0  # an item got through: the 429s before it were not a streak
+            if now - self.last_429 >= self.cooldown and self.width < self.limit:
+                grow = min(finished, self.limit - self.width)
+                self.width, self.raises = self.width + grow, self.raises + grow
+
+    def as_dict(self) -> dict:
+        """{} when no 429 ever came; else the limit, the lowest width, the last, and how often it moved."""
+        if not self.rate_limited:
+            return {}
+        return {"limit": self.limit, "lowest": self.lowest, "last": self.width, "halvings": self.cuts,
+                "raises": self.raises, "rate_limited": self.rate_limited}
+
+
 class Progress:
-    def __init__(self, label, total, summary, ledger, *, enabled, console=None):
-        self.summary, self.ledger, self.bar = summary, ledger, None
+    def __init__(self, label, total, summary, ledger, *, enabled, console=None, throttle: Throttle | None = None):
+        self.summary, self.ledger, self.bar, self.throttle = summary, ledger, None, throttle
         if enabled:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self.bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[rate]}/s  tokens {task.fields[tokens]}  "
-                                           "rejected {task.fields[rej]}  failed {task.fields[fail]}"),
+                                           "rejected {task.fields[rej]}  failed {task.fields[fail]}  "
+                                           "in flight {task.fields[width]}"),
                                 TimeRemainingColumn(), console=console)
-            self.task = self.bar.add_task(label, total=total, rate="0.00", tokens=0, rej=0, fail=0)
+            self.task = self.bar.add_task(label, total=total, rate="0.00", tokens=0, rej=0, fail=0,
+                                          width=self._width())
             self.bar.start()
         self.t0 = time.monotonic()
+
+    def _width(self) -> str:
+        """The throttle's width out of its limit: below the limit means 429s narrowed it."""
+        t = self.throttle
+        return "-" if t is None else f"<= {t.width}/{t.limit}" if t.width < t.limit else f"<= {t.limit}"
 
     def update(self):
         if self.bar:
             s = self.summary
             self.bar.update(self.task, completed=s.done, rate=f"{s.done / max(1e-9, time.monotonic() - self.t0):.2f}",
                             tokens=self.ledger.prompt_tokens + self.ledger.completion_tokens,
-                            rej=sum(s.rejected.values()), fail=s.failed)
+                            rej=sum(s.rejected.values()), fail=s.failed, width=self._width())
 
     def note(self, msg):
         (self.bar.console.print if self.bar else print)(msg)
@@ -282,6 +346,14 @@ def print_summary(s: Summary, title: str, console=None, *, unit: str = "dialogue
             t.add_row(f"{role}: calls, tokens in / out, cost",
                       f"{r['calls']}, {r['prompt_tokens']} / {r['completion_tokens']}, {r['cost']:.4f}")
     t.add_row("tokens in / out", f"{s.prompt_tokens} / {s.completion_tokens}")
+    for key, what in (("reasoning_tokens", "reasoning tokens (inside tokens out)"),
+                      ("estimated_tokens", "tokens estimated (the server sent no usage)")):
+        if any(r.get(key) for r in roles.values()):
+            t.add_row(what, ", ".join(f"{role} {r[key]}" for role, r in roles.items() if r.get(key)))
+    if s.width:
+        w = s.width
+        t.add_row("in flight (429s)", f"{w['rate_limited']} rate limited: width {w['limit']} -> lowest {w['lowest']}, "
+                                      f"last {w['last']} ({w['halvings']} halvings)")
     t.add_row("cost", f"{s.cost:.4f}")
     if s.total and s.skipped:
         t.add_row("all runs: tokens in / out, cost", f"{s.total['prompt_tokens']} / {s.total['completion_tokens']}, "

@@ -125,6 +125,52 @@ def dense_ranks(points: list[float]) -> list[int]:
     return [levels.index(p) + 1 for p in points]
 
 
+def _count(usage: dict, u: dict) -> None:
+    for k, v in u.items():
+        if v:
+            usage[k] = usage.get(k, 0) + v
+
+
+def sample(policy, context: list[dict], cfg: SDFConfig, seed: int) -> tuple[list, str, dict, int]:
+    """cfg.n candidates however the policy gives them: (completions, how, the policy's usage, replies
+    cut by max_tokens before any text). How: "n" (one call), "topped_up" (fewer choices came back
+    than asked, the rest from single calls) or "single_calls" (the policy is known to ignore or
+    refuse n). Each single call has its own seed, so a seeded server still draws n different answers."""
+    from .llm import EmptyReplyError
+    usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
+    comps, cut, errors = [], 0, []
+
+    def ask(n: int, s: int) -> list:
+        nonlocal cut
+        usage["calls"] += 1
+        try:
+            got = policy.chat(context, n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
+                              seed=s)
+        except EmptyReplyError as e:  # one candidate lost to the token cap, not the whole prompt
+            _count(usage, {k: v for k, v in e.usage.items() if k != "calls"})
+            cut, errors[:] = cut + n, [e]
+            return []
+        for c in got:
+            _count(usage, {k: v for k, v in c.usage().items() if k != "calls"})
+        return got
+
+    if policy.honours_n is False:
+        how = "single_calls"
+    else:
+        comps = ask(cfg.n, seed)
+        how = "n"
+        if len(comps) + cut < cfg.n:
+            if policy.honours_n is None:
+                policy.honours_n = False  # a backend that does not learn it itself: the next prompts go single
+            how = "topped_up"
+    start = 0 if how == "single_calls" else len(comps) + cut
+    for i in range(start, cfg.n):
+        comps += ask(1, (seed + i) & 0xFFFFFFFF)[:1]
+    if not comps and errors:
+        raise errors[0]  # every call hit the cap: the prompt fails with the reason (raise --max-tokens)
+    return comps, how, usage, cut
+
+
 def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> dict | None:
     """Sample, clean, rank: one SDF record (meta.reject_reason set when it is not usable)."""
     if ledger.exhausted():
@@ -132,14 +178,11 @@ def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> di
     context = prompt.context
     if cfg.system and context[0]["role"] != "system":  # an endpoint does not know the run's system prompt
         context = [{"role": "system", "content": cfg.system}] + context
-    comps = policy.chat(context, n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p,
-                        max_tokens=cfg.max_tokens, seed=_row_seed(prompt.id))
-    pol = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 1}
-    for c in comps:
-        pol["prompt_tokens"] += c.prompt_tokens
-        pol["completion_tokens"] += c.completion_tokens
+    comps, sampling, pol, cut = sample(policy, context, cfg, _row_seed(prompt.id))
     ledger.add(role="policy", usage=pol)
     cands, seen, dropped = [], set(), {"empty": 0, "duplicate": 0}
+    if cut:
+        dropped["cut_by_max_tokens"] = cut
     for c in comps:
         text = c.text.strip()
         if not text:
@@ -150,7 +193,7 @@ def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> di
             seen.add(_norm(text))
             cands.append({"text": text, "finish_reason": c.finish_reason})
     meta = {**prompt.meta, "source": prompt.source, "policy": policy.name, "judge": judge.llm.name, "mode": "sdf",
-            "n": cfg.n, "dropped": dropped, "usage": {"policy": pol}}
+            "n": cfg.n, "sampling": sampling, "dropped": dropped, "usage": {"policy": pol}}
     rec = {"id": prompt.id, "messages": list(prompt.context), "meta": meta}
     if len(cands) < 2:
         meta.update(candidates=cands, reject_reason="too_few_candidates")

@@ -187,6 +187,146 @@ def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, lis
     return app
 
 
+# --- fakes of real runtimes ------------------------------------------------------------------------
+# One server, several models, each behaving like a runtime users point baize at, with that runtime's
+# own error bodies (`make_endpoint_app`). The model name picks the runtime, so one pipeline run can
+# have a reasoning teacher, an n-ignoring policy and a usage-less judge at once.
+
+REASONING_TOKENS = 24  # what the fake reasoning model "thinks" per choice before it writes
+
+
+def _openai_error(status: int, message: str, param: str | None, code: str | None, type_="invalid_request_error",
+                  headers: dict | None = None):
+    from fastapi.responses import JSONResponse
+    return JSONResponse({"error": {"message": message, "type": type_, "param": param, "code": code}}, status,
+                        headers=headers)
+
+
+def _reasoning_refusal(body: dict):
+    """OpenAI's gpt-5 family and o-series, as their 400s read:
+    - max_tokens: {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use
+      'max_completion_tokens' instead.", "type": "invalid_request_error", "param": "max_tokens", "code":
+      "unsupported_parameter"} (quoted in griptape-ai/ComfyUI-Griptape#312, fish2018/YPrompt#26);
+    - temperature/top_p other than 1: "Unsupported value: 'temperature' does not support 0.7 with this model.
+      Only the default (1) value is supported.", code "unsupported_value", param "temperature"
+      (johny-b/llmcomp#69, gabrii/Cursor-Azure-GPT-5#33). One error per request, the first refused."""
+    if "max_tokens" in body:
+        return "max_tokens", _openai_error(400, "Unsupported parameter: 'max_tokens' is not supported with this "
+                                                "model. Use 'max_completion_tokens' instead.", "max_tokens",
+                                           "unsupported_parameter")
+    for p in ("temperature", "top_p"):
+        if p in body and body[p] != 1:
+            return p, _openai_error(400, f"Unsupported value: '{p}' does not support {body[p]} with this model. "
+                                         f"Only the default (1) value is supported.", p, "unsupported_value")
+    return None
+
+
+def _vary(text: str, messages: list[dict], seed, i: int) -> str:
+    """A sampled answer differs by seed and choice, as a real one does; verdicts stay deterministic."""
+    if seed is None or judge_reply(messages) is not None:
+        return text
+    return f"{text} (Draw {(int(seed) * 7919 + i * 104729) % 100003}.)"
+
+
+def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: int = 3, retry_after: float = 0.1):
+    """A FastAPI app speaking the OpenAI chat API, whose model names behave like real runtimes:
+
+    - `gpt-5-mini`: an OpenAI reasoning model: refuses `max_tokens` and non-1 `temperature`/`top_p`
+      (`_reasoning_refusal`); spends REASONING_TOKENS hidden tokens per choice, reported as
+      usage.completion_tokens_details.reasoning_tokens and counted inside completion_tokens (OpenAI's
+      CompletionTokensDetails: reasoning tokens "are still counted in the total completion tokens for
+      purposes of billing"); a cap at or under them, or a prompt with "think forever", gives
+      finish_reason "length" with empty content, as a model that spent its whole budget thinking.
+    - `llama-cpp-python`: ignores `n`, one choice per request (abetlen/llama-cpp-python#1906).
+    - `llama-server`: llama.cpp's own server refuses any n other than 1: its oaicompat parser throws
+      "Only one completion choice is allowed" (tools/server/utils.hpp), answered as
+      500 {"error": {"code": 500, "message": "...", "type": "server_error"}} (the server's error JSON,
+      ggml-org/llama.cpp#5961).
+    - `no-usage`: sends no `usage` (optional in OpenAI's own schema: the openai client types it
+      Optional[CompletionUsage]).
+    - `rate-limited`: at most `capacity` requests in flight; the others get OpenAI's 429
+      {"error": {"message": "Rate limit reached for ... on requests per min (RPM) ...", "type": "requests",
+      "code": "rate_limit_exceeded"}} with a Retry-After header (which the openai client honours too:
+      _base_client._calculate_retry_timeout).
+    - any other name: a well-behaved endpoint.
+    `app.state.stats[model]` counts requests, refusals ("400:param", "500:n") and 429s."""
+    import asyncio
+    from collections import Counter, defaultdict
+
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+
+    app = FastAPI()
+    app.state.stats = defaultdict(Counter)
+    app.state.in_flight = Counter()
+    lock = threading.Lock()
+
+    @app.get("/v1/models")
+    async def list_models():
+        names = ["gpt-5-mini", "llama-cpp-python", "llama-server", "no-usage", "rate-limited"]
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "fake"}
+                                           for m in names]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        model, msgs = body.get("model", ""), body["messages"]
+        stats = app.state.stats[model]
+        stats["requests"] += 1
+        if model == "gpt-5-mini" and (refused := _reasoning_refusal(body)) is not None:
+            stats[f"400:{refused[0]}"] += 1
+            return refused[1]
+        if model == "llama-server" and int(body.get("n") or 1) != 1:
+            stats["500:n"] += 1
+            return JSONResponse({"error": {"code": 500, "message": "Only one completion choice is allowed",
+                                           "type": "server_error"}}, 500)
+        with lock:
+            busy = model == "rate-limited" and app.state.in_flight[model] >= capacity
+            if not busy:
+                app.state.in_flight[model] += 1
+        if busy:
+            stats["429"] += 1
+            return _openai_error(429, f"Rate limit reached for {model} in organization org-fake on requests per "
+                                      f"min (RPM): Limit {capacity}, Used {capacity}, Requested 1. Please try again "
+                                      f"in {retry_after}s.", None, "rate_limit_exceeded", type_="requests",
+                                 headers={"retry-after": str(retry_after)})
+        try:
+            if latency:
+                await asyncio.sleep(latency)
+            return _completion(body, model, msgs, reply)
+        finally:
+            with lock:
+                app.state.in_flight[model] -= 1
+
+    return app
+
+
+def _completion(body: dict, model: str, msgs: list[dict], reply) -> dict:
+    n = 1 if model == "llama-cpp-python" else int(body.get("n") or 1)
+    texts = [_vary(reply(msgs), msgs, body.get("seed"), i) for i in range(n)]
+    pt = sum(len(str(m["content"]).split()) for m in msgs)
+    choices, ct, rt = [], 0, 0
+    for i, t in enumerate(texts):
+        finish = "stop"
+        if model == "gpt-5-mini":
+            cap = body.get("max_completion_tokens") or 10 ** 6
+            if cap <= REASONING_TOKENS or "think forever" in msgs[-1]["content"]:
+                t, finish, spent = "", "length", min(cap, 10 ** 4)
+                ct, rt = ct + spent, rt + spent
+            else:
+                ct, rt = ct + REASONING_TOKENS + len(t.split()), rt + REASONING_TOKENS
+        else:
+            ct += len(t.split())
+        choices.append({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish})
+    out = {"id": f"chatcmpl-{model}", "object": "chat.completion", "created": int(time.time()), "model": model,
+           "choices": choices}
+    if model != "no-usage":
+        out["usage"] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+        if model == "gpt-5-mini":
+            out["usage"]["completion_tokens_details"] = {"reasoning_tokens": rt}
+    return out
+
+
 class ServerThread:
     """A real uvicorn in a background thread on a free port, for tests and benchmarks:
     `with ServerThread(app) as url` gives the OpenAI base URL (.../v1); `with running(app) as url`

@@ -1,0 +1,167 @@
+"""What a real OpenAI-compatible endpoint accepts, learned once per (base URL, model) and said once.
+
+OpenAI's reasoning models refuse `max_tokens` (they want `max_completion_tokens`) and any
+`temperature`/`top_p` but 1; llama-cpp-python's server ignores `n`; llama.cpp's own server refuses
+it; some servers send no usage. `OpenAILLM` (llm.py) asks `Quirks.shape` for each request,
+`refusal` reads a refused request's error, `Quirks.learn` remembers the fix for the rest of the
+process (every OpenAILLM on that endpoint and model shares it) and logs one line that says what
+changed and what it means. Nothing here imports openai or the LLM classes.
+"""
+from __future__ import annotations
+
+import email.utils
+import logging
+import math
+import re
+import threading
+import time
+
+log = logging.getLogger("baize.endpoints")
+
+# parameters an endpoint may refuse, and what losing each means for a baize run
+ADAPTABLE = ("max_tokens", "temperature", "top_p", "seed", "n", "stop")
+_MEANS = {
+    "temperature": "the requested {value} cannot be set: it samples at its own default",
+    "top_p": "the requested {value} cannot be set: it samples at its own default",
+    "seed": "reruns draw different samples (cached results stay, new ones are not reproducible)",
+    "n": "each of SDF's n candidates becomes its own call (n times the prompt tokens)",
+    "stop": "replies may run past a turn marker (the parsers cut them there)",
+}
+_REFUSING = re.compile(r"unsupported|not supported|does not support|not allowed|not permitted|unrecognized|"
+                       r"unknown (?:field|param)|extra (?:inputs|fields)|only one completion choice|must be (?:1|one)\b|"
+                       r"at most 1\b", re.IGNORECASE)
+
+
+def refusal(body, message: str, sent: dict) -> str | None:
+    """The request parameter an error refuses, if it is one we can adapt and we sent it, else None.
+    `body` is the error object the openai client parsed (OpenAI's `error`, llama.cpp's, vLLM's)."""
+    body = body if isinstance(body, dict) else {}
+    text = " ".join(str(x) for x in (body.get("message"), message) if x)
+    param = body.get("param")
+    if param in ADAPTABLE and param in sent and (body.get("code") in ("unsupported_parameter", "unsupported_value")
+                                                 or _REFUSING.search(text)):
+        return param
+    if not _REFUSING.search(text):
+        return None  # a 400 about the prompt's length or a bad value is not a refusal to adapt to
+    if "n" in sent and re.search(r"only one completion choice|['\"`]n['\"`]|\bn must\b", text, re.IGNORECASE):
+        return "n"  # llama.cpp's server: "Only one completion choice is allowed"
+    for p in ADAPTABLE:
+        if p != "n" and p in sent and re.search(rf"['\"`]{p}['\"`]", text):
+            return p
+    return None
+
+
+class Quirks:
+    """What one endpoint and model accept; shared by every OpenAILLM on them in this process."""
+
+    def __init__(self, label: str):
+        self.label = label  # the model's name as the user wrote it, for the log line
+        self.max_tokens_key = "max_tokens"
+        self.dropped: set[str] = set()
+        self.honours_n: bool | None = None  # None until a reply with n > 1 tells
+        self.sends_usage: bool | None = None
+        self.learned: list[str] = []  # the log lines, in order (summaries and tests read them)
+        self.lock = threading.Lock()
+
+    def shape(self, wish: dict) -> dict:
+        """The request to send for `wish` (messages, n, temperature, top_p, max_tokens, stop, seed,
+        stream): what this endpoint refused left out, `max_tokens` under the name it wants."""
+        kw = {k: v for k, v in wish.items() if v is not None and k not in self.dropped}
+        if kw.get("n") == 1 or (self.honours_n is False and "n" in kw):
+            kw.pop("n")  # one choice needs no n, and a server that ignores or refuses it gets none
+        if not kw.get("stop"):
+            kw.pop("stop", None)
+        if "max_tokens" in kw and self.max_tokens_key != "max_tokens":
+            kw[self.max_tokens_key] = kw.pop("max_tokens")
+        return kw
+
+    def learn(self, param: str, sent: dict, message: str = "") -> bool:
+        """Remember that `param` was refused (True: resend). Another thread may have learned it
+        since this request was shaped: then there is nothing new to say, only to resend."""
+        with self.lock:
+            if param == "max_tokens":
+                if self.max_tokens_key == "max_completion_tokens":
+                    return True
+                self.max_tokens_key = "max_completion_tokens"
+                note = (f"{self.label} refuses max_tokens: sending max_completion_tokens instead, a cap that also "
+                        f"counts its hidden reasoning tokens (raise --max-tokens if replies come back empty)")
+            else:
+                if param in self.dropped:
+                    return True  # another thread learned it first: just resend
+                self.dropped.add(param)
+                if param == "n":
+                    self.honours_n = False
+                verb = "refuses" if param in ("n", "seed", "stop") else "ignores"
+                note = f"{self.label} {verb} {param}: " + _MEANS[param].format(value=sent.get(param))
+            self.learned.append(note)
+        log.warning(note)
+        return True
+
+    def saw_choices(self, asked: int, got: int) -> None:
+        """A reply to n > 1: does the endpoint honour n? Learned from the first one, logged once."""
+        if asked <= 1:
+            return
+        with self.lock:
+            if self.honours_n is not None:
+                return
+            self.honours_n = got >= asked
+            note = None if self.honours_n else (f"{self.label} ignores n: asked for {asked} choices, got {got}; "
+                                                f"SDF tops up with one call per missing candidate, then makes "
+                                                f"n calls from the start")
+            if note:
+                self.learned.append(note)
+        if note:
+            log.warning(note)
+
+    def saw_usage(self, present: bool) -> None:
+        with self.lock:
+            if self.sends_usage is not None:
+                return
+            self.sends_usage = present
+            note = None if present else (f"{self.label} sends no token usage: tokens are counted locally "
+                                         f"(a tokenizer, else ~4 characters a token) and marked estimated")
+            if note:
+                self.learned.append(note)
+        if note:
+            log.warning(note)
+
+
+_QUIRKS: dict[tuple[str, str], Quirks] = {}
+_QUIRKS_LOCK = threading.Lock()
+
+
+def quirks_for(base_url: str, model: str) -> Quirks:
+    with _QUIRKS_LOCK:
+        return _QUIRKS.setdefault((base_url.rstrip("/"), model), Quirks(model))
+
+
+def learned() -> dict[str, list[str]]:
+    """Every adaptation of this process: {"model at base_url": [log lines]}."""
+    with _QUIRKS_LOCK:
+        return {f"{m} at {u}": list(q.learned) for (u, m), q in _QUIRKS.items() if q.learned}
+
+
+def retry_after(headers) -> float | None:
+    """Seconds a 429/503 asks us to wait (retry-after-ms, retry-after in seconds or as an HTTP date)."""
+    if headers is None:
+        return None
+    for key, scale in (("retry-after-ms", 1000.0), ("retry-after", 1.0)):
+        value = headers.get(key)
+        if value is None:
+            continue
+        try:
+            seconds = float(value) / scale
+            return seconds if math.isfinite(seconds) and seconds >= 0 else None
+        except ValueError:
+            pass
+        parsed = email.utils.parsedate_tz(value)
+        if parsed is not None:
+            return max(0.0, email.utils.mktime_tz(parsed) - time.time())
+    return None
+
+
+def estimate_tokens(text: str, count=None) -> int:
+    """Tokens in `text` by `count` (a local tokenizer's) when given, else ~4 characters a token."""
+    if count is not None:
+        return int(count(text))
+    return max(1, math.ceil(len(text) / 4)) if text else 0

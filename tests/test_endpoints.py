@@ -1,0 +1,260 @@
+"""Every stage against fakes of the runtimes users really run (baize.testing.make_endpoint_app): an
+OpenAI reasoning model, llama-cpp-python's server (ignores n), llama.cpp's server (refuses n), a
+server without usage, and a key that is rate limited. Each adaptation happens once and says so
+once; SDF still gets n candidates; 429 streaks narrow the width instead of failing items."""
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from baize.collect import CollectConfig, collect
+from baize.endpoints import refusal
+from baize.llm import EmptyReplyError, OpenAILLM
+from baize.runner import Throttle
+from baize.schema import read_jsonl, sidecar, write_jsonl
+from baize.sdf import SDFConfig, sdf
+from baize.testing import REASONING_TOKENS, ServerThread, make_endpoint_app
+
+ROOT = Path(__file__).resolve().parent.parent
+TIDES = ["The moon's gravity pulls the oceans toward it, raising a bulge on the near side of the Earth.",
+         "Tides rise and fall twice a day because the Earth turns under two bulges of water, one facing the "
+         "moon and one opposite it; the sun adds a smaller pull of its own.",
+         "Spring tides come when the sun and moon line up and their pulls add; neap tides come at the quarter "
+         "moons, when the pulls partly cancel and the range between high and low water is smallest."]
+RUNTIMES = ["gpt-5-mini", "llama-cpp-python", "llama-server", "no-usage", "rate-limited"]
+
+
+@pytest.fixture
+def endpoint():
+    """A fresh fake server per test: a new base URL, so nothing learned by another test carries over."""
+    app = make_endpoint_app()
+    with ServerThread(app) as url:
+        yield app, url
+
+
+def lines(caplog, start: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "baize.endpoints" and r.getMessage().startswith(start)]
+
+
+def check_learned(caplog, model: str) -> None:
+    """The adaptations each runtime needs, each logged exactly once."""
+    want = {"gpt-5-mini": ["gpt-5-mini refuses max_tokens", "gpt-5-mini ignores temperature"],
+            "no-usage": ["no-usage sends no token usage"]}.get(model, [])
+    for start in want:
+        assert len(lines(caplog, start)) == 1, (start, [r.getMessage() for r in caplog.records])
+
+
+def check_ledger(model: str, role: dict) -> None:
+    if model == "gpt-5-mini":
+        assert role["reasoning_tokens"] >= REASONING_TOKENS * role["calls"] / 2
+        assert role["completion_tokens"] > role["reasoning_tokens"]  # inside it, not added to it
+    else:
+        assert "reasoning_tokens" not in role
+    if model == "no-usage":
+        assert role["estimated_tokens"] == role["prompt_tokens"] + role["completion_tokens"] > 0
+    else:
+        assert "estimated_tokens" not in role
+
+
+# --- the pieces -------------------------------------------------------------------------------------
+
+def test_refusal_reads_each_runtimes_error_body():
+    sent = {"messages": [], "max_tokens": 9, "temperature": 0.7, "top_p": 0.9, "n": 4, "seed": 1}
+    openai_max = {"message": "Unsupported parameter: 'max_tokens' is not supported with this model. Use "
+                             "'max_completion_tokens' instead.", "type": "invalid_request_error",
+                  "param": "max_tokens", "code": "unsupported_parameter"}
+    openai_temp = {"message": "Unsupported value: 'temperature' does not support 0.7 with this model. Only the "
+                              "default (1) value is supported.", "type": "invalid_request_error",
+                   "param": "temperature", "code": "unsupported_value"}
+    llama_server = {"code": 500, "message": "Only one completion choice is allowed", "type": "server_error"}
+    assert refusal(openai_max, "", sent) == "max_tokens"
+    assert refusal(openai_temp, "", sent) == "temperature"
+    assert refusal(llama_server, "", sent) == "n"
+    assert refusal(llama_server, "", {"messages": []}) is None  # we did not send n: nothing to drop
+    # a 400 about the prompt, or a value that is out of range, is no refusal: no parameter is dropped
+    too_long = {"message": "This model's maximum context length is 2048 tokens. However, you requested 3000 tokens "
+                           "(1000 in the messages, 2000 in the completion).", "param": "messages",
+                "code": "context_length_exceeded"}
+    assert refusal(too_long, "", sent) is None
+    assert refusal({"message": "'temperature' must be between 0 and 2", "param": "temperature"}, "", sent) is None
+
+
+def test_throttle_halves_on_a_streak_and_widens_when_it_stops(monkeypatch):
+    clock = [100.0]
+    monkeypatch.setattr("baize.runner.time.monotonic", lambda: clock[0])
+    hits = [0]
+    t = Throttle(64, lambda: hits[0], cooldown=1.0)
+    hits[0] = 1
+    t.update(0)
+    assert t.width == 64  # one 429 is no streak
+    hits[0] = 5
+    t.update(0)
+    assert t.width == 32
+    hits[0] = 9
+    t.update(0)
+    assert t.width == 32  # the same streak, reported by the calls already in flight
+    for _ in range(3):
+        clock[0] += 1.5
+        hits[0] += 3
+        t.update(0)
+    assert t.width == 4 and t.lowest == 4
+    t.update(3)
+    assert t.width == 4  # within the cooldown of the last 429
+    clock[0] += 1.5
+    t.update(3)
+    t.update(100)
+    assert t.width == 64 and t.as_dict() == {"limit": 64, "lowest": 4, "last": 64, "halvings": 4, "raises": 60,
+                                              "rate_limited": 18}
+
+
+def test_an_adaptation_is_learned_once_by_many_threads(endpoint, caplog):
+    app, url = endpoint
+    llm = OpenAILLM("gpt-5-mini", base_url=url, api_key="x")
+    msgs = [{"role": "user", "content": "Why is the sky blue?"}]
+
+    def call():
+        llm.chat(msgs, temperature=0.7, top_p=0.9, max_tokens=200)
+    threads = [threading.Thread(target=call) for _ in range(16)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    for start in ("gpt-5-mini refuses max_tokens", "gpt-5-mini ignores temperature", "gpt-5-mini ignores top_p"):
+        assert len(lines(caplog, start)) == 1
+    refused = sum(v for k, v in app.state.stats["gpt-5-mini"].items() if k.startswith("400:"))
+    assert refused <= 3 * 16
+    before = dict(app.state.stats["gpt-5-mini"])
+    out = OpenAILLM("gpt-5-mini", base_url=url, api_key="x").chat(msgs, temperature=0.7, max_tokens=200)
+    # a second client of the same endpoint and model knows it already: one request, no refusal
+    assert app.state.stats["gpt-5-mini"]["requests"] == before["requests"] + 1
+    assert {k: v for k, v in app.state.stats["gpt-5-mini"].items() if k != "requests"} == \
+        {k: v for k, v in before.items() if k != "requests"}
+    assert out[0].reasoning_tokens == REASONING_TOKENS and out[0].completion_tokens > REASONING_TOKENS
+
+
+def test_a_reply_cut_before_any_text_is_a_failure_with_its_reason(endpoint):
+    _, url = endpoint
+    llm = OpenAILLM("gpt-5-mini", base_url=url, api_key="x")
+    with pytest.raises(EmptyReplyError) as e:
+        llm.chat([{"role": "user", "content": "hi"}], max_tokens=REASONING_TOKENS)
+    assert "raise --max-tokens" in str(e.value) and e.value.usage["reasoning_tokens"] == REASONING_TOKENS
+
+
+# --- the stages against each runtime ---------------------------------------------------------------
+
+@pytest.mark.parametrize("model", RUNTIMES)
+@pytest.mark.parametrize("mode", ["oneshot", "turns"])
+def test_collect(endpoint, caplog, tmp_path, model, mode):
+    app, url = endpoint
+    cfg = CollectConfig(seeds="quora", limit=6, mode=mode, max_turns=2, teacher=f"openai:{model}", base_url=url,
+                        api_key="x", temperature=0.7, out=str(tmp_path / "d.jsonl"), concurrency=6, progress=False)
+    s = collect(cfg)
+    assert (s.kept, s.failed) == (6, 0), (s.rejected, list(read_jsonl(sidecar(cfg.out, "failed"))))
+    check_learned(caplog, model)
+    check_ledger(model, s.ledger["teacher"])
+    if model == "rate-limited":
+        assert app.state.stats[model]["429"] > 0 and s.width["rate_limited"] > 0
+
+
+def test_collect_64_wide_on_a_low_tier_key_narrows_and_finishes(tmp_path):
+    app = make_endpoint_app(latency=0.05, capacity=4, retry_after=0.05)
+    with ServerThread(app) as url:
+        cfg = CollectConfig(seeds="quora", limit=64, mode="turns", max_turns=2, teacher="openai:rate-limited",
+                            base_url=url, api_key="x", out=str(tmp_path / "d.jsonl"), concurrency=64, progress=False,
+                            request_retries=1)
+        s = collect(cfg)
+    assert (s.kept, s.failed) == (64, 0)
+    # narrowed by the streaks (how far depends on timing: the unit test above pins the arithmetic)
+    assert s.width["limit"] == 64 and s.width["lowest"] <= 32 and s.width["halvings"] >= 1
+    assert json.loads(sidecar(cfg.out, "summary.json").read_text())["width"] == s.width
+
+
+@pytest.mark.parametrize("model", RUNTIMES)
+def test_sdf_gets_n_candidates(endpoint, caplog, tmp_path, model):
+    app, url = endpoint
+    cfg = SDFConfig(policy=f"openai:{model}", judge=f"openai:{model}", base_url=url, api_key="x", prompts="quora",
+                    limit=5, n=4, temperature=0.7, out=str(tmp_path / "sdf.jsonl"), concurrency=1, progress=False)
+    s, prefs = sdf(cfg)
+    recs = list(read_jsonl(cfg.out)) + list(read_jsonl(sidecar(cfg.out, "rejected")))
+    assert s.failed == 0 and len(recs) == 5 and s.kept >= 3
+    assert all(len(r["meta"]["candidates"]) == 4 and r["meta"]["dropped"]["duplicate"] == 0 for r in recs)
+    how = [r["meta"]["sampling"] for r in recs]
+    if model in ("llama-cpp-python", "llama-server"):
+        # the first prompt learns it (one short reply, topped up); the others make n calls from the start
+        assert sorted(how) == ["single_calls"] * 4 + ["topped_up"]
+        assert all(r["meta"]["usage"]["policy"]["calls"] == 4 for r in recs)  # one short reply + 3 top-ups, or 4
+        start = "llama-cpp-python ignores n" if model == "llama-cpp-python" else "llama-server refuses n"
+        assert len(lines(caplog, start)) == 1
+        assert app.state.stats[model]["500:n"] == (1 if model == "llama-server" else 0)
+    else:
+        assert how == ["n"] * 5
+    check_learned(caplog, model)
+    check_ledger(model, s.ledger["policy"])
+    assert prefs["pairs"] > 0
+
+
+def test_sdf_policy_that_only_thinks_fails_with_the_fix(endpoint, tmp_path):
+    _, url = endpoint
+    cfg = SDFConfig(policy="openai:gpt-5-mini", judge="openai:gpt-5-mini", base_url=url, api_key="x", prompts="quora",
+                    limit=2, n=2, max_tokens=REASONING_TOKENS, out=str(tmp_path / "sdf.jsonl"), progress=False)
+    s, _ = sdf(cfg)
+    failed = list(read_jsonl(sidecar(cfg.out, "failed")))
+    assert s.failed == 2 and all("raise --max-tokens" in f["error"] and f["usage"]["reasoning_tokens"] > 0
+                                 for f in failed)
+
+
+@pytest.mark.parametrize("model", RUNTIMES)
+def test_eval_and_data_filter_judge(endpoint, caplog, tmp_path, model):
+    from baize.data import DataFilterConfig, filter_file
+    from baize.evaluate import EvalConfig, evaluate
+    _, url = endpoint
+    cfg = EvalConfig(models=[f"a=openai:{model}", "b=openai:plain"], questions="builtin", limit=2,
+                     judge=f"openai:{model}", base_url=url, api_key="x", out=str(tmp_path / "eval"),
+                     progress=False, bootstrap=50, max_tokens=200)
+    res = evaluate(cfg)
+    assert res["models"]["a"]["answers"] == 2 and res["models"]["a"]["score"]["mean"] is not None
+    assert res["pairwise"] and res["pairwise"][0]["n"] == 2
+    dialogues = [{"id": f"d{i}", "messages": [{"role": "user", "content": f"How do tides work, part {i}?"},
+                                              {"role": "assistant", "content": TIDES[i]}],
+                  "meta": {"seed": "tides", "source": "t"}} for i in range(3)]
+    write_jsonl(tmp_path / "in.jsonl", dialogues)
+    fcfg = DataFilterConfig(input=str(tmp_path / "in.jsonl"), out=str(tmp_path / "clean.jsonl"),
+                            judge=f"openai:{model}", base_url=url, api_key="x", progress=False, min_score=1)
+    s = filter_file(fcfg)
+    kept = list(read_jsonl(fcfg.out))
+    assert s.kept == 3 and all(r["meta"]["judge_score"] is not None for r in kept)
+    check_learned(caplog, model)
+
+
+# --- the pipeline: two runs cover every runtime in every role ---------------------------------------
+
+@pytest.mark.parametrize("teacher,judge,policy", [("gpt-5-mini", "no-usage", "llama-cpp-python"),
+                                                  ("rate-limited", "rate-limited", "llama-server")])
+def test_pipeline(tiny_model_dir, tmp_path, teacher, judge, policy):
+    out = tmp_path / "demo"
+    app = make_endpoint_app()
+    with ServerThread(app) as url:
+        args = [sys.executable, "-m", "baize", "pipeline", "--out", str(out), "--teacher", f"openai:{teacher}",
+                "--judge", f"openai:{judge}", "--base-url", url, "--sdf-policy", f"openai:{policy}",
+                "--sdf-base-url", url, "--base", str(tiny_model_dir), "--limit", "3", "--max-steps", "1",
+                "--batch-size", "2", "--sdf-prompts", "3", "--v2-steps", "1", "--eval-limit", "2",
+                "--eval-max-tokens", "8", "--concurrency", "8"]
+        p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                           env={**os.environ, "OPENAI_API_KEY": "x", "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(list(read_jsonl(out / "dialogues.jsonl"))) == 3
+    sdf_recs = list(read_jsonl(out / "sdf.jsonl")) + list(read_jsonl(sidecar(out / "sdf.jsonl", "rejected")))
+    assert len(sdf_recs) == 3 and all(len(r["meta"]["candidates"]) == 4 for r in sdf_recs)
+    assert {r["meta"]["sampling"] for r in sdf_recs} <= {"topped_up", "single_calls"}
+    assert json.loads((out / "eval" / "results.json").read_text())["n_questions"] == 2
+    said = p.stderr
+    expect = {"gpt-5-mini": ["gpt-5-mini refuses max_tokens", "gpt-5-mini ignores temperature"],
+              "no-usage": ["no-usage sends no token usage"], "llama-cpp-python": ["llama-cpp-python ignores n"],
+              "llama-server": ["llama-server refuses n"], "rate-limited": []}
+    for model in {teacher, judge, policy}:
+        for start in expect[model]:
+            assert said.count(start) == 1, (start, said[-3000:])
