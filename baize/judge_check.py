@@ -198,9 +198,12 @@ def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
     cost = (usage["prompt_tokens"] * cfg.judge_price_in + usage["completion_tokens"] * cfg.judge_price_out) / 1000
     res = {"judge": cfg.judge, "mode": judge.mode, "pairs_file": cfg.pairs, **m,
            "flags": judge_flags(m["consistency"], m["decisive_rate"], judge.mode, m["agreement"], m["decisive"]),
-           # judge time summed over pairs, so a resumed run reports what all of them took
-           "seconds": round(sum(r["meta"].get("seconds", 0.0) for r in rows), 1),
-           "wall_seconds": round(time.monotonic() - t0, 1), "usage": usage, "cost": round(cost, 6),
+           # what this invocation waited (a rerun from the cache takes none), and each pair's own time when
+           # it was judged (calls in flight together overlap, so these do not add up to a wall clock)
+           "seconds": round(time.monotonic() - t0, 1),
+           "seconds_per_pair": round(sum(paid) / len(paid), 2) if (paid := [r["meta"].get("seconds", 0.0) for r in rows
+                                                                              if not r["meta"].get("cached")]) else None,
+           "usage": usage, "cost": round(cost, 6),
            "config": public_dict(cfg, drop_secrets=True)}
     (out / "judge_check.json").write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
     (out / "judge_check.html").write_text(render_html(res), encoding="utf-8")
@@ -223,7 +226,9 @@ def render_html(res: dict) -> str:
     rows = [[label, _T("–" if res.get(k) is None else f"{res[k]:.3f}"), what] for label, k, what in _ROWS]
     if (ci := res.get("agreement_ci")):
         rows.insert(1, ["agreement 95% CI", _T(f"[{ci[0]:.2f}, {ci[1]:.2f}]"), "bootstrap over pairs"])
-    cost = [["pairs", _T(str(res["n"])), ""], ["judge seconds", _T(f"{res['seconds']:.0f}"), "summed over pairs"],
+    per = res.get("seconds_per_pair")
+    cost = [["pairs", _T(str(res["n"])), ""], ["seconds", _T(f"{res['seconds']:.0f}"), "this run's wall clock"],
+            ["seconds per pair", _T("–" if per is None else f"{per:.1f}"), "latency of a pair when it was judged"],
             ["tokens in / out", _T(f"{res['usage']['prompt_tokens']} / {res['usage']['completion_tokens']}"), ""],
             ["cost", _T(f"${res['cost']:.4f}"), "at --judge-price-in / --judge-price-out"]]
     flags = "".join(f'<div class="warn" role="alert">{_e(f)}</div>' for f in res.get("flags") or [])
@@ -254,7 +259,7 @@ def print_check(res: dict, console=None) -> None:
     ci = res.get("agreement_ci")
     if ci:
         t.add_row("agreement 95% CI", f"[{ci[0]:.2f}, {ci[1]:.2f}]")
-    t.add_row("judge seconds", f"{res['seconds']:.0f}")
+    t.add_row("seconds (this run)", f"{res['seconds']:.0f}")
     t.add_row("tokens in / out", f"{res['usage']['prompt_tokens']} / {res['usage']['completion_tokens']}")
     t.add_row("cost", f"${res['cost']:.4f}")
     console.print(t)

@@ -234,3 +234,21 @@ def test_the_results_are_not_changed(tmp_path):
     before = copy.deepcopy(res)
     write_report(res, tmp_path)
     assert res == before
+
+
+def test_flags_human_agreement_and_the_length_controlled_win_rate(tmp_path):
+    res = sample_results(0.9)
+    res["judge"].update(mode="debiased", decisive_rate=0.3, flags=["undecided: it prefers one answer on only 30% of pairs"],
+                        near_chance=True, human={"agreement": 0.52, "agreement_ci": [0.45, 0.6], "decisive": 140, "n": 200,
+                                                 "mode": "debiased"})
+    res["pairwise"][0].update(lc_win_rate=0.512, lc_ci=[0.38, 0.64], lc_note=None)
+    res["pairwise"][1].update(lc_win_rate=None, lc_ci=None, lc_note="too few verdicts (2; needs 3)")
+    res["length_control"] = {"slope": 0.8, "n": 40, "note": None}
+    paths = write_report(res, tmp_path)
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    assert "| v2 vs v1 | 9 | 5 | 6 | 0.575 | [0.41, 0.73] | 0.512 | [0.38, 0.64] |" in md
+    assert "too few verdicts (2; needs 3)" in md and "length slope is +0.80" in md
+    for text in (md, page):
+        assert "do not trust these win rates: the judge is undecided" in text
+        assert "agrees with the human choice on 52%" in text and "of 140 decisive verdicts over 200 pairs" in text
+        assert "prefers one answer on 30% of pairs" in text
