@@ -150,9 +150,11 @@ def adapter(run) -> dict:
 
 
 def assert_close_adapters(a: dict, b: dict, rtol: float) -> None:
+    """Same tensors, each within rtol of its norm (not elementwise: Adam scales the rounding noise of
+    near-zero gradients up to a full step, in one process as well; see docs/fsdp.md)."""
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)
-    worst = max(float((a[k] - b[k]).abs().max() / a[k].abs().max()) for k in a)
-    assert worst < rtol, worst
+    worst = max(float((a[k] - b[k]).norm() / a[k].norm()) for k in a)
+    assert worst <= rtol, worst
 
 
 @pytest.fixture(scope="module")
@@ -240,3 +242,19 @@ def test_dpo_under_fsdp_matches_one_process_with_the_same_reference(sft_runs):
         assert abs(ref_a - ref_b) <= 1e-4 * abs(ref_a)
     assert recs[1][0]["rewards/margins"] == 0  # the fresh adapter starts as the reference: --from's model
     assert_close_adapters(adapter(single), adapter(d / "dpo2"), 1e-3)
+
+
+@pytest.mark.slow
+def test_deepspeed_zero3_on_cpu_processes_matches_one_process(sft_runs, tiny_model_dir):
+    """Runs where deepspeed is installed (not in CI: optional, see the README's More than one GPU)."""
+    pytest.importorskip("deepspeed")
+    one, _, _, d = sft_runs
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "DS_ACCELERATOR": "cpu"}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(CONFIGS / "deepspeed_zero3.yaml"),
+           "--num_processes", "2", "-m", "baize", "train", "--base", str(tiny_model_dir), "--data", str(d / "d.jsonl"),
+           "--out", str(d / "zero3"), *as_args(FLAGS)]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "[train] DeepSpeed ZeRO-3: 2 processes" in r.stdout and "LoRA products folded off (" in r.stdout
+    assert all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(losses(one), losses(d / "zero3")))
+    assert_close_adapters(adapter(one), adapter(d / "zero3"), 1e-3)

@@ -45,7 +45,7 @@ for i, (a, b, c) in enumerate(zip(loss["one"], loss["two"], loss["resumed"]), 1)
     print(f"{i} | {a:.6f} | {b:.6f} | {abs(a - b) / abs(a):.1e} | {c:.6f}")
 A, B, R = (load_file(f"{r}/adapter_model.safetensors") for r in ("one", "two", "resumed"))
 assert A.keys() == B.keys() and all(A[k].shape == B[k].shape for k in A)
-print("adapter tensors", len(A), "shapes equal; max relative difference 1 vs FSDP",
-      max(float((A[k] - B[k]).abs().max() / A[k].abs().max()) for k in A),
-      "; FSDP vs resumed", max(float((B[k] - R[k]).abs().max() / B[k].abs().max()) for k in B))
+norm = lambda X, Y: sum(float((X[k] - Y[k]).norm() ** 2) for k in X) ** .5 / sum(float(X[k].norm() ** 2) for k in X) ** .5
+print("adapter tensors", len(A), "shapes equal; 1 vs FSDP: difference / norm", norm(A, B), "largest element difference",
+      max(float((A[k] - B[k]).abs().max()) for k in A), "; FSDP vs resumed", norm(B, R))
 PY
