@@ -254,6 +254,11 @@ def _load_quantized(cfg: TrainConfig, base: str, log):
     bnb, plugin = qlora_settings(cfg.quantize, fsdp_version=fsdp_version(), compute_dtype=dtype)
     if plugin:  # read by accelerate's FSDP plugin when the Trainer builds it, after this load
         os.environ.update(fsdp_env(plugin))
+        # PEFT's FSDP-QLoRA script loads after its TrainingArguments set up the process group and this
+        # process's GPU; here the model comes first, so set them up now: transformers then puts the 4-bit
+        # weights on this process's GPU and, with cpu_ram_efficient_loading, reads them on rank 0 only
+        from accelerate import PartialState
+        PartialState()
         log(f"QLoRA under FSDP: 4-bit weights stored as {dtype} to be sharded; "
             + ", ".join(f"{k}={v}" for k, v in plugin.items()))
     # one process per GPU: DDP pins each copy to its GPU; FSDP places the shards itself (PEFT's FSDP-QLoRA)
