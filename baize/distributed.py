@@ -106,15 +106,16 @@ def describe(trainer, run) -> str | None:
     p = trainer.accelerator.state.fsdp_plugin
     wrap = str(p.auto_wrap_policy or "").lower()  # a name until accelerate prepares the model, then a function
     layers = ", ".join(sorted(p.transformer_cls_names_to_wrap or getattr(_inner(trainer.model), "_no_split_modules",
-                                                                            None) or [])) if "transformer" in wrap \
-        else "size" if "size" in wrap else ""
+                                                                            None) or []))
+    units = (f"one unit per {layers}" if "transformer" in wrap and layers else "units by size" if "size" in wrap
+             else "one unit")
     state = str(p.state_dict_type).rsplit(".", 1)[-1]
     how = ("FULL_SHARD" if p.reshard_after_forward is True else "SHARD_GRAD_OP" if p.reshard_after_forward is False
            else str(p.reshard_after_forward).rsplit(".", 1)[-1])
     offload = type(p.cpu_offload).__name__ in ("CPUOffload", "CPUOffloadPolicy") and getattr(
         p.cpu_offload, "offload_params", True)
     return (f"FSDP{p.fsdp_version}: {run.world} processes on {trainer.args.device.type}, parameters, gradients "
-            f"and optimizer state sharded {run.world} ways, {'one unit per ' + layers if layers else 'one unit'} "
+            f"and optimizer state sharded {run.world} ways, {units} "
             f"({how}); {state} on save{', parameters offloaded to CPU' if offload else ''}"
             f"{', activation checkpointing' if p.activation_checkpointing else ''}")
 
