@@ -354,8 +354,9 @@ class Judge:
                 self._usage["cache_hits"] += 1
             return entry["text"]
         try:
-            if self.choice:
-                c = Completion(_choose(self.llm, kind, messages), 0, 0)
+            if self.choice:  # no text written, but the prompt was read: its tokens are the cost
+                read = len(self.llm.prompt_ids(messages)) if self.llm.can_count_tokens else 0
+                c = Completion(_choose(self.llm, kind, messages), read, 0)
             else:
                 c = self.llm.chat(messages, n=1, temperature=self.temperature, top_p=1.0,
                                   max_tokens=self.max_tokens, stop=None, seed=0)[0]
