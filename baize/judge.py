@@ -8,7 +8,9 @@
 `context` is one question (str) or an OpenAI-style dialogue ending in a user turn. A reply that
 does not parse gets one retry with a format reminder, then is recorded as None with its raw text:
 never a default verdict. Every raw reply is cached on disk per call, so a rerun is free and gives
-the identical result.
+the identical result. A local judge (mode debiased, its default) reads the option log-probs of
+both orders together so a position prior cancels; `reliability()` measures consistency over
+decisive verdicts only. How far to trust a judge: judge_check.py and docs/judge-check.md.
 """
 from __future__ import annotations
 

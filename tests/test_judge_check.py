@@ -175,3 +175,16 @@ def test_length_controlled_says_why_when_there_is_no_number():
     out = length_controlled(few, [("v2", "v1"), ("v1", "base")], n_boot=20)
     assert all(p["lc_win_rate"] is None and "too few" in p["lc_note"] for p in out["pairs"].values())
     assert length_controlled([], [("a", "b")])["pairs"][("a", "b")]["lc_note"].startswith("too few")
+
+
+def test_sdf_summary_reports_the_decisive_rate(tmp_path):
+    from baize.sdf import write_prefs
+    out = tmp_path / "sdf.jsonl"
+    kept = {"id": "p1", "messages": [{"role": "user", "content": "Q?"}, {"role": "assistant", "content": "long"}],
+            "meta": {"agreement": 1.0, "candidates": [{"text": "long", "rank": 1, "points": 2.0},
+                                                      {"text": "short", "rank": 2, "points": 0.0}]}}
+    tied = {"id": "p2", "messages": [{"role": "user", "content": "Q2?"}], "meta": {"reject_reason": "no_preference"}}
+    out.write_text(json.dumps(kept) + "\n")
+    (tmp_path / "sdf.rejected.jsonl").write_text(json.dumps(tied) + "\n")
+    got = write_prefs(out)
+    assert got["pairs"] == 1 and got["mean_agreement"] == 1.0 and got["decisive_rate"] == 0.5
