@@ -118,7 +118,9 @@ def judge_lines(j) -> list[str]:
     c, d = _num(j.get("consistency")), _num(j.get("decisive_rate"))
     mode = f" ({j['mode']} mode)" if j.get("mode") else ""
     parts = [f"Judge {j.get('spec') or '?'}{mode}: "
-             + (f"the two orders name the same winner on {c:.0%} of the pairs either order decided" if c is not None
+             + (f"the two orders name the same winner on {c:.0%} of the pairs either order decided"
+                + (" (each order alone; its verdicts read both together, so a position prior cancels)"
+                   if j.get("mode") == "debiased" else "") if c is not None
                 else "no decisive verdict in either order, so no consistency" if d is not None
                 else "no consistency measured (no pairwise verdicts)")]
     if d is not None:
