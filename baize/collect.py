@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import EndpointFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from .config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
 from .filters import DialogueFilter, FilterConfig, check_config
 from .runner import Ledger, Summary, run_items
 from .runner import print_summary as _print_summary
@@ -55,14 +55,10 @@ class _CollectFields:
     top_p: float = opt(1.0, "teacher nucleus sampling")
     price_in: float = opt(0.0, "teacher price per 1K prompt tokens, for the cost ledger")
     price_out: float = opt(0.0, "teacher price per 1K completion tokens")
-    max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
-                                       "when spent")
-    dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
-                               "nothing is loaded, called or written")
 
 
 @dataclass
-class CollectConfig(RunFields, FilterConfig, EndpointFields, _CollectFields):
+class CollectConfig(PlanFields, RunFields, FilterConfig, EndpointFields, _CollectFields):
     """collect's own fields, then the endpoint's (the teacher's), the filters' (--min-turns ...
     --off-topic, --judge, --min-score, which `baize data filter` shares) and the run's: dataclasses
     put base fields in reverse MRO order, so the last base's flags come first in --help."""

@@ -67,8 +67,17 @@ class RunFields:
     concurrency: int = opt(8, "items in flight at once")
     max_tokens_total: int | None = opt(None, "token budget (in+out) of every model call together; stops cleanly "
                                        "when spent")
+    max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
+                                       "when spent")
     retry_failed: bool = opt(True, "on rerun, retry items that failed before")
     progress: bool = opt(True, "show a progress bar")
+
+
+@dataclasses.dataclass
+class PlanFields:
+    """For the stages whose calls baize/plan.py can count before they are made."""
+    dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
+                               "nothing is loaded, called or written")
 
 
 def _flag(name: str) -> str:

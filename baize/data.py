@@ -229,7 +229,7 @@ def filter_file(cfg: DataFilterConfig, *, judge_llm=None, console=None):
         if not (isinstance(r, dict) and r.get("messages") == [] and "id" in r):
             validate_record(r, where)
         items.append(_Item(str(r["id"]), r))
-    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)})
+    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)}, max_cost=cfg.max_cost)
     filt = DialogueFilter(cfg, out, ledger, judge_llm=judge_llm)
 
     def work(item: _Item) -> dict:

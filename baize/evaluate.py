@@ -25,6 +25,7 @@ from .config import (
     BaizeError,
     EndpointFields,
     JudgeFields,
+    PlanFields,
     RunFields,
     add_dataclass_args,
     dataclass_from_args,
@@ -66,14 +67,10 @@ class _EvalFields:
                                          "its show_result.py (e.g. data/mt_bench)")
     price_in: float = opt(0.0, "price per 1K prompt tokens of the openai: models answering, for the cost ledger")
     price_out: float = opt(0.0, "price per 1K completion tokens of the openai: models answering")
-    max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
-                                       "when spent")
-    dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
-                               "nothing is loaded, called or written")
 
 
 @dataclass
-class EvalConfig(RunFields, JudgeFields, EndpointFields, _EvalFields):
+class EvalConfig(PlanFields, RunFields, JudgeFields, EndpointFields, _EvalFields):
     """eval's own fields, then the endpoint's (openai: models), the judge's and the run's (config.py)."""
 
 

@@ -186,7 +186,7 @@ def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "judge_check.config.json")
     judge = load_judge(cfg, out / "judge_cache", judge_llm)
-    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)})
+    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)}, max_cost=cfg.max_cost)
     t0 = time.monotonic()
     try:
         rows = judge_pairs(judge, pairs, cfg, ledger, out, console)

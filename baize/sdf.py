@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError, EndpointFields, JudgeFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from .config import BaizeError, EndpointFields, JudgeFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
 from .runner import Ledger, print_summary, run_items
 from .schema import atomic_write_text, read_jsonl, repair_torn_tail, sidecar
 
@@ -46,14 +46,10 @@ class _SDFFields:
     min_agreement: float = opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
     price_in: float = opt(0.0, "policy price per 1K prompt tokens, for the cost ledger")
     price_out: float = opt(0.0, "policy price per 1K completion tokens")
-    max_cost: float | None = opt(None, "cost budget in dollars (at the prices) of this run's calls; stops cleanly "
-                                       "when spent")
-    dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
-                               "nothing is loaded, called or written")
 
 
 @dataclass
-class SDFConfig(RunFields, JudgeFields, EndpointFields, _SDFFields):
+class SDFConfig(PlanFields, RunFields, JudgeFields, EndpointFields, _SDFFields):
     """SDF's own fields, then the endpoint's (the policy's), the judge's and the run's (config.py)."""
 
 
