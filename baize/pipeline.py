@@ -256,7 +256,7 @@ def _sdf_step(console, cfg, out, steps, inputs) -> bool:
 
     from .models import read_run
     from .runner import print_summary
-    from .sdf import sdf
+    from .sdf import prefs_line, sdf
     budget = _budget(cfg, out)
     if budget is None:
         return not _stopped(console, cfg, out, None)
@@ -268,9 +268,7 @@ def _sdf_step(console, cfg, out, steps, inputs) -> bool:
     scfg = _sdf_cfg(cfg, out, budget, (read_run(out / "v1") or {}).get("system") if cfg.sdf_policy else None)
     s, prefs = sdf(scfg)
     print_summary(s, f"sdf -> {scfg.out}", console, unit="prompts")
-    agree = prefs["mean_agreement"]
-    console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs; judge order agreement "
-                  f"{'n/a' if agree is None else f'{agree:.2f}'} (1: the same ranking in both orders, 0: reversed)")
+    console.print(prefs_line(prefs), soft_wrap=True)
     inputs["prefs"] = prefs
     return not _stopped(console, cfg, out, s.stopped or "done")
 

@@ -300,6 +300,15 @@ def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):
     return summary, prefs
 
 
+def prefs_line(prefs: dict) -> str:
+    """What SDF's summary says of the judge: how decisive, and how alike its separate presentations
+    ranked (a debiased local judge reads every order together, so that number is each order alone)."""
+    agree, dec = prefs["mean_agreement"], prefs.get("decisive_rate")
+    return (f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs -> {prefs['prefs']}; judge decisive "
+            f"on {'n/a' if dec is None else f'{dec:.0%}'} of judged prompts, order agreement "
+            f"{'n/a' if agree is None else f'{agree:.2f}'} (each presentation alone: 1 the same ranking, 0 reversed)")
+
+
 def add_cli(sub) -> None:
     p = sub.add_parser("sdf", help="self-distillation with feedback: sample n answers, a judge ranks them (Baize v2 data)")
     add_dataclass_args(p, SDFConfig)
@@ -333,10 +342,7 @@ def _main(args) -> int:
     print_summary(s, f"sdf -> {cfg.out}", console, unit="prompts")
     if s.stopped == "budget":
         console.print(stopped_line(cfg, s), soft_wrap=True)
-    agree, dec = prefs["mean_agreement"], prefs.get("decisive_rate")
-    console.print(f"{prefs['prompts']} SDF dialogues, {prefs['pairs']} preference pairs -> {prefs['prefs']}; "
-                  f"judge order agreement {'n/a' if agree is None else f'{agree:.2f}'}, decisive on "
-                  f"{'n/a' if dec is None else f'{dec:.0%}'} of judged prompts")
+    console.print(prefs_line(prefs), soft_wrap=True)
     console.print(f"next: baize train --from {cfg.policy} --data {cfg.out} --out runs/v2   "
                   f"(or --method dpo --data {prefs['prefs']})", soft_wrap=True)
     return 130 if s.stopped == "interrupted" else 0
