@@ -147,20 +147,29 @@ def collect_plan(cfg, seeds: list[str], *, self_chat: str, human: str, assistant
     return plan
 
 
+def _judge_mode(cfg, spec: str) -> str:
+    """The mode the Judge will run in: auto is judge.LOCAL_MODE for a local model, text for an endpoint."""
+    from .judge import LOCAL_MODE
+    if cfg.judge_mode == "auto":
+        return LOCAL_MODE if is_local(spec) else "text"
+    return cfg.judge_mode
+
+
 def _judge_out(cfg, spec: str) -> int:
-    """A local judge in choice mode reads its prompt and writes nothing (option log-probabilities)."""
-    choice = cfg.judge_mode == "choice" or (cfg.judge_mode == "auto" and is_local(spec))
-    return 0 if choice else cfg.judge_max_tokens
+    """A local judge (choice or debiased mode) reads its prompt and writes nothing (option log-probabilities)."""
+    return 0 if _judge_mode(cfg, spec) in ("choice", "debiased") else cfg.judge_max_tokens
 
 
 def sdf_plan(cfg, contexts: list[list[dict]], *, policy: str | None = None) -> Plan:
     """sdf: per prompt one policy call for n candidates (the prompt paid once), then the judge ranks
-    them in min(--judge-orders, distinct orders) presentations, each a call with every candidate."""
+    them in min(--judge-orders, distinct orders) presentations (a debiased local judge: all n rotations),
+    each a call with every candidate."""
     from .judge import RANK_ANSWER, RANK_SYSTEM, RANK_USER, _presentations, render_context
     plan = Plan(items={"sdf": f"{len(contexts):,} prompts, n {cfg.n}"})
     pol = plan.row("sdf", "policy", policy or cfg.policy, (cfg.price_in, cfg.price_out))
     judge = plan.row("sdf", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
-    orders = len(_presentations(cfg.n, cfg.judge_orders))
+    debiased = _judge_mode(cfg, cfg.judge) == "debiased"
+    orders = cfg.n if debiased else len(_presentations(cfg.n, cfg.judge_orders))
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     shown = cfg.n * (cfg.max_tokens + tokens(RANK_ANSWER.format(label="10", answer="")))
     for ctx in contexts:

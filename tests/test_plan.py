@@ -76,6 +76,22 @@ def test_the_plan_counts_what_the_stages_call(tmp_path, capsys, monkeypatch, no_
     assert rows[("eval", "policy")][:3] == [8, want, 8 * 20]
 
 
+def test_a_local_judge_is_planned_in_the_mode_it_will_run(tmp_path, capsys, monkeypatch, no_models):
+    """The embedded judge runs debiased by default: SDF ranks each prompt's n candidates in all n
+    rotations and writes nothing (log-probabilities); --judge-mode choice goes back to 2 orders."""
+    monkeypatch.setenv("COLUMNS", "200")
+    args = ["pipeline", "--dry-run", "--out", str(tmp_path / "p"), "--limit", "2", "--sdf-prompts", "3", "--n", "4",
+            "--eval-limit", "1"]
+    assert main(args) == 0
+    assert _rows(capsys.readouterr().out)[("sdf", "judge")][0:3:2] == [3 * 4, 0]
+    from baize.plan import sdf_plan
+    from baize.sdf import SDFConfig
+    ctx = [[{"role": "user", "content": "Why is the sky blue?"}]]
+    for mode, calls in (("choice", 2), ("debiased", 4), ("auto", 4)):
+        (row,) = [r for r in sdf_plan(SDFConfig(judge="default", n=4, judge_mode=mode), ctx).rows if r.role == "judge"]
+        assert row.calls == calls and row.completion_tokens == 0, mode
+
+
 def test_limits_larger_than_the_set_are_never_silent(tmp_path, capsys, no_models):
     assert main(["eval", "--models", "a=default", "--limit", "80", "--dry-run", "--out", str(tmp_path / "e")]) == 0
     assert "--limit 80: builtin has 12; using 12" in capsys.readouterr().err
