@@ -193,8 +193,11 @@ _PROMPT_LEAK = re.compile(r"\bthe (?:human|ai)'s (?:next )?(?:message|reply|resp
                           r"|\bone question or request\b", re.IGNORECASE)
 # either side narrating the self-chat in the third person: "The human wants to know more about..."
 # (the embedded teacher's kept dialogues of a 64-seed run had it; no sample seed says it)
-_NARRATION = re.compile(r"\bthe human (?:wants|is asking|asks|would like|is looking for|has asked|is interested)\b",
-                        re.IGNORECASE)
+# ("The human will not only decide to continue a conversation...": the main job, 2026-12-03; "will"
+# must be followed by a verb of the chat, so "the human will to survive" is no narration)
+_NARRATION = re.compile(r"\bthe human (?:wants|is asking|asks|would like|is looking for|has asked|is interested)\b"
+                        r"|\bthe human will (?:not |also |now |then |only )*(?:decide|continue|ask|want|convey|respond|"
+                        r"reply|say|stop|end|keep|follow)\b", re.IGNORECASE)
 
 
 def speaks_as_ai(msgs: list[dict], seed: str, threshold: float = 1):

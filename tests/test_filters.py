@@ -34,6 +34,13 @@ def A(text):
 
 SOURDOUGH = "How do I make sourdough bread?"
 GOOD = [
+    ("the-human-will-as-a-noun", "Is the human will to survive stronger than reason?", [
+        U("Is the human will to survive stronger than reason?"),
+        A("Often, yes: in danger the drive to stay alive can override careful reasoning, which is why people act "
+          "before they think in emergencies."),
+        U("Can training change that?"),
+        A("To a degree: drills make the right action automatic, so instinct and good judgement point the same way.")],
+     None),
     ("numbers-only-answer", "List the first ten prime numbers and the first ten Fibonacci numbers.", [
         U("List the first ten prime numbers and the first ten Fibonacci numbers."),
         A("2, 3, 5, 7, 11, 13, 17, 19, 23, 29\n\n1, 1, 2, 3, 5, 8, 13, 21, 34, 55")], None),
@@ -227,6 +234,12 @@ BAD = [
         A("Reports go back to the 1970s in southern England, and a few folk tales describe older ones."),
         U("The human's next question is: What's the origin story behind crop circles?"),
         A("Two men, Doug Bower and Dave Chorley, said in 1991 that they had made many of them with planks.")],
+     "role_leakage", 2),
+    ("human-narrates-the-chat", "Will Trump seek a deal with Iran?", [
+        U("Will Trump seek a deal with Iran?"),
+        A("He said he would talk without preconditions, while keeping the sanctions in place."),
+        U("The human will not only decide to continue a conversation but to convey their decision to the AI."),
+        A("Understood.")],
      "role_leakage", 2),
     ("prompt-echo", "Will Trump seek a deal with Iran?", [
         U("Will Trump seek a deal with Iran?"),
