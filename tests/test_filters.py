@@ -38,8 +38,9 @@ GOOD = [
         U("Is the human will to survive stronger than reason?"),
         A("Often, yes: in danger the drive to stay alive can override careful reasoning, which is why people act "
           "before they think in emergencies."),
-        U("Can training change that?"),
-        A("To a degree: drills make the right action automatic, so instinct and good judgement point the same way.")],
+        U("Can training change how the drive to survive overrides reason?"),
+        A("To a degree: drills make the right action automatic, so the drive to survive and reason point the same "
+          "way.")],
      None),
     ("numbers-only-answer", "List the first ten prime numbers and the first ten Fibonacci numbers.", [
         U("List the first ten prime numbers and the first ten Fibonacci numbers."),
