@@ -134,6 +134,11 @@ class RateLimits:
 rate_limits = RateLimits()
 
 
+# the one-line fixes said both by check() and by a failed call
+KEY_REFUSED = "401, the API key was refused: set OPENAI_API_KEY or --api-key"
+NO_SERVER = "cannot connect: is the server running? (set --base-url or OPENAI_BASE_URL)"
+
+
 def _backoff(attempt: int) -> float:
     """Exponential backoff with jitter (the openai client's own curve: 0.5 s doubling, at most 8 s)."""
     return min(0.5 * 2 ** max(0, attempt - 1), 8.0) * (1 - 0.25 * random.random())
@@ -185,10 +190,9 @@ class OpenAILLM(LLM):
         try:
             self.client.with_options(max_retries=1, timeout=15).models.list()
         except openai.AuthenticationError:
-            raise LLMError(f"{self.where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
+            raise LLMError(f"{self.where}: {KEY_REFUSED}") from None
         except openai.APIConnectionError:
-            raise LLMError(f"{self.where}: cannot connect: is the server running? (set --base-url or "
-                           f"OPENAI_BASE_URL)") from None
+            raise LLMError(f"{self.where}: {NO_SERVER}") from None
         except openai.APIError:
             pass  # some servers have no /models; the first real call will tell
 
@@ -239,8 +243,7 @@ class OpenAILLM(LLM):
             except openai.APIConnectionError:
                 tries["transient"] += 1
                 if tries["transient"] > self.max_retries:
-                    raise TransientLLMError(f"{self.where}: cannot connect: is the server running? "
-                                            f"(set --base-url or OPENAI_BASE_URL)") from None
+                    raise TransientLLMError(f"{self.where}: {NO_SERVER}") from None
                 wait = _backoff(tries["transient"])
             except (ValueError, TypeError, AttributeError, KeyError, openai.APIResponseValidationError) as e:
                 # a 200 with a body that is not a chat completion: retry a few times, then fail the item
@@ -258,7 +261,7 @@ class OpenAILLM(LLM):
         if status in (400, 422, 500, 501) and (param := refusal(body, e.message, kw)):
             raise _Refused(param, str(message))
         if status == 401:
-            raise LLMError(f"{self.where}: 401, the API key was refused: set OPENAI_API_KEY or --api-key") from None
+            raise LLMError(f"{self.where}: {KEY_REFUSED}") from None
         if status == 403:
             raise LLMError(f"{self.where}: 403, not allowed: {message}") from None
         if status == 404:

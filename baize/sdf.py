@@ -122,8 +122,9 @@ def dense_ranks(points: list[float]) -> list[int]:
 
 
 def _count(usage: dict, u: dict) -> None:
+    """Add one reply's tokens to the prompt's usage; its calls are counted where they are made."""
     for k, v in u.items():
-        if v:
+        if v and k != "calls":
             usage[k] = usage.get(k, 0) + v
 
 
@@ -143,11 +144,11 @@ def sample(policy, context: list[dict], cfg: SDFConfig, seed: int) -> tuple[list
             got = policy.chat(context, n=n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
                               seed=s)
         except EmptyReplyError as e:  # one candidate lost to the token cap, not the whole prompt
-            _count(usage, {k: v for k, v in e.usage.items() if k != "calls"})
+            _count(usage, e.usage)
             cut, errors[:] = cut + n, [e]
             return []
         for c in got:
-            _count(usage, {k: v for k, v in c.usage().items() if k != "calls"})
+            _count(usage, c.usage())
         return got
 
     if policy.honours_n is False:
