@@ -113,13 +113,7 @@ class ChatCompletions:
         protocol.refuse_unsupported(body)
         if body.logprobs:
             raise APIError(400, "logprobs are not supported by this server", param="logprobs")
-        max_batch = llm.engine.max_batch if llm.is_local else self.cfg.max_batch
-        if body.n > max_batch:
-            raise APIError(400, f"n={body.n} is over this server's limit of {max_batch}", param="n")
-        stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-        if len(stop) > 4 or any(not s for s in stop):
-            raise APIError(400, "stop: at most 4 non-empty strings", param="stop")
-        return stop
+        return protocol.n_and_stops(body, llm.engine.max_batch if llm.is_local else self.cfg.max_batch)
 
     async def _fit(self, llm, messages, max_tokens: int | None) -> tuple[list[int] | None, int]:
         """The prompt's ids (when the model can count them) and the completion's token budget: refused

@@ -80,11 +80,7 @@ class Completions:
             raise APIError(400, "stream is not supported on /v1/completions; ask without it", param="stream",
                            code="unsupported_parameter")
         protocol.refuse_unsupported(body)
-        if body.n > llm.engine.max_batch:
-            raise APIError(400, f"n={body.n} is over this server's limit of {llm.engine.max_batch}", param="n")
-        stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
-        if len(stop) > 4 or any(not s for s in stop):
-            raise APIError(400, "stop: at most 4 non-empty strings", param="stop")
+        protocol.n_and_stops(body, llm.engine.max_batch)
         return llm
 
     @staticmethod

@@ -105,6 +105,17 @@ UNSUPPORTED = {
 }
 
 
+def n_and_stops(body: BaseModel, max_batch: int) -> list[str]:
+    """n within what one batch can hold, and at most 4 non-empty stop strings (OpenAI's limit), for
+    chat and completions alike; returns the stop strings as a list."""
+    if body.n > max_batch:
+        raise APIError(400, f"n={body.n} is over this server's limit of {max_batch}", param="n")
+    stop = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+    if len(stop) > 4 or any(not s for s in stop):
+        raise APIError(400, "stop: at most 4 non-empty strings", param="stop")
+    return stop
+
+
 def refuse_unsupported(body: BaseModel) -> None:
     """A 400 naming the first parameter the request sets that this server would otherwise ignore."""
     for name, value in (body.model_extra or {}).items():
