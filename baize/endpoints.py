@@ -99,31 +99,24 @@ class Quirks:
 
     def saw_choices(self, asked: int, got: int) -> None:
         """A reply to n > 1: does the endpoint honour n? Learned from the first one, logged once."""
-        if asked <= 1:
-            return
-        with self.lock:
-            if self.honours_n is not None:
-                return
-            self.honours_n = got >= asked
-            note = None if self.honours_n else (f"{self.label} ignores n: asked for {asked} choices, got {got}; "
-                                                f"SDF tops up with one call per missing candidate, then makes "
-                                                f"n calls from the start")
-            if note:
-                self.learned.append(note)
-        if note:
-            log.warning(note)
+        if asked > 1:
+            self._first("honours_n", got >= asked, f"{self.label} ignores n: asked for {asked} choices, got {got}; "
+                        f"SDF tops up with one call per missing candidate, then makes n calls from the start")
 
     def saw_usage(self, present: bool) -> None:
+        self._first("sends_usage", present, f"{self.label} sends no token usage: tokens are counted locally "
+                    f"(a tokenizer, else ~4 characters a token) and marked estimated")
+
+    def _first(self, attr: str, value: bool, note_if_false: str) -> None:
+        """Set a flag from the first reply that tells (later ones change nothing); say so when it is False."""
         with self.lock:
-            if self.sends_usage is not None:
+            if getattr(self, attr) is not None:
                 return
-            self.sends_usage = present
-            note = None if present else (f"{self.label} sends no token usage: tokens are counted locally "
-                                         f"(a tokenizer, else ~4 characters a token) and marked estimated")
-            if note:
-                self.learned.append(note)
-        if note:
-            log.warning(note)
+            setattr(self, attr, value)
+            if not value:
+                self.learned.append(note_if_false)
+        if not value:
+            log.warning(note_if_false)
 
 
 _QUIRKS: dict[tuple[str, str], Quirks] = {}
