@@ -427,6 +427,12 @@ class Judge:
             v = self._ask("pair", msgs, parse_pair, PAIR_REMINDER, usage, raw)
             lps.append(logprobs_of(raw[-1]))
             verdicts.append({"A": "B", "B": "A"}.get(v, v) if swap else v)
+        winner, consistent, margin = self.combine(verdicts, lps)
+        return Verdict(winner, consistent, verdicts, raw, usage, usage["calls"] == 0, margin)
+
+    def combine(self, verdicts: list, lps: list) -> tuple[str | None, bool | None, float | None]:
+        """(winner, consistent, margin) of a pair asked in both orders, the verdicts already mapped back
+        to the arguments: in debiased mode the summed log-odds decide, with the tie band."""
         if None in verdicts:
             winner, consistent = None, None
         elif verdicts[0] == verdicts[1]:
@@ -437,7 +443,7 @@ class Judge:
         if self.debiased and None not in lps:
             margin = round(pair_margin(*lps), 4)
             winner = "A" if margin > self.tie_band else "B" if margin < -self.tie_band else "tie"
-        return Verdict(winner, consistent, verdicts, raw, usage, usage["calls"] == 0, margin)
+        return winner, consistent, margin
 
     def score(self, context, answer: str, reference: str | None = None) -> Score:
         ctx = render_context(context)

@@ -93,7 +93,7 @@ def _two_scores(text: str):
 
 def mt_pair(judge, prompt: dict, q, ans_a: list[str], ans_b: list[str]) -> dict:
     """Both orders, as FastChat's g1/g2 games; a debiased local judge reads their log-probs together."""
-    from .judge import PAIR_REMINDER, pair_margin
+    from .judge import PAIR_REMINDER
     from .judge import logprobs_of as lp_of
     from .verdicts import parse_pair
     parse = _two_scores if prompt["output_format"] == "[[rating_a,rating_b]]" else parse_pair
@@ -102,12 +102,7 @@ def mt_pair(judge, prompt: dict, q, ans_a: list[str], ans_b: list[str]) -> dict:
         v = judge.ask("pair", fill(prompt, q, [first, second]), parse, PAIR_REMINDER, usage, raw)
         lps.append(lp_of(raw[-1]))
         verdicts.append({"A": "B", "B": "A"}.get(v, v) if swap else v)
-    winner = None if None in verdicts else verdicts[0] if verdicts[0] == verdicts[1] else "tie"
-    consistent = None if None in verdicts or verdicts == ["tie", "tie"] else verdicts[0] == verdicts[1]
-    margin = None
-    if judge.debiased and None not in lps:
-        margin = round(pair_margin(*lps), 4)
-        winner = "A" if margin > judge.tie_band else "B" if margin < -judge.tie_band else "tie"
+    winner, consistent, margin = judge.combine(verdicts, lps)
     return {"winner": {"A": "a", "B": "b", "tie": "tie"}.get(winner), "consistent": consistent,
             "verdicts": verdicts, "margin": margin, "raw": raw, "usage": usage}
 
