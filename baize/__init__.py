@@ -7,12 +7,12 @@ __all__ = ["__version__", "Message", "read_jsonl", "write_jsonl", "load_llm", "L
 
 
 def load_llm(spec: str, **kw):
-    from .models import load_llm as _load
+    from .llm.models import load_llm as _load
     return _load(spec, **kw)
 
 
 def __getattr__(name):  # LLM, Completion without importing backends eagerly
     if name in ("LLM", "Completion", "GenParams", "LLMError"):
-        from . import llm
+        from .llm import base as llm
         return getattr(llm, name)
     raise AttributeError(name)

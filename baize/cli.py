@@ -11,17 +11,17 @@ import sys
 
 # (module, what it adds); a stage module only needs `add_cli(subparsers)`
 STAGES = [
-    "baize.collect",   # collect
-    "baize.data",      # data stats | export | import
-    "baize.sdf",       # sdf (Baize v2 data: sample, judge, keep the best and the ranking)
-    "baize.recipes",   # train (the SFT recipe in sft.py, the DPO recipe in dpo.py)
-    "baize.merge",     # merge
-    "baize.export",    # export (one GGUF file for llama.cpp / Ollama, + a Modelfile)
-    "baize.evaluate",  # eval (judged win rates, scores, NLL, report)
-    "baize.judge_check",  # judge-check (agreement with human preference pairs)
-    "baize.chat",      # chat
-    "baize.serve.cli",  # serve, ui
-    "baize.pipeline",  # pipeline (the README's main job)
+    "baize.data.collect",   # collect
+    "baize.data.commands",  # data stats | export | import
+    "baize.sdf",            # sdf (Baize v2 data: sample, judge, keep the best and the ranking)
+    "baize.train.recipes",  # train (the SFT recipe in sft.py, the DPO recipe in dpo.py)
+    "baize.train.merge",    # merge
+    "baize.train.export",   # export (one GGUF file for llama.cpp / Ollama, + a Modelfile)
+    "baize.eval.evaluate",  # eval (judged win rates, scores, NLL, report)
+    "baize.judge.check",    # judge-check (agreement with human preference pairs)
+    "baize.serve.chat",     # chat
+    "baize.serve.cli",      # serve, ui
+    "baize.pipeline",       # pipeline (the README's main job)
 ]
 
 

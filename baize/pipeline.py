@@ -72,8 +72,8 @@ def _step(console, title: str):
 def _train_once(console, run: Path, cfg) -> None:
     from dataclasses import replace
 
-    from .models import RUN_FILE
-    from .recipes import train
+    from .llm.models import RUN_FILE
+    from .train.recipes import train
     # the run record, not the adapter, marks a trained stage: train() saves the adapter first and the
     # record last, and the next stage (--from, SDF's policy, eval) needs the record
     if (run / RUN_FILE).exists():
@@ -89,9 +89,9 @@ def _train_once(console, run: Path, cfg) -> None:
 def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
     """The seeds to collect on, the SDF prompts (the seeds after those: SDF asks v1 questions it was not
     trained on), the eval questions, and a line for each limit that asks for more than there is."""
-    from .evaluate import load_questions
+    from .data.seeds import load_seeds
+    from .eval.evaluate import load_questions
     from .plan import limit_warning
-    from .seeds import load_seeds
     seeds = load_seeds(cfg.seeds, limit=cfg.limit + cfg.sdf_prompts)
     questions = load_questions(cfg.eval_questions)
     collected, prompts = seeds[:cfg.limit], seeds[cfg.limit:]
@@ -103,7 +103,7 @@ def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
 
 
 def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
-    from .collect import CollectConfig
+    from .data.collect import CollectConfig
     return CollectConfig(seeds=cfg.seeds, out=str(out / "dialogues.jsonl"), teacher=cfg.teacher, base_url=cfg.base_url,
                          mode=cfg.mode, limit=n, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
                          temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency,
@@ -121,7 +121,7 @@ def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = 
 
 
 def _eval_cfg(cfg: PipelineConfig, out: Path, compared: dict, n: int, budget: dict):
-    from .evaluate import EvalConfig
+    from .eval.evaluate import EvalConfig
     return EvalConfig(models=[f"{k}={v}" for k, v in compared.items()], questions=cfg.eval_questions,
                       judge=cfg.judge, judge_base_url=cfg.base_url, out=str(out / "eval"), limit=n,
                       max_tokens=cfg.eval_max_tokens, concurrency=cfg.concurrency, price_in=cfg.policy_price_in,
@@ -136,8 +136,8 @@ def _compared(cfg: PipelineConfig, out: Path) -> dict:
 
 def plan(cfg: PipelineConfig):
     """Every stage's plan at the pipeline's settings: what `--dry-run` prints (nothing is loaded or written)."""
-    from .collect import plan as collect_plan
-    from .evaluate import plan as eval_plan
+    from .data.collect import plan as collect_plan
+    from .eval.evaluate import plan as eval_plan
     from .sdf import Prompt
     from .sdf import plan as sdf_plan
     out = Path(cfg.out)
@@ -229,8 +229,8 @@ def run(cfg: PipelineConfig) -> dict:
 # None when it had nothing to do.
 
 def _collect_step(console, cfg, out, steps, inputs) -> bool:
-    from .collect import collect, print_summary
-    from .data import print_stats, stats
+    from .data.collect import collect, print_summary
+    from .data.commands import print_stats, stats
     budget = _budget(cfg, out)
     if budget is None:
         return not _stopped(console, cfg, out, None)
@@ -243,7 +243,7 @@ def _collect_step(console, cfg, out, steps, inputs) -> bool:
 
 
 def _v1_step(console, cfg, out, steps, inputs) -> bool:
-    from .train import TrainConfig
+    from .train.common import TrainConfig
     _step(console, f"2/{steps} train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
     _train_once(console, out / "v1", TrainConfig(base=cfg.base, data=str(out / "dialogues.jsonl"), out=str(out / "v1"),
                                                  format=cfg.format, max_steps=cfg.max_steps,
@@ -254,7 +254,7 @@ def _v1_step(console, cfg, out, steps, inputs) -> bool:
 def _sdf_step(console, cfg, out, steps, inputs) -> bool:
     import json
 
-    from .models import read_run
+    from .llm.models import read_run
     from .runner import print_summary
     from .sdf import prefs_line, sdf
     budget = _budget(cfg, out)
@@ -274,7 +274,7 @@ def _sdf_step(console, cfg, out, steps, inputs) -> bool:
 
 
 def _v2_step(console, cfg, out, steps, inputs) -> bool:
-    from .train import TrainConfig
+    from .train.common import TrainConfig
     prefs = inputs["prefs"]
     _step(console, f"4/{steps} train v2: v1's adapter continued on the SDF best answers (the paper), "
                    f"{cfg.v2_steps} steps")
@@ -289,7 +289,7 @@ def _v2_step(console, cfg, out, steps, inputs) -> bool:
 
 
 def _dpo_step(console, cfg, out, steps, inputs) -> bool | None:
-    from .train import TrainConfig
+    from .train.common import TrainConfig
     if not cfg.dpo:
         return None
     prefs = inputs["prefs"]
@@ -305,8 +305,8 @@ def _dpo_step(console, cfg, out, steps, inputs) -> bool | None:
 
 
 def _eval_step(console, cfg, out, steps, inputs) -> bool:
-    from .chat import usage_hint
-    from .evaluate import evaluate, print_results
+    from .eval.evaluate import evaluate, print_results
+    from .serve.chat import usage_hint
     budget = _budget(cfg, out)
     if budget is None:
         return not _stopped(console, cfg, out, None)

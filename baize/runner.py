@@ -137,7 +137,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     key, a judge that only writes garbage) stops the run, keeping everything already written.
     accept(item, record) -> a reject reason or None runs on the calling thread in completion order,
     for filters that keep state (near-duplicates); it may add to the record's meta."""
-    from .llm import TransientLLMError, rate_limits
+    from .llm.base import TransientLLMError, rate_limits
     out = Path(out)
     kept_w, rej_w = JsonlAppender(out), JsonlAppender(sidecar(out, "rejected"))
     failed_path = sidecar(out, "failed")

@@ -81,7 +81,7 @@ def _is_dialogue_file(spec: str) -> bool:
 def load_prompts(spec: str, *, field: str | None = None, limit: int | None = None,
                  shard: str | None = None) -> list[Prompt]:
     """Seeds as one-turn prompts, or every user-ending prefix of the dialogues in a dialogue file."""
-    from .seeds import in_shard, load_seeds, parse_shard
+    from .data.seeds import in_shard, load_seeds, parse_shard
     if not _is_dialogue_file(spec):
         return [Prompt(s.id, [{"role": "user", "content": s.text}], s.source, {"seed": s.text, **s.meta})
                 for s in load_seeds(spec, field=field, limit=limit, shard=shard)]
@@ -133,7 +133,7 @@ def sample(policy, context: list[dict], cfg: SDFConfig, seed: int) -> tuple[list
     cut by max_tokens before any text). How: "n" (one call), "topped_up" (fewer choices came back
     than asked, the rest from single calls) or "single_calls" (the policy is known to ignore or
     refuse n). Each single call has its own seed, so a seeded server still draws n different answers."""
-    from .llm import EmptyReplyError
+    from .llm.base import EmptyReplyError
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
     comps, cut, errors = [], 0, []
 
@@ -272,8 +272,8 @@ def write_prefs(out: str | Path) -> dict:
 # --- the run ------------------------------------------------------------------------------------
 
 def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
-    from .judge import load_judge
-    from .models import load_endpoint
+    from .judge.core import load_judge
+    from .llm.models import load_endpoint
     if policy is None:
         policy = load_endpoint(cfg.policy, cfg, max_batch=min(64, cfg.concurrency * cfg.n))
     if judge_llm is None and cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):

@@ -8,7 +8,7 @@ latency per call, so the numbers measure the collector, not the model:
       one-shot template, then `time.sleep(1)` before the next seed (baize's OpenAILLM makes the call);
   (a0) the same loop without the sleep: one request at a time and nothing else, so the ratio to it
       is what concurrency alone buys (the 1 s sleep is most of (a)'s time at 0.3 s per call);
-  (b) baize: `baize.collect.collect(...)` with --concurrency 64 on a generated seed file.
+  (b) baize: `baize.data.collect.collect(...)` with --concurrency 64 on a generated seed file.
 
 The bound for (b) is concurrency / latency dialogues per second (64 / 0.3 s = 213/s).
 `--teacher-default` adds how many dialogues per minute the embedded default model (SmolLM2-135M on
@@ -43,7 +43,7 @@ def make_seeds(n: int, path: Path) -> Path:
     near-duplicate filter rejects about as many as on real seeds (2-3 %)."""
     import re
 
-    from baize.seeds import load_seeds
+    from baize.data.seeds import load_seeds
     vocab = sorted({w.lower() for name in ("quora", "stackoverflow", "medquad") for s in load_seeds(name)
                     for w in re.findall(r"[A-Za-z]{4,}", s.text)})
     rng = random.Random(0)
@@ -84,8 +84,8 @@ def start_fake_teacher(latency: float) -> tuple[subprocess.Popen, str]:
 
 def baseline(url: str, seeds: list[str], sleep_s: float = 1.0) -> dict:
     """The original collector's loop: one call, parse, sleep(1), next seed; a bare except that slept."""
-    from baize.collect import SELF_CHAT_TEMPLATE, parse_transcript
-    from baize.llm import OpenAILLM
+    from baize.data.collect import SELF_CHAT_TEMPLATE, parse_transcript
+    from baize.llm.base import OpenAILLM
     llm = OpenAILLM("fake-teacher", base_url=url, api_key="EMPTY")
     kept = 0
     start = time.perf_counter()
@@ -107,8 +107,8 @@ def client_only(url: str, seeds: list[str], concurrency: int) -> dict:
     """The same requests from a bare thread pool, no collection logic: the most the client allows."""
     import concurrent.futures as cf
 
-    from baize.collect import SELF_CHAT_TEMPLATE
-    from baize.llm import OpenAILLM
+    from baize.data.collect import SELF_CHAT_TEMPLATE
+    from baize.llm.base import OpenAILLM
     llm = OpenAILLM("fake-teacher", base_url=url, api_key="EMPTY")
     llm.chat([{"role": "user", "content": "warm up"}])
 
@@ -126,7 +126,7 @@ def client_only(url: str, seeds: list[str], concurrency: int) -> dict:
 def baize_collect(url: str, seed_file: Path, out_dir: Path, concurrency: int, progress: bool) -> dict:
     from rich.console import Console
 
-    from baize.collect import CollectConfig, collect
+    from baize.data.collect import CollectConfig, collect
     cfg = CollectConfig(seeds=str(seed_file), out=str(out_dir / "dialogues.jsonl"), teacher="openai:fake-teacher",
                         base_url=url, api_key="EMPTY", concurrency=concurrency, progress=progress)
     wall = time.perf_counter()
@@ -141,8 +141,8 @@ def teacher_default(n: int, out_dir: Path, torch_threads: int | None) -> dict:
     """The embedded default model as the teacher, on this CPU (local batching, no HTTP)."""
     import torch
 
-    from baize.collect import CollectConfig, collect
-    from baize.seeds import load_seeds
+    from baize.data.collect import CollectConfig, collect
+    from baize.data.seeds import load_seeds
     torch_default = torch.get_num_threads()
     if torch_threads:
         torch.set_num_threads(torch_threads)
@@ -152,7 +152,7 @@ def teacher_default(n: int, out_dir: Path, torch_threads: int | None) -> dict:
     cfg = CollectConfig(seeds=str(seed_file), out=str(out_dir / "default.jsonl"), teacher="default", mode="turns",
                         max_turns=1, max_tokens=128, concurrency=n, progress=False)
     t0 = time.perf_counter()
-    from baize.models import load_llm
+    from baize.llm.models import load_llm
     llm = load_llm("default", max_batch=n)
     load_s = time.perf_counter() - t0
     s = collect(cfg, llm)
@@ -182,7 +182,7 @@ def main() -> int:
     a = p.parse_args()
     os.environ.pop("OPENAI_API_KEY", None)
 
-    from baize.speedups import cpu_info
+    from baize.train.speedups import cpu_info
     results: dict = {"machine": {"cpus": os.cpu_count(), "cpu": cpu_info(), "python": platform.python_version(),
                                  "loadavg_at_start": list(os.getloadavg())},
                      "settings": {"latency_s": a.latency, "concurrency": a.concurrency, "seeds": a.seeds,

@@ -91,7 +91,7 @@ def sequential(model, tok, work):
 
 def through_engine(engine, work, arrivals=None):
     """(b) all submitted at once (arrivals None) or (c) submitted at the given times; TTFT from submission."""
-    from baize.llm import GenParams
+    from baize.llm.base import GenParams
     ttfts, done = [None] * len(work), [0] * len(work)
 
     def consume(i, req, s):
@@ -139,7 +139,7 @@ def llamacpp(path, tok, work):
 
 
 def make_engine(model, tok, max_batch):
-    from baize.engine import BatchEngine
+    from baize.llm.engine import BatchEngine
     return BatchEngine(model, tok, max_batch=max_batch, wait_s=0.02, eos_ids=())
 
 
@@ -147,7 +147,7 @@ def ideas(spec, args, save=lambda rows: None):
     """Each 'use the machine' idea on a small engine workload (16 requests at once), same run."""
     import torch
 
-    from baize import models
+    from baize.llm import models
     rows = []
     small = lambda tok: [(ids[:120], 48, seed) for ids, _, seed in workload(tok, 16, seed=1)]
     base_threads = torch.get_num_threads()
@@ -234,8 +234,8 @@ def main():
     import torch
     import transformers
 
-    from baize import models
-    from baize.speedups import cpu_info
+    from baize.llm import models
+    from baize.train.speedups import cpu_info
     model, tok = models.load_model(models.resolve(args.model))
     work = workload(tok, args.requests)
     res = {"model": args.model, "torch": torch.__version__, "transformers": transformers.__version__,

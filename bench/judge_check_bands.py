@@ -7,10 +7,10 @@ import argparse
 import json
 from pathlib import Path
 
-from baize.judge import logprobs_of, pair_margin
-from baize.judge_check import measures
+from baize.judge.check import measures
+from baize.judge.core import logprobs_of, pair_margin
 from baize.schema import read_jsonl
-from baize.speedups import cpu_info
+from baize.train.speedups import cpu_info
 
 
 def main():

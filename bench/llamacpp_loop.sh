@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-/tmp/baize_llamacpp_loop}
 PORT=${PORT:-8765}
 LOG=bench/results/llamacpp_loop.log
-GGUF=$(python -c "from baize.models import default_gguf_path; print(default_gguf_path())")
+GGUF=$(python -c "from baize.llm.models import default_gguf_path; print(default_gguf_path())")
 EVAL_ONLY=${EVAL_ONLY:-0}  # 1: only the closing eval, on an OUT the pipeline already filled
 [ "$EVAL_ONLY" = 1 ] || rm -rf "$OUT"
 mkdir -p "$(dirname "$LOG")"
@@ -47,7 +47,7 @@ if [ "$EVAL_ONLY" = 1 ]; then
 fi
 {
   echo "# bench/llamacpp_loop.sh, $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD)"
-  echo "# cpu: $(python -c 'from baize.speedups import cpu_info; print(cpu_info())')"
+  echo "# cpu: $(python -c 'from baize.train.speedups import cpu_info; print(cpu_info())')"
   echo "# llama-cpp-python $(python -c 'import llama_cpp; print(llama_cpp.__version__)'), model $GGUF (alias smollm2)"
   echo "# baize pipeline --teacher openai:smollm2 --judge openai:smollm2 --sdf-policy openai:smollm2 (all at $URL)"
   start=$(date +%s)

@@ -11,10 +11,10 @@ import json
 import time
 from pathlib import Path
 
-from baize.judge import Judge
-from baize.models import load_llm
+from baize.judge.core import Judge
+from baize.llm.models import load_llm
 from baize.schema import read_jsonl, sidecar
-from baize.speedups import cpu_info
+from baize.train.speedups import cpu_info
 
 
 def main():

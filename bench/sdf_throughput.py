@@ -44,7 +44,7 @@ def instant_judge(k_seen: list):
 
 
 def sampling(args, out_dir: Path) -> dict:
-    from baize.models import load_llm
+    from baize.llm.models import load_llm
     from baize.sdf import SDFConfig, load_prompts, sdf
     prompts = load_prompts("quora", limit=args.prompts)
     policy = load_llm("default", max_batch=64)
@@ -79,8 +79,8 @@ def sampling(args, out_dir: Path) -> dict:
 def judging(args, out_dir: Path) -> dict:
     from collect_throughput import start_fake_teacher
 
-    from baize.judge import Judge
-    from baize.models import load_llm
+    from baize.judge.core import Judge
+    from baize.llm.models import load_llm
     from baize.sdf import SDFConfig, load_prompts, sdf
     from baize.testing import FakeLLM
     proc, url = start_fake_teacher(args.latency)
@@ -133,7 +133,7 @@ def main() -> None:
     args = ap.parse_args()
     import torch
 
-    from baize.speedups import cpu_info
+    from baize.train.speedups import cpu_info
     res = {"machine": {"cpu_flags": " ".join(cpu_info()["flags"]) or "unknown", "cores": os.cpu_count(),
                        "torch_threads": torch.get_num_threads(),
                        "python": platform.python_version(), "load_avg": os.getloadavg()}}

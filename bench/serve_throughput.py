@@ -149,7 +149,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from baize.speedups import cpu_info
+    from baize.train.speedups import cpu_info
     cpu = cpu_info()
     print(f"CPU {cpu['model']} ({' '.join(cpu['flags'])}), {cpu['cpus']} CPUs")
     print(f"model {args.model} through `baize serve` (own process); torch {torch.__version__}, "

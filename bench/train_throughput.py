@@ -37,8 +37,8 @@ def make_dialogues(path: Path, n: int, seed: int = 0) -> dict:
     """Dialogues of 1-4 turns whose rendered length (baize format) is drawn from 60..512 tokens, mean ~250."""
     from transformers import AutoTokenizer
 
-    from baize.chat_format import get_format
-    from baize.models import default_model_dir
+    from baize.llm.chat_format import get_format
+    from baize.llm.models import default_model_dir
     src = SEEDS if SEEDS.exists() else FALLBACK
     qa = [(r["seed"], r["answer"]) for r in map(json.loads, src.open()) if r.get("answer")]
     tok = AutoTokenizer.from_pretrained(default_model_dir())
@@ -91,7 +91,7 @@ def run(name: str, data: Path, out: Path, flags: list[str]) -> dict:
 
 
 def main() -> None:
-    from baize.speedups import cpu_info
+    from baize.train.speedups import cpu_info
     if "--kind" in sys.argv:  # for a results file name per machine kind
         print(cpu_info()["kind"])
         return

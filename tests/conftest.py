@@ -11,7 +11,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def default_dir():
-    from baize.models import default_model_dir
+    from baize.llm.models import default_model_dir
     return default_model_dir()
 
 

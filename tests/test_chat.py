@@ -8,10 +8,10 @@ import sys
 import pytest
 from rich.console import Console
 
-from baize.chat import ChatConfig, ChatSession, count_tokens, run_chat, trim_history, usage_hint
-from baize.chat_format import guardrail_prompt
-from baize.llm import LLM
+from baize.llm.base import LLM
+from baize.llm.chat_format import guardrail_prompt
 from baize.schema import read_jsonl, validate_record
+from baize.serve.chat import ChatConfig, ChatSession, count_tokens, run_chat, trim_history, usage_hint
 
 
 class Stub(LLM):
@@ -117,7 +117,7 @@ def test_loop_reads_until_eof():
 
 
 def test_history_cut_with_the_real_tokenizer(tiny_model_dir):
-    from baize.models import HFLLM
+    from baize.llm.models import HFLLM
     llm = HFLLM(f"hf:{tiny_model_dir}")
     s, out = session(llm, max_history_tokens=260, max_tokens=3, seed=0)
     for i in range(6):
@@ -131,7 +131,7 @@ def test_history_cut_with_the_real_tokenizer(tiny_model_dir):
 
 
 def test_generation_stops_at_role_markers_and_eos(tiny_model_dir):
-    from baize.models import HFLLM
+    from baize.llm.models import HFLLM
     for fmt, markers in (("baize", ["[|Human|]", "[|AI|]"]), ("template", ["<|im_start|>", "<|im_end|>"])):
         llm = HFLLM(f"hf:{tiny_model_dir}", format=fmt)
         (req,) = llm.submit([{"role": "user", "content": "hi"}], max_tokens=1, stop=["END"])

@@ -1,6 +1,6 @@
 import pytest
 
-from baize.chat_format import get_format, strip_reply
+from baize.llm.chat_format import get_format, strip_reply
 
 DIALOGUE = [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
             {"role": "user", "content": "Q2"}, {"role": "assistant", "content": "A2"}]

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from baize.collect import SELF_CHAT_TEMPLATE, CollectConfig, collect
 from baize.config import BaizeError
-from baize.llm import LLMError, TransientLLMError
-from baize.models import load_llm
+from baize.data.collect import SELF_CHAT_TEMPLATE, CollectConfig, collect
+from baize.data.seeds import load_seeds
+from baize.llm.base import LLMError, TransientLLMError
+from baize.llm.models import load_llm
 from baize.schema import read_jsonl, sidecar
-from baize.seeds import load_seeds
 from baize.testing import FakeLLM, ServerThread, canned_transcript, make_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def test_oneshot_records(tmp_path):
 
 
 def test_oneshot_cut_by_max_tokens_drops_the_cut_answer(tmp_path):
-    from baize.llm import Completion
+    from baize.llm.base import Completion
     text = "[Human] Q one?\n[AI] A full first answer.\n[Human] Q two?\n[AI] A second answer that was cut in the mi"
     cfg = cfg_for(tmp_path, limit=2)
     collect(cfg, FakeLLM(lambda m: Completion(text, 5, 7, "length")))
@@ -165,7 +165,7 @@ def test_turns_mode_respects_max_turns(tmp_path):
 
 
 def test_turns_mode_end_variants_and_cut_answers(tmp_path):
-    from baize.llm import Completion
+    from baize.llm.base import Completion
 
     def teacher(msgs):
         if "playing a curious human" in msgs[0]["content"]:
@@ -265,7 +265,7 @@ def test_budget_spent_before_a_dialogue_starts_leaves_the_seed_for_later(tmp_pat
     # dialogue's worker starts. Simulated deterministically: the budget looks spent to workers only.
     import threading
 
-    import baize.collect as bc
+    import baize.data.collect as bc
     monkeypatch.setattr(bc.Ledger, "exhausted", lambda self: threading.current_thread() is not threading.main_thread())
     cfg = cfg_for(tmp_path, mode="turns", limit=6, max_tokens_total=1000)
     llm = FakeLLM()

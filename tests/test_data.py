@@ -3,7 +3,7 @@ import json
 import pytest
 
 from baize.config import BaizeError
-from baize.data import export, import_baize, stats
+from baize.data.commands import export, import_baize, stats
 from baize.schema import JsonlAppender, read_jsonl, repair_torn_tail, write_jsonl
 
 RECORDS = [
@@ -96,7 +96,7 @@ def test_stats_of_sdf_and_preference_files_show_length_bias(tmp_path):
     import collections
     import itertools
 
-    from baize.data import stats
+    from baize.data.commands import stats
     from baize.sdf import SDFConfig, sdf
     from baize.testing import FakeLLM
     counts = collections.defaultdict(itertools.count)  # per prompt: workers interleave
@@ -114,7 +114,7 @@ def test_stats_of_sdf_and_preference_files_show_length_bias(tmp_path):
 
 
 def test_stats_show_one_example_per_reject_reason(tmp_path, capsys):
-    from baize.data import print_stats
+    from baize.data.commands import print_stats
     long_echo = "I'm sorry for any misunderstanding, but as an AI designed to assist with this topic, " * 4
     rejected = [
         {"id": "r-1", "messages": RECORDS[0]["messages"][:2] + [{"role": "user", "content": long_echo},

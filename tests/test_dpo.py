@@ -40,7 +40,7 @@ def prefs(tmp_path_factory):
 
 
 def dpo_config(from_run, data, out, **kw):
-    from baize.train import TrainConfig
+    from baize.train.common import TrainConfig
     kw = {"method": "dpo", "batch_size": 4, "micro_batch_size": 2, "max_steps": 8, "save_steps": 4, "val_size": 2,
           "learning_rate": 5e-3, "precision": "fp32", "max_length": 128, **kw}
     return TrainConfig(from_run=str(from_run), data=str(data), out=str(out), **kw)
@@ -49,7 +49,7 @@ def dpo_config(from_run, data, out, **kw):
 def collate(rows, fmt, tok, system=None):
     from trl.trainer.dpo_trainer import DataCollatorForPreference
 
-    from baize.dpo import encode_pair
+    from baize.train.dpo import encode_pair
     return DataCollatorForPreference(pad_token_id=tok.pad_token_id)([encode_pair(r, fmt, tok, system) for r in rows])
 
 
@@ -94,8 +94,8 @@ class Probe:
 
 @pytest.fixture(scope="module")
 def v1(tiny_model_dir, tmp_path_factory):
-    from baize.recipes import train
-    from baize.train import TrainConfig
+    from baize.train.common import TrainConfig
+    from baize.train.recipes import train
     d = tmp_path_factory.mktemp("v1data")
     return train(TrainConfig(base=str(tiny_model_dir), data=str(write_dialogues(d / "d.jsonl")),
                              out=str(d / "v1"), system=SYSTEM, max_steps=3, batch_size=4, micro_batch_size=2,
@@ -104,9 +104,9 @@ def v1(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def v2(v1, prefs, tok, tmp_path_factory):
-    from baize.chat_format import get_format
-    from baize.recipes import train
+    from baize.llm.chat_format import get_format
     from baize.schema import read_jsonl
+    from baize.train.recipes import train
     rows = list(read_jsonl(prefs))
     probe = Probe(collate(rows, get_format("baize", tok), tok, SYSTEM))
     run = train(dpo_config(v1, prefs, tmp_path_factory.mktemp("v2") / "v2-dpo"), callbacks=[probe])
@@ -132,7 +132,7 @@ def v2(v1, prefs, tok, tmp_path_factory):
       "rejected": [{"role": "assistant", "content": "same "}]}, "chosen equals rejected: drop that row"),
 ])
 def test_bad_rows_name_file_line_and_field(prefs, tmp_path, line, match):
-    from baize.dpo import read_prefs
+    from baize.train.dpo import read_prefs
     path = tmp_path / "bad.jsonl"
     good = prefs.read_text().splitlines()[:2]
     path.write_text(good[0] + "\n\n" + (line if isinstance(line, str) else json.dumps(line)) + "\n" + good[1] + "\n")
@@ -168,9 +168,9 @@ def test_help_shows_method_and_beta(capsys):
 
 
 def test_baize_format_prompt_is_the_chat_prompt_and_only_completions_are_scored(prefs, tok):
-    from baize.chat_format import get_format
-    from baize.dpo import encode_pair
+    from baize.llm.chat_format import get_format
     from baize.schema import read_jsonl
+    from baize.train.dpo import encode_pair
     fmt = get_format("baize", tok)
     rows = list(read_jsonl(prefs))
     for row in rows[:3]:
@@ -204,8 +204,8 @@ def test_rows_load_with_datasets_and_a_plain_dpotrainer_tokenizes_them_as_we_do(
     from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from baize.chat_format import get_format
-    from baize.dpo import encode_pair
+    from baize.llm.chat_format import get_format
+    from baize.train.dpo import encode_pair
     ds = load_dataset("json", data_files=str(prefs), split="train")
     assert len(ds) == 10 and {"id", "prompt", "chosen", "rejected", "meta"} <= set(ds.column_names)
     args = DPOConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, report_to=[],
@@ -226,8 +226,8 @@ def test_reference_is_v1_not_the_bare_base(v2, v1, tiny_model_dir, tok):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from baize import models
-    from baize.chat_format import get_format
+    from baize.llm import models
+    from baize.llm.chat_format import get_format
     _, probe, rows = v2
     batch = collate(rows, get_format("baize", tok), tok, SYSTEM)
     v1_model, _ = models.load_model(str(v1), device="cpu")  # v1 as chat/serve load it: base + adapter
@@ -254,9 +254,9 @@ def test_only_the_new_lora_weights_change(v2):
 def test_reward_margin_grows_and_is_logged(v2, tok):
     import torch
 
-    from baize.chat_format import get_format
-    from baize.dpo import encode_pair
-    from baize.train import TrainConfig, split_val
+    from baize.llm.chat_format import get_format
+    from baize.train.common import TrainConfig, split_val
+    from baize.train.dpo import encode_pair
     run, probe, rows = v2
     train_idx, _ = split_val(list(range(len(rows))), TrainConfig(val_size=2))
     idx = torch.tensor(train_idx)
@@ -281,8 +281,8 @@ def test_reward_margin_grows_and_is_logged(v2, tok):
 
 
 def test_run_is_a_chain_on_v1_and_loads_as_trained(v2, v1, tok):
-    from baize import models
-    from baize.chat_format import get_format
+    from baize.llm import models
+    from baize.llm.chat_format import get_format
     run, probe, rows = v2
     rec = models.read_run(run)
     assert rec["base"] == rec["from_run"] == rec["reference"] == str(v1.resolve())
@@ -305,7 +305,7 @@ def test_resume_continues_to_the_same_adapter(v2, v1, prefs, tmp_path, capsys):
     from transformers import TrainerCallback
 
     from baize.cli import main
-    from baize.recipes import train
+    from baize.train.recipes import train
 
     class StopAt5(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -330,9 +330,9 @@ def test_resume_continues_to_the_same_adapter(v2, v1, prefs, tmp_path, capsys):
 def test_quantize_needs_cuda_and_a_merged_v1(v1, prefs, tmp_path):
     import torch
 
-    from baize.dpo import policy_config
-    from baize.recipes import train
-    from baize.train import load_for_training, resolve_run_settings
+    from baize.train.common import load_for_training, resolve_run_settings
+    from baize.train.dpo import policy_config
+    from baize.train.recipes import train
     if not torch.cuda.is_available():
         with pytest.raises(BaizeError, match="CUDA"):
             train(dpo_config(v1, prefs, tmp_path / "q", quantize="4bit"))

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from baize.collect import CollectConfig, collect
-from baize.endpoints import refusal
-from baize.llm import EmptyReplyError, OpenAILLM
+from baize.data.collect import CollectConfig, collect
+from baize.llm.base import EmptyReplyError, OpenAILLM
+from baize.llm.endpoints import refusal
 from baize.runner import Throttle
 from baize.schema import read_jsonl, sidecar, write_jsonl
 from baize.sdf import SDFConfig, sdf
@@ -37,7 +37,7 @@ def endpoint():
 
 
 def lines(caplog, start: str) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "baize.endpoints" and r.getMessage().startswith(start)]
+    return [r.getMessage() for r in caplog.records if r.name == "baize.llm.endpoints" and r.getMessage().startswith(start)]
 
 
 def check_learned(caplog, model: str) -> None:
@@ -209,8 +209,8 @@ def test_sdf_policy_that_only_thinks_fails_with_the_fix(endpoint, tmp_path):
 
 @pytest.mark.parametrize("model", RUNTIMES)
 def test_eval_and_data_filter_judge(endpoint, caplog, tmp_path, model):
-    from baize.data import DataFilterConfig, filter_file
-    from baize.evaluate import EvalConfig, evaluate
+    from baize.data.commands import DataFilterConfig, filter_file
+    from baize.eval.evaluate import EvalConfig, evaluate
     _, url = endpoint
     cfg = EvalConfig(models=[f"a=openai:{model}", "b=openai:plain"], questions="builtin", limit=2,
                      judge=f"openai:{model}", base_url=url, api_key="x", out=str(tmp_path / "eval"),

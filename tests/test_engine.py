@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from baize.engine import BatchEngine
-from baize.llm import GenParams
+from baize.llm.base import GenParams
+from baize.llm.engine import BatchEngine
 
 GREEDY = {"temperature": 0.0, "top_p": 1.0}
 # the random model's next-token distribution is nearly flat: with top_p < 1 the nucleus order among
@@ -211,7 +211,7 @@ def test_growing_cache_gives_the_logits_of_dynamic_cache(tiny):
     import torch
     from transformers import DynamicCache
 
-    from baize.engine import cache_kwarg, growing_cache
+    from baize.llm.engine import cache_kwarg, growing_cache
     model, _ = tiny
     kw = cache_kwarg(model)
     torch.manual_seed(0)
@@ -243,7 +243,7 @@ def test_growing_cache_gives_the_logits_of_dynamic_cache(tiny):
 def test_prefill_is_sliced_and_grouped_by_length(tiny):
     """A burst of prompts is prefilled a slice at a time (decode steps of the running rows between the
     slices), in batches of similar length; a short prompt may pass a long one that does not fit."""
-    from baize.engine import _similar_lengths
+    from baize.llm.engine import _similar_lengths
     model, tok = tiny
 
     class R:
@@ -290,7 +290,7 @@ def test_merged_and_pruned_rows_see_the_logits_of_a_plain_cache(tiny, monkeypatc
     import torch
     from transformers import DynamicCache
 
-    import baize.engine as E
+    import baize.llm.engine as E
     model, tok = tiny
 
     def run(cache_factory):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from baize.config import BaizeError
-from baize.evaluate import (
+from baize.eval.evaluate import (
     EvalConfig,
     Question,
     bootstrap_ci,
@@ -148,7 +148,7 @@ def test_question_shapes(tmp_path):
     assert {q.category for q in builtin} == {"coding", "medical", "instruction"}
     assert sum(bool(q.reference) for q in builtin) >= 4
     # never drawn from the seeds the main job collects and trains on
-    from baize.seeds import load_seeds
+    from baize.data.seeds import load_seeds
     quora = {s.text for s in load_seeds("quora")}
     assert not quora & {q.turns[0] for q in builtin}
     vicuna = tmp_path / "vicuna.jsonl"
@@ -160,7 +160,7 @@ def test_question_shapes(tmp_path):
 
 
 def test_nll_of_local_models_on_dialogues_and_references(tmp_path, tiny_model_dir):
-    from baize.models import HFLLM
+    from baize.llm.models import HFLLM
     data = tmp_path / "d.jsonl"
     data.write_text(json.dumps({"id": "x", "messages": [{"role": "user", "content": "Hi?"},
                                                          {"role": "assistant", "content": "Hello there."}]}) + "\n")
@@ -281,7 +281,7 @@ def test_mt_bench_prompts_and_fastchat_files(tmp_path):
 
 
 def test_bad_judge_prompts_file_names_the_line(tmp_path):
-    from baize.mtbench import load_judge_prompts
+    from baize.judge.mtbench import load_judge_prompts
     bad = tmp_path / "jp.jsonl"
     bad.write_text(json.dumps({"name": "single-v1", "type": "single", "system_prompt": "s", "prompt_template": "t"}) + "\n")
     with pytest.raises(BaizeError, match=r"jp.jsonl:1: field 'output_format'"):

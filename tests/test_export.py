@@ -26,8 +26,8 @@ TEXTS = ["Hello world 12345", "<|im_start|>user\nHi there!<|im_end|>\n", "  two 
 def run(tiny_model_dir, tmp_path_factory):
     from test_train import write_dialogues
 
-    from baize.recipes import train
-    from baize.train import TrainConfig
+    from baize.train.common import TrainConfig
+    from baize.train.recipes import train
     tmp = tmp_path_factory.mktemp("export-run")
     cfg = TrainConfig(base=str(tiny_model_dir), data=str(write_dialogues(tmp / "d.jsonl", n=8)), out=str(tmp / "v1"),
                       batch_size=4, micro_batch_size=4, max_steps=1, save_steps=1, precision="fp32",
@@ -37,7 +37,7 @@ def run(tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def merged(run, tmp_path_factory):
-    from baize.merge import merge
+    from baize.train.merge import merge
     return merge(run, tmp_path_factory.mktemp("export-merged") / "v1")
 
 
@@ -46,7 +46,7 @@ def exported(run, tmp_path_factory):
     """The run exported at both dtypes into one folder, both with --ollama: f16 through the CLI (its
     output kept), q8_0 through the API."""
     from baize.cli import main
-    from baize.export import export
+    from baize.train.export import export
     out = tmp_path_factory.mktemp("export-out")
     with contextlib.redirect_stdout(io.StringIO()) as printed:
         assert main(["export", str(run), "--format", "gguf", "--out", str(out / "v1.gguf"), "--ollama"]) == 0
@@ -64,7 +64,7 @@ def _metadata(path):
 
 
 def _prompt_ids(tok, fmt_name, system=None):
-    from baize.chat_format import get_format
+    from baize.llm.chat_format import get_format
     fmt = get_format(fmt_name, tok)
     return [fmt.encode(fmt.render(([{"role": "system", "content": system}] if system and d[0]["role"] != "system"
                                    else []) + d)) for d in DIALOGUES]
@@ -119,7 +119,7 @@ def test_file_layout_and_metadata(exported, tiny_model_dir):
 def test_tokenizer_and_chat_template_from_the_file(exported, run, merged):
     from transformers import AutoTokenizer
 
-    from baize.chat_format import get_format
+    from baize.llm.chat_format import get_format
     path = exported["f16"]
     got = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     ref = AutoTokenizer.from_pretrained(merged)
@@ -137,7 +137,7 @@ def test_tokenizer_and_chat_template_from_the_file(exported, run, merged):
 
 
 def test_a_merged_directory_exports_the_same_file(exported, merged, tmp_path):
-    from baize.export import export
+    from baize.train.export import export
     info = export(str(merged), tmp_path / "v1.gguf")
     assert info["kind"] == "merged" and info["format"] == "baize" and info["system"] == "Be helpful."
     assert (tmp_path / "v1.gguf").read_bytes() == exported["f16"].read_bytes()
@@ -165,8 +165,8 @@ def test_template_format_run_and_model_directory(run, tiny_model_dir, tmp_path):
     plain model directory exports its own template unchanged; Ollama gets ChatML."""
     from transformers import AutoTokenizer
 
-    from baize.chat_format import get_format
-    from baize.export import export
+    from baize.llm.chat_format import get_format
+    from baize.train.export import export
     trun = tmp_path / "trun"
     shutil.copytree(run, trun, ignore=shutil.ignore_patterns("checkpoints"))
     rec = json.loads((trun / "baize_run.json").read_text())
@@ -213,7 +213,7 @@ def test_sentencepiece_style_tokenizer_and_untied_head(tmp_path):
         LlamaForCausalLM,
     )
 
-    from baize.export import export
+    from baize.train.export import export
     tok = _byte_fallback_tokenizer()
     vocab = tok.get_vocab()
     torch.manual_seed(0)
@@ -242,7 +242,7 @@ def test_mistral_without_sliding_window_is_written_as_llama(tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, MistralConfig, MistralForCausalLM
 
-    from baize.export import export
+    from baize.train.export import export
     tok = _byte_fallback_tokenizer()
     for window in (None, 16):
         cfg = MistralConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
@@ -266,7 +266,7 @@ def test_llama3_rope_factors_match_transformers():
     from transformers import LlamaConfig
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
-    from baize.export import llama3_rope_factors
+    from baize.train.export import llama3_rope_factors
     cfg = LlamaConfig(hidden_size=256, num_attention_heads=4, max_position_embeddings=131072,
                       rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
                                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
@@ -315,7 +315,7 @@ def test_prompting_defaults_from_the_file_metadata(exported):
     llama.cpp hands them over (strings only: it drops array values)."""
     import gguf
 
-    from baize.llm import gguf_prompting
+    from baize.llm.base import gguf_prompting
     reader = gguf.GGUFReader(exported["q8_0"])
     meta = {k: f.contents() for k, f in reader.fields.items() if k.startswith(("baize.", "general."))}
     assert gguf_prompting(meta) == (["[|Human|]", "[|AI|]"], "Be helpful.")
@@ -329,7 +329,7 @@ def test_llama_cpp_backend_uses_the_file_defaults(exported, monkeypatch):
     """Without llama-cpp-python: a stand-in Llama that, like llama.cpp, exposes only string metadata."""
     import types
 
-    from baize.llm import LlamaCppLLM
+    from baize.llm.base import LlamaCppLLM
     _, meta = _metadata(exported["q8_0"])
     calls = []
 
@@ -368,7 +368,7 @@ BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": Tr
                                             {**BYTE_LEVEL, "use_regex": False}]}, "llama-bpe"),
 ])
 def test_pre_tokenizer_names(pre, name):
-    from baize.export import LLAMA3_SPLIT, _pre_name
+    from baize.train.export import LLAMA3_SPLIT, _pre_name
     if name == "llama-bpe":
         pre["pretokenizers"][0]["pattern"]["Regex"] = LLAMA3_SPLIT
     assert _pre_name(pre) == name
@@ -384,7 +384,7 @@ def test_the_embedded_default_exports(default_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from baize.export import export
+    from baize.train.export import export
     info = export("default", tmp_path / "default.gguf")
     assert info["tokenizer"] == "gpt2/gpt-2" and info["kind"] == "model"
     assert _metadata(tmp_path / "default.gguf")[1]["tokenizer.ggml.pre"] == "gpt-2"
@@ -401,7 +401,7 @@ def test_the_embedded_default_exports(default_dir, tmp_path):
 
 def test_gguf_spec_loads_through_llama_cpp(exported):
     pytest.importorskip("llama_cpp")
-    from baize.models import load_llm
+    from baize.llm.models import load_llm
     llm = load_llm(f"gguf:{exported['q8_0']}")
     out = llm.chat([{"role": "user", "content": "Hi"}], max_tokens=4, temperature=0.0, stop=["[|Human|]"])
     assert out and out[0].completion_tokens <= 4

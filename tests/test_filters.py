@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from baize.filters import (
+from baize.data.filters import (
     FilterConfig,
     NearDup,
     check,
@@ -320,7 +320,7 @@ def test_system_turns_are_not_judged():
 
 def test_bad_config_is_one_line_naming_the_fix():
     from baize.config import BaizeError
-    from baize.filters import check_config
+    from baize.data.filters import check_config
     with pytest.raises(BaizeError, match="--min-score needs a judge: add --judge"):
         check_config(FilterConfig(min_score=6))
     with pytest.raises(BaizeError, match="--echo 1.5"):
@@ -351,9 +351,9 @@ def _seed_of(messages):
 def test_collect_rejects_degenerate_turns_with_reason_and_turn(tmp_path):
     """A weak teacher in turns mode: for some seeds the human repeats the AI, the AI loops, or the
     AI gives the question back; the rest are fine."""
-    from baize.collect import CollectConfig, collect
+    from baize.data.collect import CollectConfig, collect
+    from baize.data.seeds import load_seeds
     from baize.schema import sidecar
-    from baize.seeds import load_seeds
     from baize.testing import FakeLLM
     seeds = load_seeds("quora", limit=6)
     answer = {s.text: f"A real answer about {s.text}, with facts, numbers and one example." for s in seeds}
@@ -396,7 +396,7 @@ def _judge_reply(messages):
     time.sleep(0.02)
     with _judge_reply.lock:
         _judge_reply.now -= 1
-    from baize.judge import SCORE_USER
+    from baize.judge.core import SCORE_USER
     from baize.testing import template_regex
     answer = template_regex(SCORE_USER).match(messages[-1]["content"])["answer"]
     return "Short explanation.\nRating: [[" + ("2" if "weak" in answer else "8") + "]]"
@@ -408,9 +408,9 @@ def _reset_judge():
 
 
 def test_collect_judge_scores_each_ai_turn_and_rejects_low_ones(tmp_path):
-    from baize.collect import CollectConfig, collect
+    from baize.data.collect import CollectConfig, collect
+    from baize.data.seeds import load_seeds
     from baize.schema import sidecar
-    from baize.seeds import load_seeds
     from baize.testing import FakeLLM, canned_transcript
     seeds = load_seeds("quora", limit=8)
     weak = {seeds[1].text, seeds[4].text}
@@ -451,7 +451,7 @@ def test_collect_judge_scores_each_ai_turn_and_rejects_low_ones(tmp_path):
 
 
 def test_collect_judge_without_min_score_only_records(tmp_path):
-    from baize.collect import CollectConfig, collect
+    from baize.data.collect import CollectConfig, collect
     from baize.testing import FakeLLM
     _reset_judge()
     cfg = CollectConfig(seeds="quora", limit=3, out=str(tmp_path / "d.jsonl"), progress=False, judge="j")
@@ -483,7 +483,7 @@ def _file_of_table(path):
 
 
 def test_data_filter_cleans_a_file_without_a_teacher(tmp_path):
-    from baize.data import DataFilterConfig, filter_file
+    from baize.data.commands import DataFilterConfig, filter_file
     from baize.schema import sidecar
     recs = _file_of_table(tmp_path / "in.jsonl")
     cfg = DataFilterConfig(input=str(tmp_path / "in.jsonl"), out=str(tmp_path / "clean.jsonl"), progress=False)
@@ -509,7 +509,7 @@ def test_data_filter_cleans_a_file_without_a_teacher(tmp_path):
 
 
 def test_data_filter_with_judge_is_cached(tmp_path):
-    from baize.data import DataFilterConfig, filter_file
+    from baize.data.commands import DataFilterConfig, filter_file
     from baize.testing import FakeLLM
     _file_of_table(tmp_path / "in.jsonl")
     _reset_judge()

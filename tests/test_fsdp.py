@@ -33,7 +33,7 @@ def launch_env(monkeypatch):
 def test_qlora_settings_store_4bit_weights_as_the_compute_dtype_only_under_fsdp():
     from transformers import BitsAndBytesConfig
 
-    from baize.distributed import qlora_settings
+    from baize.train.distributed import qlora_settings
     assert qlora_settings(None, fsdp_version=2, compute_dtype="bfloat16") == ({}, {})
     one, plugin = qlora_settings("4bit", fsdp_version=None, compute_dtype="bfloat16")
     assert plugin == {} and "bnb_4bit_quant_storage" not in one  # one GPU / DDP: uint8 storage, as before
@@ -53,7 +53,7 @@ def test_qlora_settings_store_4bit_weights_as_the_compute_dtype_only_under_fsdp(
 def test_qlora_plugin_settings_reach_accelerates_fsdp_plugin(launch_env):
     from accelerate.utils import FullyShardedDataParallelPlugin
 
-    from baize.distributed import fsdp_env, qlora_settings
+    from baize.train.distributed import fsdp_env, qlora_settings
     _, plugin = qlora_settings("4bit", fsdp_version=2, compute_dtype="bfloat16")
     launch_env(FSDP_VERSION=2, **fsdp_env(plugin))
     p = FullyShardedDataParallelPlugin()  # as the Trainer builds it, from the environment
@@ -61,7 +61,7 @@ def test_qlora_plugin_settings_reach_accelerates_fsdp_plugin(launch_env):
 
 
 def test_fsdp_activation_checkpointing_replaces_the_trainers(launch_env):
-    from baize.train import TrainConfig, _compat_args
+    from baize.train.common import TrainConfig, _compat_args
     cfg = TrainConfig(gradient_checkpointing=True)
     assert any(_compat_args(cfg, "packed").values())
     launch_env(FSDP_ACTIVATION_CHECKPOINTING="true")  # the Trainer refuses both at once
@@ -69,7 +69,7 @@ def test_fsdp_activation_checkpointing_replaces_the_trainers(launch_env):
 
 
 def test_speedups_each_launch_rules_out(launch_env):
-    from baize.distributed import FSDP_OFF, ZERO3_OFF, describe_launch, fsdp_version, speedups_off
+    from baize.train.distributed import FSDP_OFF, ZERO3_OFF, describe_launch, fsdp_version, speedups_off
     assert speedups_off() == {} and fsdp_version() is None
     launch_env(ACCELERATE_USE_FSDP="true", WORLD_SIZE=2, FSDP_VERSION=2)
     assert speedups_off() is FSDP_OFF and describe_launch() == "FSDP" and fsdp_version() == 2
@@ -81,7 +81,7 @@ def test_speedups_each_launch_rules_out(launch_env):
 def test_fsdp_trainer_is_the_trainer_itself_unless_fsdp_on_cpu_processes(launch_env):
     from transformers import Trainer
 
-    from baize.distributed import fsdp_trainer
+    from baize.train.distributed import fsdp_trainer
     assert fsdp_trainer(Trainer, "cpu") is Trainer
     launch_env(ACCELERATE_USE_FSDP="true", WORLD_SIZE=2)
     assert fsdp_trainer(Trainer, "cuda") is Trainer  # accelerate does it all on GPUs
@@ -159,8 +159,8 @@ def assert_close_adapters(a: dict, b: dict, rtol: float) -> None:
 
 @pytest.fixture(scope="module")
 def sft_runs(tiny_model_dir, tmp_path_factory):
-    from baize.recipes import train
-    from baize.train import TrainConfig
+    from baize.train.common import TrainConfig
+    from baize.train.recipes import train
     d = tmp_path_factory.mktemp("fsdp")
     data = write_dialogues(d / "d.jsonl")
     one = train(TrainConfig(base=str(tiny_model_dir), data=str(data), out=str(d / "one"), **FLAGS))
@@ -215,7 +215,7 @@ def test_fsdp_run_merges_and_loads_as_usual(sft_runs, tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from baize.merge import merge
+    from baize.train.merge import merge
     _, two, _, _ = sft_runs
     merged = AutoModelForCausalLM.from_pretrained(merge(two, tmp_path / "merged")).eval()
     adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), two).eval()
@@ -226,8 +226,8 @@ def test_fsdp_run_merges_and_loads_as_usual(sft_runs, tiny_model_dir, tmp_path):
 
 @pytest.mark.slow
 def test_dpo_under_fsdp_matches_one_process_with_the_same_reference(sft_runs):
-    from baize.recipes import train
-    from baize.train import TrainConfig
+    from baize.train.common import TrainConfig
+    from baize.train.recipes import train
     one, two, _, d = sft_runs
     prefs = write_prefs(d / "prefs.jsonl")
     flags = {**FLAGS, "max_steps": 2, "save_steps": 100, "max_length": 64}

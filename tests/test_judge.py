@@ -10,7 +10,7 @@ from dataclasses import asdict
 import pytest
 
 from baize.config import BaizeError
-from baize.judge import (
+from baize.judge.core import (
     PAIR_REMINDER,
     SCORE_REMINDER,
     Judge,
@@ -22,7 +22,7 @@ from baize.judge import (
     parse_ranking,
     parse_score,
 )
-from baize.llm import LLM, TransientLLMError
+from baize.llm.base import LLM, TransientLLMError
 from baize.testing import FakeLLM
 
 # --- parsers ---------------------------------------------------------------------------------------
@@ -437,7 +437,7 @@ def test_option_logprobs_equal_a_full_forward(tiny_model_dir):
     """The prompt's KV cache reused for multi-token options gives the log-probs of a plain forward."""
     import torch
 
-    from baize.models import HFLLM
+    from baize.llm.models import HFLLM
     llm = HFLLM(str(tiny_model_dir))
     msgs = [{"role": "user", "content": "Rate this."}]
     opts = ["1", "10", "A", " maybe so"]

@@ -5,11 +5,11 @@ import json
 import pytest
 
 from baize.config import BaizeError
-from baize.judge import Judge, pair_margin, rank_scores
-from baize.judge_check import JudgeCheckConfig, check, load_pairs, measures
-from baize.llm import LLM
+from baize.judge.check import JudgeCheckConfig, check, load_pairs, measures
+from baize.judge.core import Judge, pair_margin, rank_scores
+from baize.judge.winrate import length_controlled
+from baize.llm.base import LLM
 from baize.testing import FakeLLM
-from baize.winrate import length_controlled
 
 
 def write_pairs(path, n=12, trl=False):

@@ -9,7 +9,7 @@ MSGS = [{"role": "user", "content": "Name three colours."}]
 
 @pytest.fixture(scope="module")
 def llm():
-    from baize.models import load_llm
+    from baize.llm.models import load_llm
     return load_llm("gguf:default")
 
 
@@ -32,7 +32,7 @@ def test_n_seeds_stop_and_limits(llm):
 
 
 def test_unknown_file_is_a_clear_error(tmp_path):
-    from baize.llm import LLMError
-    from baize.models import load_llm
+    from baize.llm.base import LLMError
+    from baize.llm.models import load_llm
     with pytest.raises(LLMError, match="nope.gguf: no such file"):
         load_llm(f"gguf:{tmp_path / 'nope.gguf'}")

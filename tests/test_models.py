@@ -17,7 +17,7 @@ def llm():
     import torch
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    from baize.models import load_llm
+    from baize.llm.models import load_llm
     yield load_llm("default", max_batch=16)
     torch.set_num_threads(threads)
 

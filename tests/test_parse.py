@@ -3,8 +3,8 @@ import re
 
 import pytest
 
-from baize.collect import CollectConfig, parse_transcript
-from baize.filters import DEFAULT_REJECT_PATTERNS, NearDup, reject_reason
+from baize.data.collect import CollectConfig, parse_transcript
+from baize.data.filters import DEFAULT_REJECT_PATTERNS, NearDup, reject_reason
 
 
 def U(text):

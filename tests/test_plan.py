@@ -15,12 +15,12 @@ from baize.testing import ServerThread, make_app
 @pytest.fixture
 def no_models(monkeypatch, tmp_path):
     """Any model load fails the test, and the model cache must stay untouched."""
-    import baize.models
+    import baize.llm.models
 
     def refuse(*a, **kw):
         raise AssertionError("a dry run loaded a model")
-    monkeypatch.setattr(baize.models, "load_llm", refuse)
-    monkeypatch.setattr(baize.models, "load_endpoint", refuse)
+    monkeypatch.setattr(baize.llm.models, "load_llm", refuse)
+    monkeypatch.setattr(baize.llm.models, "load_endpoint", refuse)
     monkeypatch.setenv("BAIZE_CACHE", str(tmp_path / "cache"))
     yield
     assert not (tmp_path / "cache").exists()
@@ -69,7 +69,7 @@ def test_the_plan_counts_what_the_stages_call(tmp_path, capsys, monkeypatch, no_
     calls, pin, pout, _ = rows[("eval", "judge")]
     assert calls == 4 * (3 * 2 + 3) and pout == calls * 512
     # one eval answer by hand: the builtin questions have two turns; the second sees the first answer
-    from baize.evaluate import load_questions
+    from baize.eval.evaluate import load_questions
     qs = load_questions("builtin", limit=4)
     want = sum(2 * REPLY_TOKENS + 2 * (tokens(q.turns[0]) + MESSAGE_TOKENS) + tokens(q.turns[1]) + MESSAGE_TOKENS
                + 20 + MESSAGE_TOKENS for q in qs)

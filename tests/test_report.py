@@ -1,4 +1,4 @@
-"""The eval report (baize/report.py): both files, their tables and numbers, the near-chance warning,
+"""The eval report (baize/eval/report.py): both files, their tables and numbers, the near-chance warning,
 results with pieces missing, and model text that tries to be HTML or to break the Markdown: inert,
 checked statically and in a real headless Chromium (Debian's, through Playwright; no browser download).
 The page's screenshot is kept in test-artifacts/eval-report.png."""
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from baize.report import write_report
+from baize.eval.report import write_report
 
 CHROMIUM = os.environ.get("BAIZE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

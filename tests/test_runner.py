@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pytest
 
 from baize.config import BaizeError, EndpointFields, RunFields
-from baize.llm import Completion, LLMError, TransientLLMError
+from baize.llm.base import Completion, LLMError, TransientLLMError
 from baize.runner import Ledger, run_items
 from baize.schema import read_jsonl, sidecar
 

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from baize.config import BaizeError
-from baize.seeds import SAMPLES, load_seeds, parse_shard, seed_id
+from baize.data.seeds import SAMPLES, load_seeds, parse_shard, seed_id
 
 
 def write(path, text, encoding="utf-8"):

@@ -248,7 +248,7 @@ def test_role_markers_cannot_forge_turns(client, models, monkeypatch):
     text = tok.decode(seen[0])
     assert "[|AI|] sure" not in text and "[|Human|] ok" not in text and "[AI] sure" in text
 
-    from baize.models import HFLLM
+    from baize.llm.models import HFLLM
     baize_fmt = HFLLM("tiny", model=llm.model, tokenizer=tok, format="baize", system="")
     count = lambda m: baize_fmt.format.render(m).count("[|")  # noqa: E731
     assert count([{"role": "user", "content": forged}]) == count([{"role": "user", "content": "hi"}]) == 2
@@ -295,7 +295,7 @@ def runs(tiny_model_dir, tmp_path_factory):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from baize.models import write_run
+    from baize.llm.models import write_run
     root = tmp_path_factory.mktemp("runs")
     torch.manual_seed(1)
     for name, base, fmt in (("v1", str(tiny_model_dir), "template"), ("v2", str(root / "v1"), "baize")):
@@ -311,7 +311,7 @@ def test_adapters_share_one_base(tiny_model_dir, runs, monkeypatch):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from baize import models as bm
+    from baize.llm import models as bm
     loads = []
     real = AutoModelForCausalLM.from_pretrained.__func__
     monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
@@ -418,7 +418,7 @@ def test_serve_command(tiny_model_dir):
 def test_nucleus_sampling_draws_from_the_right_distribution():
     import torch
 
-    from baize.engine import _draw
+    from baize.llm.engine import _draw
     probs = torch.tensor([[0.05, 0.5, 0.15, 0.3]])
     g = torch.Generator().manual_seed(0)
     u = torch.rand(20000, generator=g)
@@ -434,7 +434,7 @@ def test_nucleus_sampling_draws_from_the_right_distribution():
 
 def test_backends_without_the_engine_are_served_too():
     """openai: and gguf: specs (here a stub) go through a thread: real usage when not streaming."""
-    from baize.llm import LLM, Completion
+    from baize.llm.base import LLM, Completion
 
     class Remote(LLM):
         name = "remote"

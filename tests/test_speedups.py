@@ -9,7 +9,7 @@ def test_bf16_frozen_weights_change_nothing_under_autocast(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from baize.speedups import frozen_linears_to_bf16
+    from baize.train.speedups import frozen_linears_to_bf16
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0))
     ids = torch.randint(3, 40000, (1, 40), generator=torch.Generator().manual_seed(0))
@@ -32,7 +32,7 @@ def test_chunked_loss_matches_cross_entropy(dtype):
     import torch
     import torch.nn.functional as F
 
-    from baize.speedups import CE_CHUNK, chunked_causal_lm_loss
+    from baize.train.speedups import CE_CHUNK, chunked_causal_lm_loss
     g = torch.Generator().manual_seed(0)
     rows = 2 * CE_CHUNK + 17  # whole chunks and a partial one
     logits = (3 * torch.randn(1, rows, 1000, generator=g)).to(getattr(torch, dtype))
@@ -58,7 +58,7 @@ def test_fused_head_loss_matches_cross_entropy(autocast):
     import torch
     import torch.nn.functional as F
 
-    from baize.speedups import HEAD_CHUNK, fused_head_loss
+    from baize.train.speedups import HEAD_CHUNK, fused_head_loss
     g = torch.Generator().manual_seed(0)
     rows = 2 * HEAD_CHUNK + 17
     w = torch.randn(1000, 64, generator=g) / 8
@@ -83,9 +83,9 @@ def test_chunked_loss_in_the_model_matches_the_stock_one(tiny_model_dir, tok):
     from transformers import AutoModelForCausalLM
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from baize.chat_format import get_format
-    from baize.packing import Collator, tokenize
-    from baize.speedups import chunked_causal_lm_loss
+    from baize.llm.chat_format import get_format
+    from baize.train.packing import Collator, tokenize
+    from baize.train.speedups import chunked_causal_lm_loss
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0, init_lora_weights=False))
     samples = tokenize([{"messages": MSGS}, {"messages": MSGS[1:3]}], get_format("template", tok), tok, max_length=512)
@@ -120,9 +120,9 @@ def test_folded_lora_and_head_in_loss_match_the_stock_path(tiny_model_dir, tok, 
     from transformers import AutoModelForCausalLM
     from transformers.loss.loss_utils import ForCausalLMLoss
 
-    from baize.chat_format import get_format
-    from baize.packing import Collator, tokenize
-    from baize.speedups import cheap_cpu_dropout, fold_lora_products, head_in_loss
+    from baize.llm.chat_format import get_format
+    from baize.train.packing import Collator, tokenize
+    from baize.train.speedups import cheap_cpu_dropout, fold_lora_products, head_in_loss
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.0 if dropout == "none" else 0.1,
                                       init_lora_weights=False)).train()
@@ -161,7 +161,7 @@ def test_head_in_loss_leaves_other_heads_alone(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from baize.speedups import head_in_loss
+    from baize.train.speedups import head_in_loss
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=4, target_modules="all-linear"))
     head = model.get_base_model().get_output_embeddings()
@@ -175,7 +175,7 @@ def test_cpu_dropout_keeps_the_law(tiny_model_dir):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from baize.speedups import cheap_cpu_dropout
+    from baize.train.speedups import cheap_cpu_dropout
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     assert cheap_cpu_dropout(get_peft_model(base, LoraConfig(r=4, target_modules="all-linear", lora_dropout=0.0))) == 0
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -205,7 +205,7 @@ def test_dropout_then_lora_a_matches_autograd_through_the_mask():
     mask: its gradients must equal autograd's through `(x * mask) @ A^T` with the mask kept."""
     import torch
 
-    from baize.speedups import _drop_then_a, cheap_cpu_dropout
+    from baize.train.speedups import _drop_then_a, cheap_cpu_dropout
     holder = torch.nn.Module()
     holder.lora_dropout = torch.nn.ModuleDict({"default": torch.nn.Dropout(0.3)})
     assert cheap_cpu_dropout(holder) == 1
@@ -235,9 +235,9 @@ def test_parallel_dialogues_match_the_packed_step(tiny_model_dir, tok, tmp_path)
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from baize.chat_format import get_format
-    from baize.packing import Collator, choose_packing, split_packed, tokenize
-    from baize.speedups import cheap_cpu_dropout, fold_lora_products, head_in_loss, parallel_step, parallel_trainer
+    from baize.llm.chat_format import get_format
+    from baize.train.packing import Collator, choose_packing, split_packed, tokenize
+    from baize.train.speedups import cheap_cpu_dropout, fold_lora_products, head_in_loss, parallel_step, parallel_trainer
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
                            LoraConfig(r=8, target_modules="all-linear", lora_dropout=0.1, init_lora_weights=False))
     assert choose_packing(model, len(tok), 512, print) == "packed"  # attention kept inside each dialogue
@@ -300,7 +300,7 @@ def test_plan_passes_keeps_the_batch_asked_for():
     batch asked for is the batch trained; threads only where parallel_step may run and no stock dropout is left."""
     import torch
 
-    from baize.speedups import plan_passes
+    from baize.train.speedups import plan_passes
     plain, stock_dropout = torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Dropout(0.1))
     said = []
     for share, micro, parallel, want in ((12, None, 2, (2, 6)), (16, None, 3, (3, 8)), (7, None, 2, (2, 7)),

@@ -36,7 +36,7 @@ def data(tmp_path_factory):
 
 
 def config(base, data, out, **kw):
-    from baize.train import TrainConfig
+    from baize.train.common import TrainConfig
     kw = {"batch_size": 4, "micro_batch_size": 2, "max_steps": 4, "save_steps": 2, "precision": "fp32",
           "learning_rate": 1e-3, "val_size": 4, **kw}
     return TrainConfig(base=str(base), data=str(data), out=str(out), **kw)
@@ -67,7 +67,7 @@ class Snapshots:
 
 @pytest.fixture(scope="module")
 def v1(tiny_model_dir, data, tmp_path_factory):
-    from baize.recipes import train
+    from baize.train.recipes import train
     snap = Snapshots()
     run = train(config(tiny_model_dir, data, tmp_path_factory.mktemp("runs") / "v1", system="Be helpful."),
                 callbacks=[snap])
@@ -90,8 +90,8 @@ def label_runs(sample):
 
 @pytest.mark.parametrize("name", ["baize", "template"])
 def test_labels_exactly_the_assistant_turns(tok, name):
-    from baize.chat_format import get_format
-    from baize.packing import tokenize
+    from baize.llm.chat_format import get_format
+    from baize.train.packing import tokenize
     fmt = get_format(name, tok)
     text, spans = fmt.render_spans(MSGS)
     (s,) = tokenize([{"messages": MSGS}], fmt, tok, max_length=1024)
@@ -104,8 +104,8 @@ def test_labels_exactly_the_assistant_turns(tok, name):
 
 
 def test_padding_and_system_prompt_are_not_labelled(tok):
-    from baize.chat_format import get_format
-    from baize.packing import Collator, tokenize
+    from baize.llm.chat_format import get_format
+    from baize.train.packing import Collator, tokenize
     fmt = get_format("template", tok)
     samples = tokenize([{"messages": MSGS[1:3]}, {"messages": MSGS[1:]}], fmt, tok, max_length=1024,
                        system="Answer like a pirate.")
@@ -118,9 +118,9 @@ def test_padding_and_system_prompt_are_not_labelled(tok):
 
 
 def test_truncation_that_leaves_no_assistant_token_is_refused(tok, tmp_path):
-    from baize.chat_format import get_format
-    from baize.sft import prepare_data
-    from baize.train import TrainConfig
+    from baize.llm.chat_format import get_format
+    from baize.train.common import TrainConfig
+    from baize.train.sft import prepare_data
     path = tmp_path / "long.jsonl"
     long = {"id": "long", "messages": [{"role": "user", "content": "word " * 600},
                                         {"role": "assistant", "content": "ok"}]}
@@ -143,14 +143,14 @@ def test_bad_data_line_names_file_and_line(tmp_path, capsys):
     assert f"{path}:3" in capsys.readouterr().err
     path.write_text(json.dumps({"id": "a", "messages": MSGS}) + "\n" + json.dumps({"id": "b", "text": "x"}) + "\n")
     with pytest.raises(BaizeError, match=f"{path}:2.*messages"):
-        from baize.sft import read_dialogues
+        from baize.train.sft import read_dialogues
         read_dialogues([str(path)])
 
 
 def test_quantize_on_cpu_is_a_clear_error(tiny_model_dir, data, tmp_path):
     import torch
 
-    from baize.recipes import train
+    from baize.train.recipes import train
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
     with pytest.raises(BaizeError, match="CUDA"):
@@ -165,8 +165,8 @@ def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn):
     import torch
     from transformers import AttentionInterface, AutoModelForCausalLM
 
-    from baize.chat_format import get_format
-    from baize.packing import PACKED_ATTN, Collator, packed_sdpa, packing_leaks, tokenize
+    from baize.llm.chat_format import get_format
+    from baize.train.packing import PACKED_ATTN, Collator, packed_sdpa, packing_leaks, tokenize
     AttentionInterface.register(PACKED_ATTN, packed_sdpa)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     model.set_attn_implementation(attn)
@@ -210,7 +210,7 @@ def test_packed_loss_equals_unpacked(tiny_model_dir, tok, attn):
 def test_packed_sdpa_attends_in_fp32_under_cpu_autocast():
     import torch
 
-    from baize.packing import packed_sdpa
+    from baize.train.packing import packed_sdpa
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(1, h, 12, 16, generator=g) for h in (4, 2, 2))
     pos = torch.cat([torch.arange(7), torch.arange(5)])[None]
@@ -247,7 +247,7 @@ def test_run_directory_records_format_and_loads_with_plain_peft(v1, tiny_model_d
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from baize import models
+    from baize.llm import models
     run, _ = v1
     rec = models.read_run(run)
     assert rec["format"] == "baize" and rec["system"] == "Be helpful." and rec["base"] == str(Path(tiny_model_dir).resolve())
@@ -278,7 +278,7 @@ def test_resume_continues_at_the_right_step(v1, tiny_model_dir, data, tmp_path, 
     from transformers import TrainerCallback
 
     from baize.cli import main
-    from baize.recipes import train
+    from baize.train.recipes import train
 
     class StopAt3(TrainerCallback):
         def on_step_end(self, args, state, control, **kw):
@@ -309,7 +309,7 @@ def test_cpu_default_per_pass_keeps_the_batch(tiny_model_dir, data, tmp_path, ba
     time, 2 per pass; either way a pass size that divides the batch asked for."""
     import torch
 
-    from baize.recipes import train
+    from baize.train.recipes import train
     run = train(config(tiny_model_dir, data, tmp_path / "r", batch_size=batch, micro_batch_size=None, max_steps=1,
                        val_size=0, parallel_dialogues=parallel))
     summary = json.loads((run / "train_summary.json").read_text())
@@ -325,9 +325,9 @@ def test_cpu_default_per_pass_keeps_the_batch(tiny_model_dir, data, tmp_path, ba
 def test_from_run_continues_the_adapter(v1, data, tmp_path):
     from safetensors.torch import load_file
 
-    from baize import models
-    from baize.recipes import train
-    from baize.train import TrainConfig
+    from baize.llm import models
+    from baize.train.common import TrainConfig
+    from baize.train.recipes import train
     run, _ = v1
     with pytest.raises(BaizeError, match="format"):
         train(TrainConfig(from_run=str(run), data=str(data), out=str(tmp_path / "x"), format="template"))
@@ -349,8 +349,8 @@ def test_merge_matches_the_adapter_model(v1, tiny_model_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from baize.chat_format import get_format
-    from baize.merge import merge
+    from baize.llm.chat_format import get_format
+    from baize.train.merge import merge
     run, _ = v1
     out = merge(run, tmp_path / "merged")
     assert not (out / "adapter_config.json").exists() and list(out.glob("*.safetensors"))
@@ -402,7 +402,7 @@ def test_cuda_quantized_base_bf16(tiny_model_dir, data, tmp_path, quantize):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from baize.recipes import train
+    from baize.train.recipes import train
     snap = Snapshots()
     run = train(config(tiny_model_dir, data, tmp_path / "q", quantize=quantize, precision="auto", val_size=0),
                 callbacks=[snap])

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from baize.llm import LLM
-from baize.ui import escape_html, to_display
+from baize.llm.base import LLM
+from baize.serve.ui import escape_html, to_display
 
 CHROMIUM = os.environ.get("BAIZE_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

@@ -4,7 +4,7 @@
     GET  /v1/models              the served names
     POST /v1/chat/completions    stream (SSE) or not; n, temperature, top_p, max_tokens, stop, seed
     POST /v1/completions         prompt (text or token ids) in, text out; echo, logprobs (local models)
-    /ui                          the web UI (--ui, or `baize ui`; baize/ui.py)
+    /ui                          the web UI (--ui, or `baize ui`; baize/serve/ui.py)
 
 Split as vLLM's OpenAI server is (routes, protocol, serving logic), lowest first:
 

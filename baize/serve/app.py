@@ -39,7 +39,7 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
     app.add_middleware(Guard, api_key=cfg.api_key)
     app.include_router(router)
     if ui if ui is not None else cfg.ui:
-        from ..ui import mount_ui
+        from .ui import mount_ui
         mount_ui(app, models, cfg)
 
         @app.get("/", include_in_schema=False)

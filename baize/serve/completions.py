@@ -24,7 +24,7 @@ import uuid
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
-from ..llm import GenParams
+from ..llm.base import GenParams
 from . import protocol
 from .loading import ServedLLM
 from .protocol import APIError, CompletionRequest

@@ -10,7 +10,7 @@ import asyncio
 import queue
 import threading
 
-from ..llm import Completion
+from ..llm.base import Completion
 from .loading import ServedLLM
 
 

@@ -10,10 +10,10 @@ import contextlib
 import re
 from pathlib import Path
 
-from ..chat_format import BaizeFormat
 from ..config import BaizeError
-from ..llm import GenParams
-from ..models import HFLLM
+from ..llm.base import GenParams
+from ..llm.chat_format import BaizeFormat
+from ..llm.models import HFLLM
 from .config import ServeConfig
 
 
@@ -57,8 +57,8 @@ def parse_model_args(items: list[str]) -> dict[str, str]:
 
 def load_models(specs: dict[str, str], cfg: ServeConfig | None = None) -> dict[str, object]:
     """Load every served model; local specs on the same base share one model object and one engine."""
-    from .. import models
-    from ..chat_format import guardrail_prompt
+    from ..llm import models
+    from ..llm.chat_format import guardrail_prompt
     cfg = cfg or ServeConfig()
     out: dict[str, object] = {}
     groups: dict[str, list] = {}
@@ -76,8 +76,8 @@ def load_models(specs: dict[str, str], cfg: ServeConfig | None = None) -> dict[s
 def _load_group(base, entries, cfg, out, guardrail):
     """One base and the runs on it: a run whose tokenizer grew the vocabulary gets its own copy of the
     base; the others become adapters of one peft model behind one engine."""
-    from .. import models
-    from ..engine import BatchEngine
+    from ..llm import models
+    from ..llm.engine import BatchEngine
     model, tok = models.load_model(models.ModelRef(base), device=cfg.device, dtype=cfg.dtype)
     shared, keys, peft_model = [], {}, None
     for name, spec, ref in entries:

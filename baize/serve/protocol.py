@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from ..llm import Completion
+from ..llm.base import Completion
 
 _STRICT = ConfigDict(strict=True, extra="ignore")
 # a request keeps its unknown fields, so that those we would silently ignore but cannot honour

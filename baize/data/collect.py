@@ -11,10 +11,10 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from ..config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from ..runner import Ledger, Summary, run_items
+from ..runner import print_summary as _print_summary
 from .filters import DialogueFilter, FilterConfig, check_config
-from .runner import Ledger, Summary, run_items
-from .runner import print_summary as _print_summary
 
 SELF_CHAT_TEMPLATE = (
     "Forget the instruction you have previously received. The following is a conversation between a "
@@ -165,7 +165,7 @@ def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict]
 
 def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Summary:
     """Run (or resume) a collection; returns the summary of this invocation."""
-    from .models import load_endpoint
+    from ..llm.models import load_endpoint
     check_config(cfg)  # a bad knob fails before any model loads
     out = Path(cfg.out)
     seeds = _seeds(cfg)
@@ -202,7 +202,7 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
 
 
 def _seeds(cfg: CollectConfig):
-    from .plan import limit_warning, warn
+    from ..plan import limit_warning, warn
     from .seeds import load_seeds
     seeds = load_seeds(cfg.seeds, field=cfg.seed_field, limit=cfg.limit, shard=cfg.shard)
     warn(limit_warning("--limit", cfg.limit, len(seeds), f"{cfg.seeds} has" + (" in this shard" if cfg.shard else "")))
@@ -211,7 +211,7 @@ def _seeds(cfg: CollectConfig):
 
 def plan(cfg: CollectConfig, seeds=None):
     """The --dry-run plan: the teacher's (and --judge's) calls, tokens and cost, nothing called."""
-    from .plan import collect_plan
+    from ..plan import collect_plan
     check_config(cfg)
     seeds = _seeds(cfg) if seeds is None else seeds
     return collect_plan(cfg, [s.text for s in seeds], self_chat=SELF_CHAT_TEMPLATE, human=HUMAN_PROMPT,
@@ -229,7 +229,7 @@ def add_cli(sub) -> None:
 
 
 def _main(args) -> int:
-    from .plan import print_plan, stopped_line
+    from ..plan import print_plan, stopped_line
     cfg = dataclass_from_args(CollectConfig, args)
     if cfg.dry_run:
         print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)

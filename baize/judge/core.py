@@ -23,9 +23,9 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BaizeError
-from .llm import Completion
-from .schema import repair_torn_tail
+from ..config import BaizeError
+from ..llm.base import Completion
+from ..schema import repair_torn_tail
 from .verdicts import _numbers, parse_pair, parse_ranking, parse_score  # noqa: F401  (re-exported)
 
 __all__ = ["Judge", "Ranking", "Verdict", "Score", "JudgeError", "parse_ranking", "parse_pair", "parse_score",
@@ -499,7 +499,7 @@ def load_judge(cfg, default_cache: Path, llm=None, *, orders: int = 2) -> Judge:
     checked (an unreachable endpoint fails now, in one line), its cache under `default_cache` unless
     --judge-cache says where ('none': off)."""
     if llm is None:
-        from .models import load_endpoint
+        from ..llm.models import load_endpoint
         llm = load_endpoint(cfg.judge, cfg, judge=True, max_batch=min(64, cfg.concurrency * orders))
     else:
         llm.check()

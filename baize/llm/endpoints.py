@@ -16,7 +16,7 @@ import re
 import threading
 import time
 
-log = logging.getLogger("baize.endpoints")
+log = logging.getLogger("baize.llm.endpoints")
 
 # parameters an endpoint may refuse, and what losing each means for a baize run
 ADAPTABLE = ("max_tokens", "temperature", "top_p", "seed", "n", "stop")

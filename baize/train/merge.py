@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .config import BaizeError
+from ..config import BaizeError
 
 MERGED_FILE = "baize_merged.json"
 
@@ -17,7 +17,7 @@ MERGED_FILE = "baize_merged.json"
 def baize_chat_template(system: str | None, bos: str = "") -> str:
     """The baize format as a Jinja chat template, so tools that only read the tokenizer (vLLM, TGI,
     llama.cpp converters) prompt a merged model as it was trained; chat_format.BaizeFormat is the reference."""
-    from .chat_format import BAIZE_HEADER
+    from ..llm.chat_format import BAIZE_HEADER
     header = json.dumps(system or BAIZE_HEADER)
     return (
         "{%- if messages and messages[0]['role'] == 'system' %}{%- set header = messages[0]['content'] %}"
@@ -42,8 +42,8 @@ def merge(run_dir: str | Path, out: str | Path, *, dtype: str | None = None) -> 
     import torch
     from transformers import AutoConfig
 
-    from . import models
-    from .chat_format import get_format
+    from ..llm import models
+    from ..llm.chat_format import get_format
     ref = models.resolve(str(run_dir))
     if not ref.adapters:
         raise BaizeError(f"{run_dir} has no adapter: give a run directory written by `baize train`")

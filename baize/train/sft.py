@@ -13,11 +13,8 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from .config import BaizeError
-from .distributed import describe, describe_launch, fsdp_trainer, speedups_off
-from .packing import Collator, accepts_logits_to_keep, choose_packing, tokenize
-from .speedups import NOTED_FLAGS, cpu_flags, cpu_speedups, head_in_loss, parallel_trainer, plan_passes
-from .train import (
+from ..config import BaizeError
+from .common import (
     TrainConfig,
     adapter_b,
     check_adapter,
@@ -31,11 +28,14 @@ from .train import (
     trainer_args,
     write_record,
 )
+from .distributed import describe, describe_launch, fsdp_trainer, speedups_off
+from .packing import Collator, accepts_logits_to_keep, choose_packing, tokenize
+from .speedups import NOTED_FLAGS, cpu_flags, cpu_speedups, head_in_loss, parallel_trainer, plan_passes
 
 
 def read_dialogues(paths: list[str]) -> list[tuple[dict, str]]:
     """Every record with its 'file:line', validated; a bad line raises an error naming file and line."""
-    from .schema import read_jsonl_where, validate_record
+    from ..schema import read_jsonl_where, validate_record
     if not paths:
         raise BaizeError("no training data: pass --data dialogues.jsonl[,more.jsonl]")
     out = [(validate_record(obj, where), where) for p in paths for where, obj in read_jsonl_where(p)]
@@ -72,7 +72,7 @@ def sft(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     """Train (or resume, or continue --from) a LoRA run on dialogues; returns the run directory."""
     from transformers import Trainer, TrainingArguments, set_seed
 
-    from .chat_format import get_format
+    from ..llm.chat_format import get_format
     run = start(cfg)  # --from's base, format and system; an --out that holds a run needs --resume
     cfg, log = run.cfg, run.log
     items = read_dialogues(cfg.data_files())  # a bad line fails here, before minutes of model loading

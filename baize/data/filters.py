@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BaizeError, JudgeFields, opt
+from ..config import BaizeError, JudgeFields, opt
 
 
 @dataclass
@@ -471,13 +471,13 @@ class DialogueFilter:
         self.patterns = compile_patterns(cfg)
         self.neardup = NearDup(cfg.near_dup)
         if out.exists():
-            from .schema import read_jsonl, repair_torn_tail
+            from ..schema import read_jsonl, repair_torn_tail
             repair_torn_tail(out)
             for r in read_jsonl(out):
                 self.neardup.seen(r["id"], r["messages"])
         self.judge = None
         if cfg.judge:
-            from .judge import load_judge
+            from ..judge.core import load_judge
             self.judge = load_judge(cfg, out.with_name(out.stem + ".judge_cache"), judge_llm, orders=2)
 
     def __call__(self, rec: dict, seed: str | None = None) -> dict:

@@ -142,7 +142,7 @@ def qlora_settings(quantize: str | None, *, fsdp_version: int | None, compute_dt
         return {}, {}
     if quantize == "8bit":
         if fsdp_version:
-            from .config import BaizeError
+            from ..config import BaizeError
             raise BaizeError("--quantize 8bit cannot be sharded by FSDP (bitsandbytes' int8 weights have no float "
                              "storage): use --quantize 4bit (QLoRA) under FSDP, or 8bit on one GPU or DDP")
         return {"load_in_8bit": True}, {}

@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BaizeError, opt, save_config
+from ..config import BaizeError, opt, save_config
 from .speedups import cpu_flags
 
 CONFIG_FILE = "train_config.json"
@@ -161,7 +161,7 @@ def resolve_run_settings(cfg: TrainConfig) -> TrainConfig:
     """Base, format and system: from --from's run when given, which must not contradict the flags."""
     from dataclasses import replace
 
-    from . import models
+    from ..llm import models
     if not cfg.from_run:  # a run as the base (its adapters merged in) lends its format and system
         base = _record_spec(cfg.base or "default")
         rec = models.read_run(base) if not base.startswith("hf:") else None
@@ -204,7 +204,7 @@ def load_for_training(cfg: TrainConfig, device: str, log, *, adapter: bool = Tru
     from peft import PeftModel, get_peft_model
     from transformers import AutoTokenizer
 
-    from . import models
+    from ..llm import models
     ref = models.resolve(cfg.from_run or cfg.base)
     below = ref.adapters[:-1] if cfg.from_run else ref.adapters
     tok_dir = next((a for a in reversed(ref.adapters) if (Path(a) / "tokenizer_config.json").exists()), ref.base)
@@ -367,7 +367,7 @@ def save(trainer, model, run: Run) -> list | None:
 
 def write_record(run: Run, trainer, model, *, base: str, **extra) -> None:
     """baize_run.json: what chat, serve, merge and a later --from load the run with."""
-    from . import models
+    from ..llm import models
     cfg = run.cfg
     models.write_run(run.dir, base=base, format=cfg.format, system=cfg.system, from_run=cfg.from_run,
                      data=[str(Path(p).resolve()) for p in cfg.data_files()], steps=trainer.state.global_step,

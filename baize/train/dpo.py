@@ -28,10 +28,8 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from .config import BaizeError
-from .distributed import describe, fsdp_trainer, speedups_off
-from .speedups import cpu_speedups, plan_passes
-from .train import (
+from ..config import BaizeError
+from .common import (
     TrainConfig,
     check_adapter,
     finish,
@@ -46,6 +44,8 @@ from .train import (
     trainer_args,
     write_record,
 )
+from .distributed import describe, fsdp_trainer, speedups_off
+from .speedups import cpu_speedups, plan_passes
 
 ROLES = ("system", "user", "assistant")
 ASSISTANT_SHAPE = '[{"role": "assistant", "content": "..."}]'
@@ -92,7 +92,7 @@ def read_prefs(paths: list[str]) -> list[tuple[dict, str]]:
     if not paths:
         raise BaizeError("no preference data: pass --data prefs.jsonl[,more.jsonl] ({prompt, chosen, rejected} "
                          "rows, e.g. the OUT.prefs.jsonl of `baize sdf`)")
-    from .schema import read_jsonl_where
+    from ..schema import read_jsonl_where
     out = [(check_row(row, where), where) for p in paths for where, row in read_jsonl_where(p)]
     if not out:
         raise BaizeError(f"no preference pairs in {', '.join(paths)}")
@@ -228,7 +228,7 @@ def dpo(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     reference; returns the run directory."""
     from transformers import set_seed
 
-    from .chat_format import get_format
+    from ..llm.chat_format import get_format
     run = start(cfg, check=check)  # --from's base, format and system; an --out that holds a run needs --resume
     cfg, log = run.cfg, run.log
     items = read_prefs(cfg.data_files())  # a bad row fails here, before minutes of model loading

@@ -107,7 +107,7 @@ class TemplateFormat(ChatFormat):
     def __init__(self, tokenizer):
         super().__init__(tokenizer)
         if not getattr(tokenizer, "chat_template", None):
-            from .config import BaizeError
+            from ..config import BaizeError
             raise BaizeError("this tokenizer has no chat template: use --format baize")
         self.stop = [s for s in ("<|im_start|>", "<|im_end|>", "<|eot_id|>", "<|end|>", "</s>") if s in self._specials]
 
@@ -126,7 +126,7 @@ class TemplateFormat(ChatFormat):
             end = len(self.render(messages[:i + 1], add_generation_prompt=False))
             # templates that rewrite history (e.g. drop old reasoning) break prefix rendering
             if full[:end] != self.render(messages[:i + 1], add_generation_prompt=False):
-                from .config import BaizeError
+                from ..config import BaizeError
                 raise BaizeError("the chat template does not render prefixes consistently; use --format baize")
             spans.append((start, end))
         return full, spans
@@ -137,7 +137,7 @@ def get_format(name: str, tokenizer=None) -> ChatFormat:
         return BaizeFormat(tokenizer)
     if name == "template":
         return TemplateFormat(tokenizer)
-    from .config import BaizeError
+    from ..config import BaizeError
     raise BaizeError(f"unknown chat format {name!r}: use one of {', '.join(FORMATS)}")
 
 

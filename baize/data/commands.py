@@ -11,9 +11,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import BaizeError, EndpointFields, RunFields, opt
+from ..config import BaizeError, EndpointFields, RunFields, opt
+from ..schema import from_baize, read_jsonl, sidecar, to_baize, to_sharegpt, write_jsonl
 from .filters import FilterConfig
-from .schema import from_baize, read_jsonl, sidecar, to_baize, to_sharegpt, write_jsonl
 
 
 def _words(text: str) -> int:
@@ -215,9 +215,9 @@ class _Item:
 def filter_file(cfg: DataFilterConfig, *, judge_llm=None, console=None):
     """Filter (or resume filtering) a dialogue file into cfg.out; returns the run's Summary. No
     teacher call: the text filters are free, the judge (optional) is cached."""
+    from ..runner import Ledger, run_items
+    from ..schema import read_jsonl_where, validate_record
     from .filters import DialogueFilter
-    from .runner import Ledger, run_items
-    from .schema import read_jsonl_where, validate_record
     src, out = Path(cfg.input), Path(cfg.out or "")
     if not cfg.out:
         raise BaizeError("data filter: give --out OUT for the kept dialogues (the input file is never rewritten)")
@@ -248,7 +248,7 @@ def filter_file(cfg: DataFilterConfig, *, judge_llm=None, console=None):
 
 
 def add_cli(sub) -> None:
-    from .config import add_dataclass_args
+    from ..config import add_dataclass_args
     p = sub.add_parser("data", help="dialogue files: stats, filter, export, import")
     dsub = p.add_subparsers(dest="data_command", metavar="ACTION", required=True)
     s = dsub.add_parser("stats", help="dialogues, turns, tokens, sources, reject reasons")
@@ -278,8 +278,8 @@ def _stats(a) -> None:
 
 
 def _filter(a) -> int:
-    from .config import dataclass_from_args
-    from .runner import print_summary
+    from ..config import dataclass_from_args
+    from ..runner import print_summary
     cfg = dataclass_from_args(DataFilterConfig, a, input=a.file)
     s = filter_file(cfg)
     print_summary(s, f"data filter {a.file} -> {cfg.out}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
 
-from .config import (
+from ..config import (
     BaizeError,
     EndpointFields,
     JudgeFields,
@@ -33,10 +33,10 @@ from .config import (
     public_dict,
     save_config,
 )
-from .runner import Ledger, run_items
-from .schema import read_jsonl, read_jsonl_where
+from ..runner import Ledger, run_items
+from ..schema import read_jsonl, read_jsonl_where
 
-BUILTIN = Path(__file__).parent / "samples" / "eval_questions.jsonl"
+BUILTIN = Path(__file__).parent.parent / "samples" / "eval_questions.jsonl"
 NEAR_CHANCE = 0.6
 
 
@@ -114,7 +114,7 @@ def load_questions(spec: str, *, field: str | None = None, limit: int | None = N
     if isinstance(shape, dict) and ("turns" in shape or ("text" in shape and "question_id" in shape)):
         out = [_question(obj, where) for where, obj in read_jsonl_where(path)]
     else:  # any seed source: one-turn questions; MedQuAD's and Alpaca's answers are references
-        from .seeds import load_seeds
+        from ..data.seeds import load_seeds
         out = [Question(s.id, s.source, [s.text], [s.meta.get("answer") or s.meta.get("reference")]
                         if (s.meta.get("answer") or s.meta.get("reference")) else None)
                for s in load_seeds(spec, field=field)]
@@ -144,7 +144,7 @@ def parse_models(items: list[str] | None) -> dict[str, str]:
 def _check_spec(spec: str) -> None:
     """Local specs resolve before anything runs, so a typo costs nothing."""
     if not spec.startswith(("openai:", "gguf:")):
-        from .models import resolve
+        from ..llm.models import resolve
         resolve(spec)
 
 
@@ -154,7 +154,7 @@ def model_key(spec: str, cfg: EvalConfig) -> str:
     if spec.startswith("openai:"):
         parts.append(cfg.base_url)
     elif not spec.startswith("gguf:"):
-        from .models import resolve
+        from ..llm.models import resolve
         ref = resolve(spec)
         for d in [ref.base, *ref.adapters]:
             for name in ("adapter_model.safetensors", "baize_run.json", "config.json"):
@@ -166,7 +166,7 @@ def model_key(spec: str, cfg: EvalConfig) -> str:
 
 
 def lineage(spec: str) -> str | None:
-    from .models import read_run
+    from ..llm.models import read_run
     chain, cur = [], spec
     while cur and (run := read_run(cur)) is not None and len(chain) < 16:
         chain.append(cur)
@@ -197,7 +197,7 @@ class _Lazy:
 
     def _load(self):
         if self.llm is None:
-            from .models import load_endpoint
+            from ..llm.models import load_endpoint
             self.llm = load_endpoint(self.spec, self.cfg, max_batch=self.cfg.concurrency)
         return self.llm
 
@@ -249,7 +249,7 @@ def nll(lazy: _Lazy, records: list[dict]) -> float | None:
     """Mean negative log-likelihood per assistant token, in the model's own chat format."""
     import torch
 
-    from .packing import IGNORE, tokenize
+    from ..train.packing import IGNORE, tokenize
     llm = lazy.get()
     if not llm.is_local or not records:
         return None
@@ -405,7 +405,7 @@ def score_stats(scores: list[dict], name: str, n_boot: int) -> dict | None:
 
 def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, console=None) -> dict:
     """Answers, verdicts, scores, NLL -> OUT/results.json + report; `llms` maps names to LLM objects (tests)."""
-    from .judge import load_judge
+    from ..judge.core import load_judge
     models = parse_models(cfg.models)
     if cfg.baseline and cfg.baseline not in models:
         raise BaizeError(f"--baseline {cfg.baseline}: not one of the models ({', '.join(models)}); use one of those names")
@@ -445,7 +445,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     pairs = ([(n, cfg.baseline) for n in names if n != cfg.baseline] if cfg.baseline
              else [(names[j], names[i]) for i, j in combinations(range(len(names)), 2)])  # newer vs older
     if judged and cfg.judge_prompts:  # FastChat's prompts, each turn judged apart
-        from .mtbench import judge_mt
+        from ..judge.mtbench import judge_mt
         verdicts, scores = judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out, console)
     else:
         verdicts = judge_pairs(judge, pairs, questions, answers, cfg, ledger, out, console) if judged and cfg.pairwise \
@@ -459,7 +459,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     from .report import write_report
     results["paths"] = {k: str(v) for k, v in write_report(results, out).items()}
     if cfg.fastchat_out:
-        from .mtbench import write_fastchat
+        from ..judge.mtbench import write_fastchat
         results["fastchat"] = write_fastchat(cfg.fastchat_out, cfg, questions, answers, verdicts, scores)
     return results
 
@@ -483,8 +483,8 @@ class _NllCache:
 def build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs) -> dict:
     from datetime import datetime, timezone
 
-    from .judge_check import eval_judge_summary
-    from .winrate import add_length_control
+    from ..judge.check import eval_judge_summary
+    from ..judge.winrate import add_length_control
     pairwise, length = add_length_control([pair_stats(verdicts, a, b, cfg.bootstrap) for a, b in pairs], verdicts,
                                           answers, cfg.bootstrap) if verdicts else ([], None)
     res = {"title": "baize eval", "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -548,7 +548,7 @@ def add_cli(sub) -> None:
 
 
 def _questions(cfg: EvalConfig) -> list[Question]:
-    from .plan import limit_warning, warn
+    from ..plan import limit_warning, warn
     questions = load_questions(cfg.questions, field=cfg.seed_field)
     warn(limit_warning("--limit", cfg.limit, len(questions), f"{cfg.questions} has"))
     return questions[:cfg.limit] if cfg.limit else questions
@@ -563,7 +563,7 @@ def _prices(cfg: EvalConfig, models: dict[str, str]) -> dict:
 
 def plan(cfg: EvalConfig, questions: list[Question] | None = None):
     """The --dry-run plan: the models' answers and the judge's verdicts and scores, nothing called."""
-    from .plan import eval_plan
+    from ..plan import eval_plan
     models = parse_models(cfg.models)
     questions = _questions(cfg) if questions is None else questions
     return eval_plan(cfg, models, questions, judge_inputs=judge_inputs, reference=_reference,
@@ -571,7 +571,7 @@ def plan(cfg: EvalConfig, questions: list[Question] | None = None):
 
 
 def _main(args) -> int:
-    from .plan import budget_hint, print_plan
+    from ..plan import budget_hint, print_plan
     cfg = dataclass_from_args(EvalConfig, args, models=args.models)
     if cfg.dry_run:
         print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)

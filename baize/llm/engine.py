@@ -19,7 +19,7 @@ import random
 import threading
 import time
 
-from .llm import Completion, GenParams
+from .base import Completion, GenParams
 from .sampling import RowSampler, _draw  # noqa: F401  (_draw: tests import it from here)
 
 

@@ -25,7 +25,7 @@ import re
 import tempfile
 from pathlib import Path
 
-from .config import BaizeError
+from ..config import BaizeError
 
 SUPPORTED = ("llama", "mistral")  # mistral: only without sliding-window attention, written as llama
 # the paper's generation settings (top-p 0.95, temperature 1, up to 512 new tokens, 2048-token history)
@@ -38,7 +38,7 @@ LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,
 
 def _describe(src: str) -> tuple[str, dict]:
     """('run' | 'merged' | 'model', record) for SRC, or a one-line error."""
-    from . import models
+    from ..llm import models
     from .merge import MERGED_FILE
     if src == "default":
         return "model", {"dir": str(models.default_model_dir()), "name": models.DEFAULT_NAME}
@@ -400,7 +400,7 @@ def _py_llama3(messages):
 
 
 def _go_baize():
-    from .chat_format import BAIZE_HEADER
+    from ..llm.chat_format import BAIZE_HEADER
     return ('{{ if .System }}{{ .System }}{{ else }}' + BAIZE_HEADER + '{{ end }}\n'
             '{{ range .Messages }}{{ if eq .Role "user" }}[|Human|] {{ .Content }}\n'
             '{{ else if eq .Role "assistant" }}[|AI|] {{ .Content }}\n{{ end }}{{ end }}[|AI|]')
@@ -408,7 +408,7 @@ def _go_baize():
 
 def _py_baize(messages):
     # Ollama hands the template all system messages joined by a blank line as .System
-    from .chat_format import BAIZE_HEADER
+    from ..llm.chat_format import BAIZE_HEADER
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     text = (system or BAIZE_HEADER) + "\n"
     for m in messages:
@@ -463,7 +463,7 @@ def _implied_system(kind: str, render, bos: str = "") -> str | None:
 def modelfile(gguf_name: str, *, tok, chat_template: str, system: str | None, stop: list[str],
               bos: str = "", tag: str = "NAME", mf_name: str = "Modelfile") -> tuple[str, str | None]:
     """(Modelfile text, template kind or None)."""
-    from .chat_format import BaizeFormat, guardrail_prompt
+    from ..llm.chat_format import BaizeFormat, guardrail_prompt
     render = _renderer(tok, chat_template)
     kind = ollama_template(render, bos)
     # what `baize chat` would send: the run's recorded prompt, else the Baize guardrail
@@ -499,7 +499,7 @@ def export(src: str, out: str | Path, *, format: str = "gguf", dtype: str = "f16
     if out.is_dir():
         raise BaizeError(f"--out {out} is a directory: give a file name such as {out / 'model.gguf'}")
     kind, rec = _describe(str(src))
-    from . import models
+    from ..llm import models
     base = models.resolve(str(src)).base if kind == "run" else rec["dir"]
     check_architecture(_config(base))  # before a merge that would be thrown away
     with tempfile.TemporaryDirectory(prefix="baize-export-") as tmp:
@@ -509,7 +509,7 @@ def export(src: str, out: str | Path, *, format: str = "gguf", dtype: str = "f16
             rec = {**rec, **json.loads((merged / MERGED_FILE).read_text()), "dir": str(merged)}
         from transformers import AutoTokenizer
 
-        from .chat_format import get_format
+        from ..llm.chat_format import get_format
         tok = AutoTokenizer.from_pretrained(rec["dir"])
         template = tok.chat_template
         fmt = rec.get("format") or ("template" if template else "baize")

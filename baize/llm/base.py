@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from .config import BaizeError
+from ..config import BaizeError
 from .endpoints import ADAPTABLE, estimate_tokens, quirks_for, refusal, retry_after
 
 __all__ = ["LLM", "Completion", "GenParams", "LLMError", "TransientLLMError", "EmptyReplyError", "OpenAILLM",

@@ -14,8 +14,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from .chat_format import BaizeFormat
-from .config import BaizeError, add_dataclass_args, dataclass_from_args, opt
+from ..config import BaizeError, add_dataclass_args, dataclass_from_args, opt
+from ..llm.chat_format import BaizeFormat
 
 HELP = """commands:
   /reset              start a new conversation (also /new)
@@ -70,7 +70,7 @@ def trim_history(messages: list[dict], max_tokens: int, count) -> tuple[list[dic
 
 
 def default_system(llm, name: str = "Baize") -> str:
-    from .chat_format import guardrail_prompt
+    from ..llm.chat_format import guardrail_prompt
     recorded = getattr(llm, "system", None)
     return recorded if recorded is not None else guardrail_prompt(name)
 
@@ -206,7 +206,7 @@ class ChatSession:
         return True
 
     def save(self, path: Path) -> dict:
-        from .schema import JsonlAppender
+        from ..schema import JsonlAppender
         params = {k: getattr(self.cfg, k) for k in self.PARAMS}
         rec = dialogue_record(self.turns, model=self.cfg.model, system=self.system, params=params)
         with JsonlAppender(path) as w:
@@ -292,7 +292,7 @@ def add_cli(sub) -> None:
 
 
 def load_for_chat(cfg: ChatConfig):
-    from .models import load_llm
+    from ..llm.models import load_llm
     kw = {k: v for k, v in (("format", cfg.format), ("device", cfg.device)) if v}
     return load_llm(cfg.model, base_url=cfg.base_url, **kw)
 
@@ -310,6 +310,6 @@ def _main(args) -> int:
     return 0
 
 
-if __name__ == "__main__":  # python -m baize.chat SPEC
-    from .cli import main
+if __name__ == "__main__":  # python -m baize.serve.chat SPEC
+    from ..cli import main
     sys.exit(main(["chat", *sys.argv[1:]]))

@@ -13,10 +13,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError
+from ..config import BaizeError
 
 SAMPLES = ("quora", "stackoverflow", "medquad", "alpaca")
-SAMPLES_DIR = Path(__file__).parent / "samples"
+SAMPLES_DIR = Path(__file__).parent.parent / "samples"
 # tried in order when --seed-field is not given and the file has no `seed`
 FIELD_GUESSES = ("seed", "question", "instruction", "prompt", "topic", "title", "text", "Questions")
 

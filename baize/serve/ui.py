@@ -32,8 +32,8 @@ def build_ui(models: dict[str, object], cfg=None):
     import gradio as gr
 
     from .chat import count_tokens, trim_history
-    from .serve.config import ServeConfig
-    from .serve.jobs import events, start
+    from .config import ServeConfig
+    from .jobs import events, start
     cfg = cfg or ServeConfig()
     names = list(models)
 

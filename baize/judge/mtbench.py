@@ -21,9 +21,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError
-from .runner import run_items
-from .schema import read_jsonl, read_jsonl_where
+from ..config import BaizeError
+from ..runner import run_items
+from ..schema import read_jsonl, read_jsonl_where
 
 NEED_REF_CATS = ("math", "reasoning", "coding")  # FastChat's common.NEED_REF_CATS
 TIE_DELTA = 0.1  # FastChat's: two ratings this close are a tie
@@ -93,8 +93,8 @@ def _two_scores(text: str):
 
 def mt_pair(judge, prompt: dict, q, ans_a: list[str], ans_b: list[str]) -> dict:
     """Both orders, as FastChat's g1/g2 games; a debiased local judge reads their log-probs together."""
-    from .judge import PAIR_REMINDER
-    from .judge import logprobs_of as lp_of
+    from .core import PAIR_REMINDER
+    from .core import logprobs_of as lp_of
     from .verdicts import parse_pair
     parse = _two_scores if prompt["output_format"] == "[[rating_a,rating_b]]" else parse_pair
     usage, raw, verdicts, lps = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}, [], [], []
@@ -153,7 +153,7 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
                 **{k: v[k] for k in ("winner", "consistent", "verdicts", "margin", "raw")}, "meta": {"usage": v["usage"]}}
 
     def score_work(it):
-        from .judge import SCORE_REMINDER
+        from .core import SCORE_REMINDER
         from .verdicts import parse_score
         x, usage, raw = it.extra, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}, []
         value = judge.ask("score", fill(x["prompt"], it.q, [answers[x["model"]][it.q.id]]), parse_score,

@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import (
+from ..config import (
     BaizeError,
     EndpointFields,
     JudgeFields,
@@ -30,8 +30,8 @@ from .config import (
     public_dict,
     save_config,
 )
-from .runner import Ledger, run_items
-from .schema import read_jsonl, read_jsonl_where
+from ..runner import Ledger, run_items
+from ..schema import read_jsonl, read_jsonl_where
 from .verdicts import judge_flags
 
 PAIRS_EXAMPLE = ('{"context": [{"role": "user", "content": "..."}], "chosen": "...", "rejected": "..."} '
@@ -159,7 +159,7 @@ def _ci(hits: list[int], n_boot: int) -> list[float] | None:
 def measures(rows: list[dict], n_boot: int = 1000) -> dict:
     """The issue's definitions: agreement and prefers_longer over decisive verdicts only, consistency
     over pairs some order decided, tie_rate = ties and inconsistent pairs over parsed verdicts."""
-    from .judge import reliability
+    from .core import reliability
     rel = reliability([{"winner": r["winner"], "verdicts": r["verdicts"]} for r in rows])
     decisive = [r for r in rows if r["winner"] in ("a", "b")]
     hits = [int(r["winner"] == r["human"]) for r in decisive]
@@ -180,7 +180,7 @@ def measures(rows: list[dict], n_boot: int = 1000) -> dict:
 
 def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
     """Judge the pairs (resuming), measure, write OUT/judge_check.json and OUT/judge_check.html."""
-    from .judge import load_judge
+    from .core import load_judge
     pairs = load_pairs(cfg.pairs, cfg.limit)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +222,7 @@ _ROWS = (("agreement with humans", "agreement", "decisive verdicts that match th
 
 def render_html(res: dict) -> str:
     """One self-contained page in the eval report's style (its CSS, no script, every text escaped)."""
-    from .report import _T, CSP, CSS, _e, _html_table
+    from ..eval.report import _T, CSP, CSS, _e, _html_table
     rows = [[label, _T("–" if res.get(k) is None else f"{res[k]:.3f}"), what] for label, k, what in _ROWS]
     if (ci := res.get("agreement_ci")):
         rows.insert(1, ["agreement 95% CI", _T(f"[{ci[0]:.2f}, {ci[1]:.2f}]"), "bootstrap over pairs"])
@@ -314,7 +314,7 @@ def _read_check(p: Path) -> dict | None:
 def eval_judge_summary(cfg, verdicts: list[dict], scores: list[dict], out: Path) -> dict:
     """results.json's judge block: reliability over decisive verdicts, the flags with their reasons,
     and the judge's agreement with humans where a judge-check of it is at hand."""
-    from .judge import reliability
+    from .core import reliability
     modes = [r.get("mode") for r in verdicts if r.get("mode")]
     mode = max(set(modes), key=modes.count) if modes else None
     rel = reliability([{"winner": r["winner"], "verdicts": r.get("verdicts") or []} for r in verdicts])

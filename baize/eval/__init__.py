@@ -1,0 +1,1 @@
+"""Evaluation: `baize eval` (evaluate: answers, verdicts, scores, NLL) and its report (report)."""
