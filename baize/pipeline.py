@@ -9,8 +9,9 @@ its last checkpoint). --teacher and --judge openai:... swap in real models with 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from .config import BaizeError, add_dataclass_args, dataclass_from_args, opt, save_config
 from .schema import sidecar
@@ -180,16 +181,177 @@ def _stop_line(cfg: PipelineConfig, out: Path) -> str:
                        scope="every stage and run so far")
 
 
-def _stopped(console, cfg: PipelineConfig, out: Path, stopped) -> bool:
-    """True (after the one line saying how to resume) when the budget ran out: before a stage (stopped
-    None: the caps are spent already) or in it (its summary's `stopped`)."""
+# --- the steps -------------------------------------------------------------------------------------
+# Each step takes the run's context and the results of the steps it needs, and returns a Result:
+# done (with its outputs), skipped (nothing to do here) or stopped (why, and the exit status it
+# means). The loop in run() starts no step after a stop; the exit status follows from the results.
+
+@dataclass
+class Result:
+    status: str                      # "done" | "skipped" | "stopped"
+    why: str = ""                    # stopped or skipped: the reason, in words
+    outputs: dict = field(default_factory=dict)
+    exit_status: int = 0             # what a stop here means for the process (a spent budget is a clean stop)
+
+    @classmethod
+    def done(cls, **outputs) -> Result:
+        return cls("done", outputs=outputs)
+
+    @classmethod
+    def skipped(cls, why: str) -> Result:
+        return cls("skipped", why)
+
+    @classmethod
+    def stopped(cls, why: str, exit_status: int = 0) -> Result:
+        return cls("stopped", why, exit_status=exit_status)
+
+
+@dataclass
+class Context:
+    """What every step reads: the console, the settings, the output directory and the inputs."""
+    console: object
+    cfg: PipelineConfig
+    out: Path
+    steps: int                       # how many numbered steps the run shows (7 with --dpo)
+    collected: list                  # seeds to collect dialogues on
+    prompts: list                    # SDF prompts: the seeds after those
+    questions: list                  # eval questions
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    run: Callable[..., Result]
+    needs: tuple[str, ...] = ()      # earlier steps whose results this one reads
+
+
+def _budget_stop(ctx: Context, stopped: str | None) -> Result | None:
+    """A stopped Result (after the one line saying how to resume) when the budget ran out: before a
+    stage (stopped None: the caps are spent already) or in it (its summary's `stopped`)."""
     if stopped is None or stopped in ("budget", "--max-cost", "--max-tokens-total"):
-        console.print(_stop_line(cfg, out), style="bold yellow", soft_wrap=True)
-        return True
-    return False
+        line = _stop_line(ctx.cfg, ctx.out)
+        ctx.console.print(line, style="bold yellow", soft_wrap=True)
+        return Result.stopped(line)
+    return None
 
 
-def run(cfg: PipelineConfig) -> dict:
+def _budget_or_stop(ctx: Context) -> tuple[dict | None, Result | None]:
+    budget = _budget(ctx.cfg, ctx.out)
+    return budget, (_budget_stop(ctx, None) if budget is None else None)
+
+
+def _collect_step(ctx: Context) -> Result:
+    from .data.collect import collect, print_summary
+    from .data.commands import print_stats, stats
+    cfg, out = ctx.cfg, ctx.out
+    budget, stop = _budget_or_stop(ctx)
+    if stop:
+        return stop
+    _step(ctx.console, f"1/{ctx.steps} collect: {cfg.limit} {cfg.seeds} seeds, teacher {cfg.teacher}, mode {cfg.mode}")
+    ccfg = _collect_cfg(cfg, out, len(ctx.collected), budget)
+    summary = collect(ccfg)
+    print_summary(summary, ccfg.out, ctx.console)
+    print_stats(stats(Path(ccfg.out)))
+    return _budget_stop(ctx, summary.stopped or "done") or Result.done(dialogues=Path(ccfg.out))
+
+
+def _v1_step(ctx: Context) -> Result:
+    from .train.common import TrainConfig
+    cfg, out = ctx.cfg, ctx.out
+    _step(ctx.console, f"2/{ctx.steps} train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
+    _train_once(ctx.console, out / "v1", TrainConfig(base=cfg.base, data=str(out / "dialogues.jsonl"),
+                                                     out=str(out / "v1"), format=cfg.format, max_steps=cfg.max_steps,
+                                                     batch_size=cfg.batch_size, quantize=cfg.quantize))
+    return Result.done(run=out / "v1")
+
+
+def _sdf_step(ctx: Context) -> Result:
+    import json
+
+    from .llm.models import read_run
+    from .runner import print_summary
+    from .sdf import prefs_line, sdf
+    cfg, out = ctx.cfg, ctx.out
+    budget, stop = _budget_or_stop(ctx)
+    if stop:
+        return stop
+    _step(ctx.console, f"3/{ctx.steps} SDF: v1 samples {cfg.n} answers to each of {len(ctx.prompts)} new prompts, "
+                       f"judge {cfg.judge} ranks them")
+    (out / "sdf_prompts.jsonl").write_text("".join(json.dumps({"seed": s.text, "source": s.source}) + "\n"
+                                                   for s in ctx.prompts))
+    # an endpoint serving v1 needs v1's system prompt from us; in-process v1 adds its own
+    scfg = _sdf_cfg(cfg, out, budget, (read_run(out / "v1") or {}).get("system") if cfg.sdf_policy else None)
+    s, prefs = sdf(scfg)
+    print_summary(s, f"sdf -> {scfg.out}", ctx.console, unit="prompts")
+    ctx.console.print(prefs_line(prefs), soft_wrap=True)
+    return _budget_stop(ctx, s.stopped or "done") or Result.done(prefs=prefs)
+
+
+def _v2_step(ctx: Context, sdf: Result) -> Result:
+    from .train.common import TrainConfig
+    cfg, out, prefs = ctx.cfg, ctx.out, sdf.outputs["prefs"]
+    _step(ctx.console, f"4/{ctx.steps} train v2: v1's adapter continued on the SDF best answers (the paper), "
+                       f"{cfg.v2_steps} steps")
+    if prefs["prompts"] == 0:
+        raise BaizeError(f"SDF kept no prompt (see {sidecar(out / 'sdf.jsonl', 'rejected')}): use a stronger --judge "
+                         f"or more --sdf-prompts")
+    _train_once(ctx.console, out / "v2", TrainConfig(from_run=str(out / "v1"), data=str(out / "sdf.jsonl"),
+                                                     out=str(out / "v2"), max_steps=cfg.v2_steps,
+                                                     batch_size=min(cfg.batch_size, prefs["prompts"]),
+                                                     quantize=cfg.quantize))
+    return Result.done(run=out / "v2")
+
+
+def _dpo_step(ctx: Context, sdf: Result) -> Result:
+    from .train.common import TrainConfig
+    cfg, out, prefs = ctx.cfg, ctx.out, sdf.outputs["prefs"]
+    if not cfg.dpo:
+        return Result.skipped("no --dpo")
+    _step(ctx.console, f"5/{ctx.steps} train v2-dpo: DPO from v1 on the SDF preference pairs, {cfg.v2_steps} steps")
+    if not prefs["pairs"]:
+        ctx.console.print("no preference pairs (the judge preferred no candidate): v2-dpo skipped")
+        return Result.done()  # a step that ran and found nothing to train: timed like the others
+    _train_once(ctx.console, out / "v2-dpo", TrainConfig(from_run=str(out / "v1"), method="dpo", data=prefs["prefs"],
+                                                         out=str(out / "v2-dpo"), max_steps=cfg.v2_steps,
+                                                         batch_size=min(cfg.batch_size, prefs["pairs"]),
+                                                         quantize=cfg.quantize))
+    return Result.done(run=out / "v2-dpo")
+
+
+def _eval_step(ctx: Context) -> Result:
+    from .eval.evaluate import evaluate, print_results
+    from .serve.chat import usage_hint
+    cfg, out, console = ctx.cfg, ctx.out, ctx.console
+    budget, stop = _budget_or_stop(ctx)
+    if stop:
+        return stop
+    compared = _compared(cfg, out)
+    if cfg.dpo and not (out / "v2-dpo").is_dir():
+        del compared["v2-dpo"]
+    _step(console, f"{ctx.steps - 1}/{ctx.steps} eval: {', '.join(compared)} on {cfg.eval_questions} questions, "
+                   f"judge {cfg.judge}")
+    res = evaluate(_eval_cfg(cfg, out, compared, len(ctx.questions), budget))
+    _step(console, f"{ctx.steps}/{ctx.steps} report")
+    print_results(res, console)
+    stop = _budget_stop(ctx, res.get("stopped") or "done")
+    if stop:
+        return stop
+    console.rule("[bold]next")
+    console.print(usage_hint(str(out / "v2"), compare={"base": cfg.base, "v1": str(out / "v1")}), soft_wrap=True)
+    console.print(f"report: {res['paths']['html']}", soft_wrap=True)
+    return Result.done(report=res["paths"]["html"])
+
+
+STEPS = (Step("collect", _collect_step), Step("train_v1", _v1_step), Step("sdf", _sdf_step),
+         Step("train_v2", _v2_step, needs=("sdf",)), Step("train_v2_dpo", _dpo_step, needs=("sdf",)),
+         Step("eval", _eval_step))
+# --stop-after names a stage by what it makes
+_STOP_AFTER = {"collect": "collect", "train_v1": "v1", "sdf": "sdf", "train_v2": "v2"}
+
+
+def run(cfg: PipelineConfig) -> dict[str, Result]:
+    """The steps in order, each with the results it needs; none starts after a stop. Returns each
+    step's result by name (--dry-run: none)."""
     from rich.console import Console
 
     from .plan import print_plan, spent, warn
@@ -210,123 +372,26 @@ def run(cfg: PipelineConfig) -> dict:
         warn(w)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.config.json")
-    steps = 7 if cfg.dpo else 6
+    ctx = Context(console, cfg, out, 7 if cfg.dpo else 6, collected, prompts, questions)
+    results: dict[str, Result] = {}
     times: dict[str, float] = {}
-    inputs = {"collected": collected, "prompts": prompts, "questions": questions}
-    for name, step in (("collect", _collect_step), ("train_v1", _v1_step), ("sdf", _sdf_step),
-                       ("train_v2", _v2_step), ("train_v2_dpo", _dpo_step), ("eval", _eval_step)):
+    for step in STEPS:
         t = time.monotonic()
-        done = step(console, cfg, out, steps, inputs)
-        if done is not None:
-            times[name] = time.monotonic() - t
-        if done is False or cfg.stop_after == {"train_v1": "v1", "train_v2": "v2"}.get(name, name):
-            return times
+        r = results[step.name] = step.run(ctx, *(results[n] for n in step.needs))
+        if r.status != "skipped":
+            times[step.name] = time.monotonic() - t
+        if r.status == "stopped" or (cfg.stop_after and cfg.stop_after == _STOP_AFTER.get(step.name)):
+            return results
     console.print("step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
-    return times
+    return results
 
 
-# Each step returns True when done, False when the pipeline must stop here (the budget is spent),
-# None when it had nothing to do.
-
-def _collect_step(console, cfg, out, steps, inputs) -> bool:
-    from .data.collect import collect, print_summary
-    from .data.commands import print_stats, stats
-    budget = _budget(cfg, out)
-    if budget is None:
-        return not _stopped(console, cfg, out, None)
-    _step(console, f"1/{steps} collect: {cfg.limit} {cfg.seeds} seeds, teacher {cfg.teacher}, mode {cfg.mode}")
-    ccfg = _collect_cfg(cfg, out, len(inputs["collected"]), budget)
-    summary = collect(ccfg)
-    print_summary(summary, ccfg.out, console)
-    print_stats(stats(Path(ccfg.out)))
-    return not _stopped(console, cfg, out, summary.stopped or "done")
-
-
-def _v1_step(console, cfg, out, steps, inputs) -> bool:
-    from .train.common import TrainConfig
-    _step(console, f"2/{steps} train v1: LoRA on {cfg.base}, {cfg.max_steps} steps, format {cfg.format}")
-    _train_once(console, out / "v1", TrainConfig(base=cfg.base, data=str(out / "dialogues.jsonl"), out=str(out / "v1"),
-                                                 format=cfg.format, max_steps=cfg.max_steps,
-                                                 batch_size=cfg.batch_size, quantize=cfg.quantize))
-    return True
-
-
-def _sdf_step(console, cfg, out, steps, inputs) -> bool:
-    import json
-
-    from .llm.models import read_run
-    from .runner import print_summary
-    from .sdf import prefs_line, sdf
-    budget = _budget(cfg, out)
-    if budget is None:
-        return not _stopped(console, cfg, out, None)
-    _step(console, f"3/{steps} SDF: v1 samples {cfg.n} answers to each of {len(inputs['prompts'])} new prompts, "
-                   f"judge {cfg.judge} ranks them")
-    (out / "sdf_prompts.jsonl").write_text("".join(json.dumps({"seed": s.text, "source": s.source}) + "\n"
-                                                   for s in inputs["prompts"]))
-    # an endpoint serving v1 needs v1's system prompt from us; in-process v1 adds its own
-    scfg = _sdf_cfg(cfg, out, budget, (read_run(out / "v1") or {}).get("system") if cfg.sdf_policy else None)
-    s, prefs = sdf(scfg)
-    print_summary(s, f"sdf -> {scfg.out}", console, unit="prompts")
-    console.print(prefs_line(prefs), soft_wrap=True)
-    inputs["prefs"] = prefs
-    return not _stopped(console, cfg, out, s.stopped or "done")
-
-
-def _v2_step(console, cfg, out, steps, inputs) -> bool:
-    from .train.common import TrainConfig
-    prefs = inputs["prefs"]
-    _step(console, f"4/{steps} train v2: v1's adapter continued on the SDF best answers (the paper), "
-                   f"{cfg.v2_steps} steps")
-    if prefs["prompts"] == 0:
-        raise BaizeError(f"SDF kept no prompt (see {sidecar(out / 'sdf.jsonl', 'rejected')}): use a stronger --judge "
-                         f"or more --sdf-prompts")
-    _train_once(console, out / "v2", TrainConfig(from_run=str(out / "v1"), data=str(out / "sdf.jsonl"),
-                                                 out=str(out / "v2"), max_steps=cfg.v2_steps,
-                                                 batch_size=min(cfg.batch_size, prefs["prompts"]),
-                                                 quantize=cfg.quantize))
-    return True
-
-
-def _dpo_step(console, cfg, out, steps, inputs) -> bool | None:
-    from .train.common import TrainConfig
-    if not cfg.dpo:
-        return None
-    prefs = inputs["prefs"]
-    _step(console, f"5/{steps} train v2-dpo: DPO from v1 on the SDF preference pairs, {cfg.v2_steps} steps")
-    if prefs["pairs"]:
-        _train_once(console, out / "v2-dpo", TrainConfig(from_run=str(out / "v1"), method="dpo", data=prefs["prefs"],
-                                                         out=str(out / "v2-dpo"), max_steps=cfg.v2_steps,
-                                                         batch_size=min(cfg.batch_size, prefs["pairs"]),
-                                                         quantize=cfg.quantize))
-    else:
-        console.print("no preference pairs (the judge preferred no candidate): v2-dpo skipped")
-    return True
-
-
-def _eval_step(console, cfg, out, steps, inputs) -> bool:
-    from .eval.evaluate import evaluate, print_results
-    from .serve.chat import usage_hint
-    budget = _budget(cfg, out)
-    if budget is None:
-        return not _stopped(console, cfg, out, None)
-    compared = _compared(cfg, out)
-    if cfg.dpo and not (out / "v2-dpo").is_dir():
-        del compared["v2-dpo"]
-    _step(console, f"{steps - 1}/{steps} eval: {', '.join(compared)} on {cfg.eval_questions} questions, "
-                   f"judge {cfg.judge}")
-    res = evaluate(_eval_cfg(cfg, out, compared, len(inputs["questions"]), budget))
-    _step(console, f"{steps}/{steps} report")
-    print_results(res, console)
-    if _stopped(console, cfg, out, res.get("stopped") or "done"):
-        return False
-    console.rule("[bold]next")
-    console.print(usage_hint(str(out / "v2"), compare={"base": cfg.base, "v1": str(out / "v1")}), soft_wrap=True)
-    console.print(f"report: {res['paths']['html']}", soft_wrap=True)
-    return True
+def exit_status(results: dict[str, Result]) -> int:
+    """The process's exit status: that of the step that stopped the run, 0 when none did."""
+    return next((r.exit_status for r in results.values() if r.status == "stopped"), 0)
 
 
 def add_cli(sub) -> None:
     p = sub.add_parser("pipeline", help="the whole loop on the embedded default model (the README's main job)")
     add_dataclass_args(p, PipelineConfig)
-    p.set_defaults(func=lambda a: run(dataclass_from_args(PipelineConfig, a)) and 0)
+    p.set_defaults(func=lambda a: exit_status(run(dataclass_from_args(PipelineConfig, a))))

@@ -140,7 +140,7 @@ def collect_plan(cfg, seeds: list[str], *, self_chat: str, human: str, assistant
                 history += cfg.max_tokens + MESSAGE_TOKENS
                 ai_turns.append(history)
         if judge is not None:
-            from .judge.core import SCORE_SYSTEM, SCORE_USER
+            from .judge.prompts import SCORE_SYSTEM, SCORE_USER
             frame = tokens(SCORE_SYSTEM) + tokens(SCORE_USER.format(context="", answer="")) + 2 * MESSAGE_TOKENS + 20
             for ctx in ai_turns:
                 judge.add(1, frame + ctx, _judge_out(cfg, cfg.judge))
@@ -164,7 +164,8 @@ def sdf_plan(cfg, contexts: list[list[dict]], *, policy: str | None = None) -> P
     """sdf: per prompt one policy call for n candidates (the prompt paid once), then the judge ranks
     them in min(--judge-orders, distinct orders) presentations (a debiased local judge: all n rotations),
     each a call with every candidate."""
-    from .judge.core import RANK_ANSWER, RANK_SYSTEM, RANK_USER, _presentations, render_context
+    from .judge.modes import _presentations
+    from .judge.prompts import RANK_ANSWER, RANK_SYSTEM, RANK_USER, render_context
     plan = Plan(items={"sdf": f"{len(contexts):,} prompts, n {cfg.n}"})
     pol = plan.row("sdf", "policy", policy or cfg.policy, (cfg.price_in, cfg.price_out))
     judge = plan.row("sdf", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
@@ -185,7 +186,7 @@ def eval_plan(cfg, models: dict[str, str], questions: list, *, judge_inputs, ref
     """eval: every model answers every turn seeing its own earlier answers; the judge gives each pair
     of models a verdict per question in both orders (2 calls, all turns in one prompt) and each model
     a score per question (1 call)."""
-    from .judge.core import PAIR_SYSTEM, PAIR_USER, SCORE_REF_SYSTEM, SCORE_REF_USER, SCORE_SYSTEM, SCORE_USER, render_context
+    from .judge.prompts import PAIR_SYSTEM, PAIR_USER, SCORE_REF_SYSTEM, SCORE_REF_USER, SCORE_SYSTEM, SCORE_USER, render_context
     prices = prices or {}
     turns = sum(len(q.turns) for q in questions)
     plan = Plan(items={"eval": f"{len(questions)} questions ({turns} turns), {len(models)} models"})

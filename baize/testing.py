@@ -41,7 +41,7 @@ def judge_reply(messages: list[dict]) -> str | None:
     """A judge that prefers longer answers, whatever their position (None: not a judge prompt).
     Consistent under swapped orders, so tests see real verdicts; and biased to length, as real
     judges are, which `baize data stats` must make visible."""
-    from .judge import core as J
+    from .judge import prompts as J
     if len(messages) < 2 or messages[0]["role"] != "system":
         return None
     system, user = messages[0]["content"], messages[1]["content"]

@@ -1,6 +1,7 @@
 """The house rules of docs/architecture.md, checked on the source: no import circle between modules
-of baize/ (lazy imports inside functions count: they are circles all the same), no module over
-600 lines, no function over 100 lines, and no `hasattr` probe of an LLM's abilities."""
+of baize/ (lazy imports inside functions count: they are circles all the same), imports only down
+the layers docs/architecture.md lists, at most 12 modules directly in baize/, no module over 600
+lines, no class over 200, no function over 100, and no `hasattr` probe of an LLM's abilities."""
 import ast
 import re
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 
 PKG = Path(__file__).resolve().parent.parent / "baize"
+DOC = PKG.parent / "docs" / "architecture.md"
 
 
 def _modules() -> dict[str, Path]:
@@ -86,13 +88,62 @@ def test_the_cycle_finder_sees_a_circle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
-@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: p.name)
-def test_module_and_function_sizes(path):
+def layers(doc: str) -> dict[str, int]:
+    """unit -> layer number, from the fenced block under docs/architecture.md's "## Layers" heading:
+    one line per layer, lowest first, `N  unit unit/ ...` (a subpackage ends in /)."""
+    block = doc.split("## Layers", 1)[1].split("```", 2)[1]
+    out = {}
+    for line in block.splitlines():
+        if (m := re.match(r"\s*(\d+)\s+(.+)$", line)):
+            for unit in m.group(2).split("#")[0].split():
+                out[unit.rstrip("/")] = int(m.group(1))
+    return out
+
+
+def unit_of(module: str) -> str:
+    """baize.llm.engine -> llm (its subpackage); baize.runner -> runner; baize -> __init__."""
+    parts = module.split(".")[1:]
+    return parts[0] if parts else "__init__"
+
+
+def upward_imports(graph: dict[str, set[str]], layer: dict[str, int]) -> list[str]:
+    return sorted(f"{m} -> {t} ({unit_of(m)} is layer {layer[unit_of(m)]}, {unit_of(t)} layer {layer[unit_of(t)]})"
+                  for m, targets in graph.items() for t in targets
+                  if unit_of(m) != unit_of(t) and layer[unit_of(m)] < layer[unit_of(t)])
+
+
+def test_imports_point_down_the_layers():
+    layer = layers(DOC.read_text())
+    graph = import_graph()
+    unplaced = sorted({unit_of(m) for m in graph} - set(layer))
+    assert not unplaced, f"{unplaced}: give each a layer in docs/architecture.md's ## Layers block"
+    assert upward_imports(graph, layer) == []
+
+
+def test_the_layer_check_sees_an_upward_import():
+    layer = layers("## Layers\n```\n1  config\n2  llm/\n3  judge/   # a comment\n```\n")
+    assert layer == {"config": 1, "llm": 2, "judge": 3}
+    graph = {"baize.llm.base": {"baize.config", "baize.llm.engine"}, "baize.llm.engine": set(),
+             "baize.judge.core": {"baize.llm.base"}, "baize.config": {"baize.judge.core"}}
+    assert upward_imports(graph, layer) == ["baize.config -> baize.judge.core (config is layer 1, judge layer 3)"]
+
+
+def test_at_most_twelve_modules_at_the_top():
+    top = sorted(p.name for p in PKG.glob("*.py"))
+    assert len(top) <= 12, f"{len(top)} modules directly in baize/: {top}; move stage code into its subpackage"
+
+
+@pytest.mark.parametrize("path", sorted(PKG.rglob("*.py")), ids=lambda p: str(p.relative_to(PKG)))
+def test_module_class_and_function_sizes(path):
     lines = path.read_text().count("\n")
     assert lines <= 600, f"{path.name}: {lines} lines; split it by job"
-    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in ast.walk(ast.parse(path.read_text()))
+    nodes = list(ast.walk(ast.parse(path.read_text())))
+    long = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in nodes
             if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno + 1 > 100]
     assert not long, f"{path.name}: functions over 100 lines: {long}"
+    big = [f"{n.name} ({n.end_lineno - n.lineno + 1} lines)" for n in nodes
+           if isinstance(n, ast.ClassDef) and n.end_lineno - n.lineno + 1 > 200]
+    assert not big, f"{path.name}: classes over 200 lines: {big}; give each job its own class"
 
 
 def test_llm_abilities_are_declared_not_probed():

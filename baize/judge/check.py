@@ -222,7 +222,10 @@ _ROWS = (("agreement with humans", "agreement", "decisive verdicts that match th
 
 def render_html(res: dict) -> str:
     """One self-contained page in the eval report's style (its CSS, no script, every text escaped)."""
-    from ..eval.report import _T, CSP, CSS, _e, _html_table
+    from ..pages import CSP, CSS
+    from ..pages import Cell as _T
+    from ..pages import escape as _e
+    from ..pages import html_table as _html_table
     rows = [[label, _T("–" if res.get(k) is None else f"{res[k]:.3f}"), what] for label, k, what in _ROWS]
     if (ci := res.get("agreement_ci")):
         rows.insert(1, ["agreement 95% CI", _T(f"[{ci[0]:.2f}, {ci[1]:.2f}]"), "bootstrap over pairs"])

@@ -93,18 +93,11 @@ def _two_scores(text: str):
 
 def mt_pair(judge, prompt: dict, q, ans_a: list[str], ans_b: list[str]) -> dict:
     """Both orders, as FastChat's g1/g2 games; a debiased local judge reads their log-probs together."""
-    from .core import PAIR_REMINDER
-    from .core import logprobs_of as lp_of
     from .verdicts import parse_pair
     parse = _two_scores if prompt["output_format"] == "[[rating_a,rating_b]]" else parse_pair
-    usage, raw, verdicts, lps = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}, [], [], []
-    for first, second, swap in ((ans_a, ans_b, False), (ans_b, ans_a, True)):
-        v = judge.ask("pair", fill(prompt, q, [first, second]), parse, PAIR_REMINDER, usage, raw)
-        lps.append(lp_of(raw[-1]))
-        verdicts.append({"A": "B", "B": "A"}.get(v, v) if swap else v)
-    winner, consistent, margin = judge.combine(verdicts, lps)
-    return {"winner": {"A": "a", "B": "b", "tie": "tie"}.get(winner), "consistent": consistent,
-            "verdicts": verdicts, "margin": margin, "raw": raw, "usage": usage}
+    v = judge.pair_messages(fill(prompt, q, [ans_a, ans_b]), fill(prompt, q, [ans_b, ans_a]), parse)
+    return {"winner": {"A": "a", "B": "b", "tie": "tie"}.get(v.winner), "consistent": v.consistent,
+            "verdicts": v.verdicts, "margin": v.margin, "raw": v.raw, "usage": v.usage}
 
 
 @dataclass
@@ -153,14 +146,11 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
                 **{k: v[k] for k in ("winner", "consistent", "verdicts", "margin", "raw")}, "meta": {"usage": v["usage"]}}
 
     def score_work(it):
-        from .core import SCORE_REMINDER
-        from .verdicts import parse_score
-        x, usage, raw = it.extra, {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}, []
-        value = judge.ask("score", fill(x["prompt"], it.q, [answers[x["model"]][it.q.id]]), parse_score,
-                          SCORE_REMINDER, usage, raw)
-        ledger.add(role="judge", usage=usage)
+        x = it.extra
+        sc = judge.score_messages(fill(x["prompt"], it.q, [answers[x["model"]][it.q.id]]))
+        ledger.add(role="judge", usage=sc.usage)
         return {"id": it.id, "question_id": it.q.id, "category": it.q.category, "model": x["model"], "turn": x["turn"],
-                "prompt": x["prompt"]["name"], "value": value, "raw": raw, "meta": {"usage": usage}}
+                "prompt": x["prompt"]["name"], "value": sc.value, "raw": sc.raw, "meta": {"usage": sc.usage}}
 
     got = []
     for items, work, path, label in ((pitems, pair_work, out / "verdicts.jsonl", "judge pairs (MT-bench)"),

@@ -66,6 +66,47 @@ class Request:
         finally:  # the consumer went away (client disconnected): stop generating for this row
             self.cancel()
 
+    # -- decoding, on the engine thread ------------------------------------------------------------
+
+    def advance(self, token: int, tok, eos_ids) -> None:
+        """Take one sampled token: detokenize, stop on EOS, a stop string or max_tokens, stream what is safe."""
+        if token in eos_ids:
+            self.eos = True
+            return self.finish_as("stop")
+        self.tokens.append(token)
+        # Incremental detokenization (vLLM's scheme): decode a short window, not the whole reply each
+        # step; the window keeps the previous token(s) so a tokenizer's leading-space rules still apply.
+        seen = tok.decode(self.tokens[self.prefix:self.read], skip_special_tokens=True)
+        window = tok.decode(self.tokens[self.prefix:], skip_special_tokens=True)
+        before = len(self.text)
+        if window.endswith("\ufffd") or len(window) < len(seen):  # half a multi-byte character
+            text = self.text + window[len(seen):]
+        else:
+            text = self.text = self.text + window[len(seen):]
+            self.prefix, self.read = self.read, len(self.tokens)
+        stops = self.params.stop
+        start = max(0, before - max((len(s) for s in stops), default=0))
+        hit = min((i for i in (text.find(s, start) for s in stops) if i != -1), default=-1)
+        if hit != -1:
+            self.text = text[:hit]
+            return self.finish_as("stop")
+        if self.cancelled.is_set() or len(self.tokens) >= self.params.max_tokens:
+            self.text = text  # ending here: with what the last tokens decode to, even half a character
+            return self.finish_as("cancelled" if self.cancelled.is_set() else "length")
+        if text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
+            return
+        safe = len(text) - _held_back(text, stops)
+        if safe > self.emitted:
+            self.events.put(("delta", text[self.emitted:safe]))
+            self.emitted = safe
+
+    def finish_as(self, reason: str) -> None:
+        self.finish = reason
+        if len(self.text) > self.emitted:
+            self.events.put(("delta", self.text[self.emitted:]))
+            self.emitted = len(self.text)
+        self.events.put(("done", Completion(self.text, len(self.prompt_ids), len(self.tokens) + self.eos, reason)))
+
 
 class _Job:
     """Model work other than decoding (a judge's option scoring): run on the engine thread between
@@ -191,34 +232,110 @@ def _growing_layer_class():
 class _Group:
     """The running batch of one adapter: its rows, their KV cache, attention mask and last tokens."""
 
-    def __init__(self, adapter):
+    def __init__(self, adapter, rows: list[Request], cache, mask, last):
         self.adapter = adapter
-        self.rows: list[Request] = []
-        self.cache = None  # transformers DynamicCache, batch axis = rows
-        self.mask = None  # (rows, cached positions + 1 for the next token) long, 0 where padded
-        self.last = None  # (rows,) the token each row feeds next
+        self.rows = rows
+        self.cache = cache  # transformers DynamicCache, batch axis = rows
+        self.mask = mask  # (rows, cached positions + 1 for the next token) long, 0 where padded
+        self.last = last  # (rows,) the token each row feeds next
         self.sampler = None
 
+    def merge(self, batch, cache, mask, last) -> None:
+        """Append prefilled rows: both caches are padded on the left (zeros, masked out) to a common
+        length, then concatenated along the batch axis."""
+        import torch
+        n = max(self.mask.shape[1], mask.shape[1])
 
-def _merge(g: _Group, batch, cache, mask, last) -> None:
-    """Append prefilled rows to a running batch: both caches are padded on the left (zeros, masked
-    out) to a common length, then concatenated along the batch axis."""
-    import torch
-    n = max(g.mask.shape[1], mask.shape[1])
+        def pad(t, axis):  # left-pad t along axis to length n
+            if t.shape[axis] == n:
+                return t
+            shape = list(t.shape)
+            shape[axis] = n - t.shape[axis]
+            return torch.cat([t.new_zeros(shape), t], dim=axis)
 
-    def pad(t, axis):  # left-pad t along axis to length n
-        if t.shape[axis] == n:
-            return t
-        shape = list(t.shape)
-        shape[axis] = n - t.shape[axis]
-        return torch.cat([t.new_zeros(shape), t], dim=axis)
+        for old, new in zip(self.cache.layers, cache.layers):
+            old.keys = torch.cat([pad(old.keys, 2), pad(new.keys, 2)], dim=0)
+            old.values = torch.cat([pad(old.values, 2), pad(new.values, 2)], dim=0)
+        self.mask = torch.cat([pad(self.mask, 1), pad(mask, 1)], dim=0)
+        self.last = torch.cat([self.last, last], dim=0)
+        self.rows.extend(batch)
+        self.sampler = None
 
-    for old, new in zip(g.cache.layers, cache.layers):
-        old.keys = torch.cat([pad(old.keys, 2), pad(new.keys, 2)], dim=0)
-        old.values = torch.cat([pad(old.values, 2), pad(new.values, 2)], dim=0)
-    g.mask = torch.cat([pad(g.mask, 1), pad(mask, 1)], dim=0)
-    g.last = torch.cat([g.last, last], dim=0)
-    g.rows.extend(batch)
+    def decode(self, forward, device) -> list[int]:
+        """One decode step for every row: the next token of each."""
+        import torch
+        self.mask = torch.cat([self.mask, self.mask.new_ones((len(self.rows), 1))], dim=1)
+        pos = (self.mask.sum(-1, keepdim=True) - 1)
+        out = forward(self.adapter, self.cache, input_ids=self.last[:, None], attention_mask=self.mask,
+                      position_ids=pos)
+        if self.sampler is None:
+            self.sampler = RowSampler([r.params for r in self.rows], [r.gen for r in self.rows], device)
+        self.last = self.sampler(out.logits[:, -1])
+        return self.last.tolist()
+
+    def prune(self) -> None:
+        """Drop finished rows from the cache and mask at once; trim padding no row needs."""
+        import torch
+        keep = [i for i, r in enumerate(self.rows) if r.finish is None]
+        if len(keep) == len(self.rows):
+            return
+        self.rows = [self.rows[i] for i in keep]
+        self.sampler = None
+        if not keep:
+            self.cache = self.mask = self.last = None
+            return
+        idx = torch.tensor(keep, device=self.mask.device)
+        self.cache.batch_select_indices(idx)
+        self.mask, self.last = self.mask[idx], self.last[idx]
+        lead = int(self.mask.any(0).long().argmax())  # leading columns that are padding in every row
+        if lead:
+            self.mask = self.mask[:, lead:]
+            for layer in self.cache.layers:
+                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
+
+
+class _Inbox:
+    """What reaches the engine thread: requests waiting to be admitted (oldest first), other model work
+    (jobs) and the close sentinel (None), filed from one queue that any thread may put into."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self.waiting: collections.deque[Request] = collections.deque()  # arrived, not yet admitted
+        self.jobs: collections.deque[_Job] = collections.deque()
+        self.closing = False
+
+    def collect(self, busy: bool, max_batch: int, wait_s: float) -> None:
+        """Move arrived items to their lines. Idle: block for the first one, then gather what arrives
+        within wait_s of it (so a burst starts as one batch); busy: take what is there."""
+        if not busy and not self.waiting and not self.jobs:
+            first = self.queue.get()
+            if not self._take(first):
+                return
+            if isinstance(first, _Job):
+                return  # run it now; no batch to gather
+            deadline = time.monotonic() + wait_s
+            while len(self.waiting) < max_batch:
+                try:
+                    nxt = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if not self._take(nxt):
+                    return
+        while True:
+            try:
+                nxt = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            if not self._take(nxt):
+                return
+
+    def _take(self, item) -> bool:
+        """File an item from the queue; False on the close sentinel."""
+        if item is None:
+            self.closing = True
+            return False
+        (self.jobs if isinstance(item, _Job) else self.waiting).append(item)
+        return True
 
 
 class BatchEngine:
@@ -238,14 +355,11 @@ class BatchEngine:
         self.select_adapter = select_adapter
         self.eos_ids = sorted({i for i in eos_ids if i is not None})
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_ids[0]
-        self._queue: queue.Queue[Request] = queue.Queue()
+        self._inbox = _Inbox()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self._waiting: collections.deque[Request] = collections.deque()  # arrived, not yet admitted
-        self._jobs: collections.deque[_Job] = collections.deque()
         self._groups: dict = {}  # adapter -> _Group with rows
         self._turn = 0  # round-robin position over the groups
-        self._closing = False
         self.batches_run = 0
         self.max_batch_seen = 0
 
@@ -270,17 +384,17 @@ class BatchEngine:
     def _put(self, item) -> None:
         with self._lock:
             if self._thread is None:
-                self._closing = False
+                self._inbox.closing = False
                 self._thread = threading.Thread(target=self._loop, name="baize-engine", daemon=True)
                 self._thread.start()
                 atexit.register(self.close)
-        self._queue.put(item)
+        self._inbox.queue.put(item)
 
     def close(self) -> None:
         """Stop the engine thread (a torch thread killed at interpreter exit aborts the process).
         Requests still running or waiting finish as cancelled, with the text they have."""
         if self._thread is not None:
-            self._queue.put(None)
+            self._inbox.queue.put(None)
             self._thread.join(timeout=30)
             self._thread = None
 
@@ -288,40 +402,6 @@ class BatchEngine:
 
     def _active(self) -> int:
         return sum(len(g.rows) for g in self._groups.values())
-
-    def _collect(self) -> None:
-        """Move arrived requests to the waiting line. Idle: block for the first one, then gather what
-        arrives within wait_s of it (so a burst starts as one batch); busy: take what is there."""
-        idle = not self._groups and not self._waiting and not self._jobs
-        if idle:
-            first = self._queue.get()
-            if not self._take(first):
-                return
-            if isinstance(first, _Job):
-                return  # run it now; no batch to gather
-            deadline = time.monotonic() + self.wait_s
-            while len(self._waiting) < self.max_batch:
-                try:
-                    nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if not self._take(nxt):
-                    return
-        while True:
-            try:
-                nxt = self._queue.get_nowait()
-            except queue.Empty:
-                return
-            if not self._take(nxt):
-                return
-
-    def _take(self, item) -> bool:
-        """File an item from the queue; False on the close sentinel."""
-        if item is None:
-            self._closing = True
-            return False
-        (self._jobs if isinstance(item, _Job) else self._waiting).append(item)
-        return True
 
     def _admit(self) -> None:
         """Prefill waiting requests (oldest first, up to max_batch active rows) into their groups, at
@@ -332,8 +412,9 @@ class BatchEngine:
         budget = self.prefill_tokens
         by_adapter: dict = {}
         later = collections.deque()
-        while self._waiting and room > 0:
-            r = self._waiting.popleft()
+        waiting = self._inbox.waiting
+        while waiting and room > 0:
+            r = waiting.popleft()
             if self._drop_cancelled(r):
                 continue
             if by_adapter and len(r.prompt_ids) > budget:  # first fit: a shorter one behind may pass it,
@@ -342,7 +423,7 @@ class BatchEngine:
             by_adapter.setdefault(r.adapter, []).append(r)
             budget -= len(r.prompt_ids)
             room -= 1
-        self._waiting.extendleft(reversed(later))
+        waiting.extendleft(reversed(later))
         for rows in by_adapter.values():
             for batch in _similar_lengths(rows):
                 try:
@@ -352,18 +433,19 @@ class BatchEngine:
 
     def _loop(self):
         while True:
-            self._collect()
-            if self._closing:
-                for r in [*(r for g in self._groups.values() for r in g.rows), *self._waiting]:
+            inbox = self._inbox
+            inbox.collect(bool(self._groups), self.max_batch, self.wait_s)
+            if inbox.closing:
+                for r in [*(r for g in self._groups.values() for r in g.rows), *inbox.waiting]:
                     if r.finish is None:
-                        self._finish(r, "cancelled")
+                        r.finish_as("cancelled")
                 self._groups.clear()
-                self._waiting.clear()
-                while self._jobs:  # a caller waits on each: finish them
-                    self._jobs.popleft().run()
+                inbox.waiting.clear()
+                while inbox.jobs:  # a caller waits on each: finish them
+                    inbox.jobs.popleft().run()
                 return
-            while self._jobs:
-                self._jobs.popleft().run()
+            while inbox.jobs:
+                inbox.jobs.popleft().run()
             self._admit()
             if not self._groups:
                 continue
@@ -421,94 +503,27 @@ class BatchEngine:
         cache = growing_cache()
         out = self._forward(batch[0].adapter, cache, input_ids=ids.to(dev), attention_mask=mask,
                             position_ids=pos)
-        sampler = RowSampler([r.params for r in batch], [r.gen for r in batch], dev)
-        choice = sampler(out.logits[:, -1])
+        choice = RowSampler([r.params for r in batch], [r.gen for r in batch], dev)(out.logits[:, -1])
         g = self._groups.get(batch[0].adapter)
         if g is None or not g.rows:
-            g = self._groups[batch[0].adapter] = _Group(batch[0].adapter)
-            g.rows, g.cache, g.mask, g.last = list(batch), cache, mask, choice
+            g = self._groups[batch[0].adapter] = _Group(batch[0].adapter, list(batch), cache, mask, choice)
         else:
-            _merge(g, batch, cache, mask, choice)
-        g.sampler = None
+            g.merge(batch, cache, mask, choice)
         self._emit(g, choice.tolist(), batch)
 
     def _step(self, g: _Group) -> None:
         """One decode step for every row of a group."""
-        import torch
         for r in g.rows:
             if r.cancelled.is_set() and r.finish is None:
-                self._finish(r, "cancelled")
-        self._prune(g)
+                r.finish_as("cancelled")
+        g.prune()
         if not g.rows:
             return
         self.max_batch_seen = max(self.max_batch_seen, len(g.rows))
-        g.mask = torch.cat([g.mask, g.mask.new_ones((len(g.rows), 1))], dim=1)
-        pos = (g.mask.sum(-1, keepdim=True) - 1)
-        out = self._forward(g.adapter, g.cache, input_ids=g.last[:, None], attention_mask=g.mask, position_ids=pos)
-        if g.sampler is None:
-            g.sampler = RowSampler([r.params for r in g.rows], [r.gen for r in g.rows], self.model.device)
-        g.last = g.sampler(out.logits[:, -1])
-        self._emit(g, g.last.tolist(), g.rows)
+        self._emit(g, g.decode(self._forward, self.model.device), g.rows)
 
     def _emit(self, g: _Group, tokens: list[int], rows: list[Request]) -> None:
         for r, t in zip(rows, tokens):
             if r.finish is None:
-                self._advance(r, t)
-        self._prune(g)
-
-    def _prune(self, g: _Group) -> None:
-        """Drop finished rows from the group's cache and mask at once; trim padding no row needs."""
-        import torch
-        keep = [i for i, r in enumerate(g.rows) if r.finish is None]
-        if len(keep) == len(g.rows):
-            return
-        g.rows = [g.rows[i] for i in keep]
-        g.sampler = None
-        if not keep:
-            g.cache = g.mask = g.last = None
-            return
-        idx = torch.tensor(keep, device=g.mask.device)
-        g.cache.batch_select_indices(idx)
-        g.mask, g.last = g.mask[idx], g.last[idx]
-        lead = int(g.mask.any(0).long().argmax())  # leading columns that are padding in every row
-        if lead:
-            g.mask = g.mask[:, lead:]
-            for layer in g.cache.layers:
-                layer.keys, layer.values = layer.keys[:, :, lead:], layer.values[:, :, lead:]
-
-    def _advance(self, r: Request, token: int) -> None:
-        if token in self.eos_ids:
-            r.eos = True
-            return self._finish(r, "stop")
-        r.tokens.append(token)
-        # Incremental detokenization (vLLM's scheme): decode a short window, not the whole reply each
-        # step; the window keeps the previous token(s) so a tokenizer's leading-space rules still apply.
-        seen = self.tok.decode(r.tokens[r.prefix:r.read], skip_special_tokens=True)
-        window = self.tok.decode(r.tokens[r.prefix:], skip_special_tokens=True)
-        before = len(r.text)
-        if window.endswith("\ufffd") or len(window) < len(seen):  # half a multi-byte character
-            text = r.text + window[len(seen):]
-        else:
-            text = r.text = r.text + window[len(seen):]
-            r.prefix, r.read = r.read, len(r.tokens)
-        start = max(0, before - max((len(s) for s in r.params.stop), default=0))
-        hit = min((i for i in (text.find(s, start) for s in r.params.stop) if i != -1), default=-1)
-        if hit != -1:
-            r.text = text[:hit]
-            return self._finish(r, "stop")
-        if r.cancelled.is_set() or len(r.tokens) >= r.params.max_tokens:
-            r.text = text  # ending here: with what the last tokens decode to, even half a character
-            return self._finish(r, "cancelled" if r.cancelled.is_set() else "length")
-        if text.endswith("\ufffd"):  # half a multi-byte character: wait for the rest
-            return
-        safe = len(text) - _held_back(text, r.params.stop)
-        if safe > r.emitted:
-            r.events.put(("delta", text[r.emitted:safe]))
-            r.emitted = safe
-
-    def _finish(self, r: Request, reason: str) -> None:
-        r.finish = reason
-        if len(r.text) > r.emitted:
-            r.events.put(("delta", r.text[r.emitted:]))
-            r.emitted = len(r.text)
-        r.events.put(("done", Completion(r.text, len(r.prompt_ids), len(r.tokens) + r.eos, reason)))
+                r.advance(t, self.tok, self.eos_ids)
+        g.prune()

@@ -8,7 +8,6 @@ one the model was trained with).
 from __future__ import annotations
 
 import shlex
-import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -309,7 +308,3 @@ def _main(args) -> int:
     run_chat(llm, cfg)
     return 0
 
-
-if __name__ == "__main__":  # python -m baize.serve.chat SPEC
-    from ..cli import main
-    sys.exit(main(["chat", *sys.argv[1:]]))
