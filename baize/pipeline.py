@@ -355,7 +355,7 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     from rich.console import Console
 
     from .plan import print_plan, spent, warn
-    if cfg.dpo and cfg.quantize:  # fail now, not after v1 and v2 trained: train.py refuses the merge then
+    if cfg.dpo and cfg.quantize:  # fail now, not after v1 and v2 trained: train/common.py refuses the merge then
         raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
                          f"cannot take; drop --quantize or --dpo")
     console = Console()

@@ -26,7 +26,7 @@ def canned_transcript(topic: str) -> str:
 
 def template_regex(template: str, *, whole: bool = True) -> re.Pattern:
     """A regex matching what `template.format(...)` produced, each field a named group: the fakes
-    read judge prompts through judge.py's own templates, so editing a prompt cannot silently stop
+    read judge prompts through judge/prompts.py's own templates, so editing a prompt cannot silently stop
     them from judging (a regex on the wording would)."""
     parts, seen = [], set()
     for literal, name, _, _ in string.Formatter().parse(template):

@@ -64,7 +64,7 @@ def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path):
         p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert p.returncode == 0, p.stderr[-3000:]
         assert app.state.requests == requests and [f.read_bytes() for f in cached] == before
-        # killed between the adapter and the run record (train.py writes the record last): the rerun
+        # killed between the adapter and the run record (train/common.py writes the record last): the rerun
         # resumes from the final checkpoint instead of skipping v1 or refusing its directory
         record = json.loads((out / "v1" / "baize_run.json").read_text())
         (out / "v1" / "baize_run.json").unlink()

@@ -2,7 +2,7 @@
 
 OpenAI's reasoning models refuse `max_tokens` (they want `max_completion_tokens`) and any
 `temperature`/`top_p` but 1; llama-cpp-python's server ignores `n`; llama.cpp's own server refuses
-it; some servers send no usage. `OpenAILLM` (llm.py) asks `Quirks.shape` for each request,
+it; some servers send no usage. `OpenAILLM` (base.py) asks `Quirks.shape` for each request,
 `refusal` reads a refused request's error, `Quirks.learn` remembers the fix for the rest of the
 process (every OpenAILLM on that endpoint and model shares it) and logs one line that says what
 changed and what it means. Nothing here imports openai or the LLM classes.

@@ -5,7 +5,7 @@ Specs (one string everywhere in the CLI):
   hf:PATH_OR_HUB_ID    a transformers model; `hf:BASE+ADAPTER` adds a peft adapter
   PATH                 a run directory written by `baize train` (base + adapter + chat format)
                        or any local transformers model directory
-  openai:MODEL         an OpenAI-compatible endpoint (see llm.py)
+  openai:MODEL         an OpenAI-compatible endpoint (see base.py)
   gguf:PATH            a GGUF file through llama.cpp (optional extra)
 
 `load_llm(spec)` is the only place a spec becomes an `LLM`; `HFLLM` is the local backend.

@@ -3,7 +3,7 @@ fine-tuning; top to bottom in `dpo`.
 
     baize train --from runs/v1 --method dpo --data data/sdf.prefs.jsonl --out runs/v2-dpo
 
-TRL's DPOTrainer computes the loss; train.py's shared parts do the rest as for SFT (checkpoints, --resume,
+TRL's DPOTrainer computes the loss; common.py's shared parts do the rest as for SFT (checkpoints, --resume,
 --val-size, progress, loss.jsonl/loss.png, the adapter check, baize_run.json). What is ours:
 
 - The reference is v1 exactly. TRL, given a model and a LoRA config, takes the model with its adapter

@@ -1,4 +1,4 @@
-"""`baize train`: the recipe --method names, SFT (sft.py) or DPO (dpo.py), on train.py's shared parts.
+"""`baize train`: the recipe --method names, SFT (sft.py) or DPO (dpo.py), on common.py's shared parts.
 
     baize train --base default --data dialogues.jsonl --out runs/v1
     baize train --from runs/v1 --method dpo --data sdf.prefs.jsonl --out runs/v2-dpo

@@ -6,7 +6,7 @@
 What is SFT's own: the labels (packing.tokenize: the assistant's turns, or every token with --loss all),
 the refusal of dialogues that truncation leaves nothing to learn from, the choice of batching, and on
 CPU the speed-ups of speedups.py (the LM head inside the loss, dialogues trained on threads). The rest
-is train.py's, shared with DPO.
+is common.py's, shared with DPO.
 """
 from __future__ import annotations
 
