@@ -78,6 +78,8 @@ class PlanFields:
     """For the stages whose calls baize/plan.py can count before they are made."""
     dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "
                                "nothing is loaded, called or written")
+    plan_out: str | None = opt(None, "with --dry-run: also write the plan as JSON to this file, one row per stage and "
+                                     "role: stage, role (the ledger's), calls, prompt_tokens, completion_tokens, cost")
 
 
 def _flag(name: str) -> str:

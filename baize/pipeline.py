@@ -63,6 +63,8 @@ class PipelineConfig:
                                              "resumed run together")
     dry_run: bool = opt(False, "print the plan of every stage (calls, tokens and cost per role, an upper bound) and "
                                "stop: nothing is loaded, called or written")
+    plan_out: str | None = opt(None, "with --dry-run: also write the plan as JSON to this file, one row per stage and "
+                                     "role: stage, role (the ledger's), calls, prompt_tokens, completion_tokens, cost")
 
 
 def _step(console, title: str):
@@ -146,9 +148,12 @@ def plan(cfg: PipelineConfig):
     p = collect_plan(_collect_cfg(cfg, out, len(collected), {}), collected)
     p.extend(sdf_plan(_sdf_cfg(cfg, out, {}), [Prompt(s.id, [{"role": "user", "content": s.text}], s.source)
                                                for s in prompts]))
-    p.extend(eval_plan(_eval_cfg(cfg, out, _compared(cfg, out), len(questions), {}), questions))
+    compared = _compared(cfg, out)
+    p.extend(eval_plan(_eval_cfg(cfg, out, compared, len(questions), {}), questions))
     p.warnings = warnings + p.warnings
+    # eval's models are the ledger's roles by name; the pipeline prices them as policies
     p.price_flags = {role: f"--{role}-price-in/--{role}-price-out" for role in ("teacher", "policy", "judge")}
+    p.price_flags.update({name: "--policy-price-in/--policy-price-out" for name in compared})
     return p
 
 
@@ -354,15 +359,15 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     step's result by name (--dry-run: none)."""
     from rich.console import Console
 
-    from .plan import print_plan, spent, warn
+    from .plan import check_plan_out, dry_run, spent, warn
     if cfg.dpo and cfg.quantize:  # fail now, not after v1 and v2 trained: train/common.py refuses the merge then
         raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
                          f"cannot take; drop --quantize or --dpo")
     console = Console()
     out = Path(cfg.out)
+    check_plan_out(cfg)
     if cfg.dry_run:
-        print_plan(plan(cfg), console, max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total,
-                   spent=spent(_summaries(out)))
+        dry_run(plan(cfg), cfg, console, spent=spent(_summaries(out)))
         return {}
     collected, prompts, questions, warnings = _inputs(cfg)
     if not prompts:

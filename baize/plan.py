@@ -14,7 +14,8 @@ at --max-turns, and prompts that carry earlier replies carry them at that bound 
 that under-promises is the one that hurts, so the plan never guesses a fraction; the ledger's
 caps (--max-cost, --max-tokens-total) stop the real run at what it really spent.
 
-This module sits below the stages: they hand it their prompts and loaded items.
+This module sits below the stages and the judge: each stage counts its own calls (its plan()) and
+hands the rows to Plan; nothing here knows a stage's call pattern.
 """
 from __future__ import annotations
 
@@ -58,11 +59,26 @@ class Row:
     completion_tokens: int = 0
     price_in: float = 0.0   # per 1K tokens, as the stages' --price-in flags
     price_out: float = 0.0
+    # where the count depends on the server (an endpoint that ignores n makes SDF ask n times): the
+    # most calls; the tokens and cost are counted at that bound
+    calls_max: int | None = None
 
-    def add(self, calls: int, prompt: int, completion: int) -> None:
+    def add(self, calls: int, prompt: int, completion: int, *, calls_max: int | None = None) -> None:
+        if calls_max is not None or self.calls_max is not None:
+            self.calls_max = (self.calls if self.calls_max is None else self.calls_max) + (
+                calls if calls_max is None else calls_max)
         self.calls += calls
         self.prompt_tokens += prompt
         self.completion_tokens += completion
+
+    def as_json(self) -> dict:
+        """--plan-out's row: `role` is the ledger's name for it (teacher, policy, judge, a model's name)."""
+        row = {"stage": self.stage, "role": self.role, "model": self.model, "calls": self.calls,
+               "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+               "cost": round(self.cost, 6)}
+        if self.calls_max is not None:
+            row["calls_max"] = self.calls_max
+        return row
 
     @property
     def cost(self) -> float:
@@ -92,6 +108,13 @@ class Plan:
     def cost(self) -> float:
         return sum(r.cost for r in self.rows)
 
+    def write(self, path: str | Path) -> Path:
+        """--plan-out: the rows as JSON, for a script or a budget check to read."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps([r.as_json() for r in self.rows], indent=2) + "\n")
+        return path
+
     @property
     def total_tokens(self) -> int:
         return sum(r.prompt_tokens + r.completion_tokens for r in self.rows)
@@ -109,121 +132,57 @@ def warn(line: str | None) -> None:
         print(f"baize: warning: {line}", file=sys.stderr, flush=True)
 
 
-# --- the stages ---------------------------------------------------------------------------------
+# --- what the stages share to declare their calls -------------------------------------------------
+# Each stage declares its own calls (collect.plan, sdf.plan, evaluate.plan, check.plan) from the same
+# functions its run uses to build its prompts and items (the judge's: judge.core.planned_aggregator);
+# these helpers turn them into rows.
 
-def collect_plan(cfg, seeds: list[str], *, self_chat: str, human: str, assistant: str) -> Plan:
-    """collect: one call per seed (oneshot), or per exchange a human call and an assistant call
-    (turns; the first human line is the seed itself unless --first-turn generate); --judge scores
-    every AI turn once."""
-    plan = Plan(items={"collect": f"{len(seeds):,} seeds, mode {cfg.mode}"})
-    teacher = plan.row("collect", "teacher", cfg.teacher, (cfg.price_in, cfg.price_out))
-    judge = plan.row("collect", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out)) if cfg.judge else None
-    human_max = min(cfg.max_tokens, 256)  # collect caps the human line
-    for seed in seeds:
-        if cfg.mode == "oneshot":
-            teacher.add(1, chat_tokens([{"role": "user", "content": self_chat.replace("${SEED}", seed)}]),
-                        cfg.max_tokens)
-            # the transcript fits in max_tokens: each scored turn's context is at most all of it
-            ai_turns = [tokens(seed) + cfg.max_tokens] * cfg.max_turns
-        else:
-            ai_turns, history = [], 0
-            for turn in range(cfg.max_turns):
-                if turn == 0 and cfg.first_turn == "seed":
-                    line = tokens(seed) + MESSAGE_TOKENS
-                else:
-                    teacher.add(1, tokens(human.format(seed=seed)) + history + 2 * MESSAGE_TOKENS + REPLY_TOKENS + 16,
-                                human_max)
-                    line = human_max + MESSAGE_TOKENS
-                history += line
-                teacher.add(1, tokens(assistant.format(seed=seed)) + history + MESSAGE_TOKENS + REPLY_TOKENS,
-                            cfg.max_tokens)
-                history += cfg.max_tokens + MESSAGE_TOKENS
-                ai_turns.append(history)
-        if judge is not None:
-            from .judge.prompts import SCORE_SYSTEM, SCORE_USER
-            frame = tokens(SCORE_SYSTEM) + tokens(SCORE_USER.format(context="", answer="")) + 2 * MESSAGE_TOKENS + 20
-            for ctx in ai_turns:
-                judge.add(1, frame + ctx, _judge_out(cfg, cfg.judge))
-    return plan
+def bound(max_tokens: int) -> str:
+    """A stand-in for a reply not written yet, at its cap: tokens(bound(m)) == m, so a prompt built
+    around it by the stage's own code counts the reply at its upper bound."""
+    return "x" * (CHARS_PER_TOKEN * max(0, max_tokens))
 
 
-def _judge_mode(cfg, spec: str) -> str:
-    """The mode the Judge will run in: auto is judge.LOCAL_MODE for a local model, text for an endpoint."""
-    from .judge.core import LOCAL_MODE
-    if cfg.judge_mode == "auto":
-        return LOCAL_MODE if is_local(spec) else "text"
-    return cfg.judge_mode
+def add_prompts(row: Row, prompts, completion: int) -> None:
+    """One call per prompt (a list of chat messages), each at most `completion` tokens out."""
+    for msgs in prompts:
+        row.add(1, chat_tokens(msgs), completion)
 
 
-def _judge_out(cfg, spec: str) -> int:
-    """A local judge (choice or debiased mode) reads its prompt and writes nothing (option log-probabilities)."""
-    return 0 if _judge_mode(cfg, spec) in ("choice", "debiased") else cfg.judge_max_tokens
-
-
-def sdf_plan(cfg, contexts: list[list[dict]], *, policy: str | None = None) -> Plan:
-    """sdf: per prompt one policy call for n candidates (the prompt paid once), then the judge ranks
-    them in min(--judge-orders, distinct orders) presentations (a debiased local judge: all n rotations),
-    each a call with every candidate."""
-    from .judge.modes import _presentations
-    from .judge.prompts import RANK_ANSWER, RANK_SYSTEM, RANK_USER, render_context
-    plan = Plan(items={"sdf": f"{len(contexts):,} prompts, n {cfg.n}"})
-    pol = plan.row("sdf", "policy", policy or cfg.policy, (cfg.price_in, cfg.price_out))
-    judge = plan.row("sdf", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
-    debiased = _judge_mode(cfg, cfg.judge) == "debiased"
-    orders = cfg.n if debiased else len(_presentations(cfg.n, cfg.judge_orders))
-    system = [{"role": "system", "content": cfg.system}] if cfg.system else []
-    shown = cfg.n * (cfg.max_tokens + tokens(RANK_ANSWER.format(label="10", answer="")))
-    for ctx in contexts:
-        pol.add(1, chat_tokens(system + ctx if ctx[0]["role"] != "system" else ctx), cfg.n * cfg.max_tokens)
-        user = tokens(RANK_USER.format(context=render_context(ctx), answers="", k=cfg.n)) + shown
-        judge.add(orders, orders * (tokens(RANK_SYSTEM) + user + 2 * MESSAGE_TOKENS + REPLY_TOKENS),
-                  orders * _judge_out(cfg, cfg.judge))
-    return plan
-
-
-def eval_plan(cfg, models: dict[str, str], questions: list, *, judge_inputs, reference,
-              prices: dict[str, tuple[float, float]] | None = None) -> Plan:
-    """eval: every model answers every turn seeing its own earlier answers; the judge gives each pair
-    of models a verdict per question in both orders (2 calls, all turns in one prompt) and each model
-    a score per question (1 call)."""
-    from .judge.prompts import PAIR_SYSTEM, PAIR_USER, SCORE_REF_SYSTEM, SCORE_REF_USER, SCORE_SYSTEM, SCORE_USER, render_context
-    prices = prices or {}
-    turns = sum(len(q.turns) for q in questions)
-    plan = Plan(items={"eval": f"{len(questions)} questions ({turns} turns), {len(models)} models"})
-    for name, spec in models.items():
-        r = plan.row("eval", "policy", spec, prices.get(name, (0.0, 0.0)))
-        for q in questions:
-            history = REPLY_TOKENS
-            for t in q.turns:
-                history += tokens(t) + MESSAGE_TOKENS
-                r.add(1, history, cfg.max_tokens)
-                history += cfg.max_tokens + MESSAGE_TOKENS
-    judged = cfg.judge and cfg.judge.lower() != "none"
-    if not judged or not (cfg.pairwise or cfg.single):
-        return plan
-    judge = plan.row("eval", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
-    n = len(models)
-    pairs = (n - 1 if cfg.baseline else n * (n - 1) // 2) if cfg.pairwise else 0
-    out = _judge_out(cfg, cfg.judge)
-    for q in questions:
-        ctx, frame = judge_inputs(q, [""] * len(q.turns))
-        answer = tokens(frame) + len(q.turns) * cfg.max_tokens
-        ctx = render_context(ctx)
-        if pairs:
-            pair = tokens(PAIR_SYSTEM) + tokens(PAIR_USER.format(context=ctx, a="", b="")) + 2 * answer
-            judge.add(2 * pairs, 2 * pairs * (pair + 2 * MESSAGE_TOKENS + REPLY_TOKENS), 2 * pairs * out)
-        if cfg.single:
-            ref = reference(q)
-            system, user = (SCORE_SYSTEM, SCORE_USER) if ref is None else (SCORE_REF_SYSTEM, SCORE_REF_USER)
-            one = tokens(system) + tokens(user.format(context=ctx, answer="", reference=ref or "")) + answer
-            judge.add(n, n * (one + 2 * MESSAGE_TOKENS + REPLY_TOKENS), n * out)
-    return plan
+def judge_completion(cfg, aggregator) -> int:
+    """A judge that writes spends up to --judge-max-tokens a call; one read from log-probs nothing."""
+    return cfg.judge_max_tokens if aggregator.writes else 0
 
 
 # --- printing -----------------------------------------------------------------------------------
 
 def _money(x: float) -> str:
     return f"${x:,.2f}" if x >= 0.01 or x == 0 else f"${x:.4f}"
+
+
+def _most(rows: list[Row]) -> int | None:
+    return sum(r.calls if r.calls_max is None else r.calls_max for r in rows) if any(
+        r.calls_max is not None for r in rows) else None
+
+
+def _calls(calls: int, most: int | None) -> str:
+    return f"{calls:,}" if most is None or most == calls else f"{calls:,} to {most:,}"
+
+
+def dry_run(plan: Plan, cfg, console=None, *, spent: dict | None = None) -> int:
+    """What every `--dry-run` does: print the plan and, with --plan-out FILE, write its rows as JSON."""
+    print_plan(plan, console, max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total, spent=spent)
+    if cfg.plan_out:
+        print(f"plan written to {plan.write(cfg.plan_out)} (one row per stage and role)", flush=True)
+    return 0
+
+
+def check_plan_out(cfg) -> None:
+    """--plan-out writes what a dry run plans: without --dry-run there is no plan to write."""
+    from .config import BaizeError
+    if cfg.plan_out and not cfg.dry_run:
+        raise BaizeError(f"--plan-out {cfg.plan_out}: it writes the plan of a dry run; add --dry-run (the run "
+                         f"itself writes what it spent to its .summary.json)")
 
 
 def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_tokens_total: int | None = None,
@@ -239,17 +198,18 @@ def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_t
         t.add_column(col, justify=just)
     for r in plan.rows:
         local = is_local(r.model) and not r.price_in and not r.price_out
-        t.add_row(r.stage, r.role, r.model, f"{r.calls:,}", f"{r.prompt_tokens:,}", f"{r.completion_tokens:,}",
-                  "local" if local else _money(r.cost))
+        t.add_row(r.stage, r.role, r.model, _calls(r.calls, r.calls_max), f"{r.prompt_tokens:,}",
+                  f"{r.completion_tokens:,}", "local" if local else _money(r.cost))
     roles: dict[str, list[Row]] = {}
     for r in plan.rows:
         roles.setdefault(r.role, []).append(r)
     t.add_section()
     for role, rows in roles.items():
         local = all(is_local(r.model) and not r.price_in and not r.price_out for r in rows)
-        t.add_row("all", role, "", f"{sum(r.calls for r in rows):,}", f"{sum(r.prompt_tokens for r in rows):,}",
-                  f"{sum(r.completion_tokens for r in rows):,}", "local" if local else _money(sum(r.cost for r in rows)))
-    t.add_row("all", "total", "", f"{sum(r.calls for r in plan.rows):,}",
+        t.add_row("all", role, "", _calls(sum(r.calls for r in rows), _most(rows)),
+                  f"{sum(r.prompt_tokens for r in rows):,}", f"{sum(r.completion_tokens for r in rows):,}",
+                  "local" if local else _money(sum(r.cost for r in rows)))
+    t.add_row("all", "total", "", _calls(sum(r.calls for r in plan.rows), _most(plan.rows)),
               f"{sum(r.prompt_tokens for r in plan.rows):,}", f"{sum(r.completion_tokens for r in plan.rows):,}",
               _money(plan.cost))
     console.print(t)

@@ -168,14 +168,19 @@ def sample(policy, context: list[dict], cfg: SDFConfig, seed: int) -> tuple[list
     return comps, how, usage, cut
 
 
+def policy_context(prompt: Prompt, cfg: SDFConfig) -> list[dict]:
+    """What the policy is asked: the prompt, after --system where it has none (an endpoint does not
+    know the run's system prompt)."""
+    if cfg.system and prompt.context[0]["role"] != "system":
+        return [{"role": "system", "content": cfg.system}] + prompt.context
+    return prompt.context
+
+
 def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> dict | None:
     """Sample, clean, rank: one SDF record (meta.reject_reason set when it is not usable)."""
     if ledger.exhausted():
         return None
-    context = prompt.context
-    if cfg.system and context[0]["role"] != "system":  # an endpoint does not know the run's system prompt
-        context = [{"role": "system", "content": cfg.system}] + context
-    comps, sampling, pol, cut = sample(policy, context, cfg, _row_seed(prompt.id))
+    comps, sampling, pol, cut = sample(policy, policy_context(prompt, cfg), cfg, _row_seed(prompt.id))
     ledger.add(role="policy", usage=pol)
     cands, seen, dropped = [], set(), {"empty": 0, "duplicate": 0}
     if cut:
@@ -324,20 +329,35 @@ def _prompts(cfg: SDFConfig) -> list[Prompt]:
 
 
 def plan(cfg: SDFConfig, prompts: list[Prompt] | None = None):
-    """The --dry-run plan: the policy's and the judge's calls, tokens and cost, nothing called."""
-    from .plan import sdf_plan
+    """The --dry-run plan, from sdf_one's own prompts with every candidate at its cap, nothing called:
+    per prompt one policy call for n candidates (an endpoint that ignores n is asked n times, each
+    paying the prompt: the row's most calls, and its tokens are counted at that bound), then the
+    judge's rank prompts over the n candidates (fewer when some come back empty or the same)."""
+    from .judge.core import planned_aggregator
+    from .plan import Plan, add_prompts, bound, chat_tokens, is_local, judge_completion
     prompts = _prompts(cfg) if prompts is None else prompts
-    return sdf_plan(cfg, [p.context for p in prompts])
+    p = Plan(items={"sdf": f"{len(prompts):,} prompts, n {cfg.n}"})
+    pol = p.row("sdf", "policy", cfg.policy, (cfg.price_in, cfg.price_out))
+    judge = p.row("sdf", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
+    agg = planned_aggregator(cfg, cfg.judge, orders=cfg.judge_orders)
+    # a local model makes n choices in one call; an endpoint may ignore n (learned on the first reply)
+    most = 1 if is_local(cfg.policy) else cfg.n
+    for prompt in prompts:
+        pol.add(1, most * chat_tokens(policy_context(prompt, cfg)), cfg.n * cfg.max_tokens,
+                calls_max=None if most == 1 else most)
+        add_prompts(judge, [msgs for _, msgs in agg.rank_prompts(prompt.context, [bound(cfg.max_tokens)] * cfg.n)],
+                    judge_completion(cfg, agg))
+    return p
 
 
 def _main(args) -> int:
     from rich.console import Console
 
-    from .plan import print_plan, stopped_line
+    from .plan import check_plan_out, dry_run, stopped_line
     cfg = dataclass_from_args(SDFConfig, args)
+    check_plan_out(cfg)
     if cfg.dry_run:
-        print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)
-        return 0
+        return dry_run(plan(cfg), cfg)
     console = Console()
     s, prefs = sdf(cfg, console=console)
     print_summary(s, f"sdf -> {cfg.out}", console, unit="prompts")

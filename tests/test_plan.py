@@ -73,7 +73,7 @@ def test_the_plan_counts_what_the_stages_call(tmp_path, capsys, monkeypatch, no_
     qs = load_questions("builtin", limit=4)
     want = sum(2 * REPLY_TOKENS + 2 * (tokens(q.turns[0]) + MESSAGE_TOKENS) + tokens(q.turns[1]) + MESSAGE_TOKENS
                + 20 + MESSAGE_TOKENS for q in qs)
-    assert rows[("eval", "policy")][:3] == [8, want, 8 * 20]
+    assert rows[("eval", "base")][:3] == [8, want, 8 * 20]  # each model is its own ledger role
 
 
 def test_a_local_judge_is_planned_in_the_mode_it_will_run(tmp_path, capsys, monkeypatch, no_models):
@@ -84,9 +84,9 @@ def test_a_local_judge_is_planned_in_the_mode_it_will_run(tmp_path, capsys, monk
             "--eval-limit", "1"]
     assert main(args) == 0
     assert _rows(capsys.readouterr().out)[("sdf", "judge")][0:3:2] == [3 * 4, 0]
-    from baize.plan import sdf_plan
-    from baize.sdf import SDFConfig
-    ctx = [[{"role": "user", "content": "Why is the sky blue?"}]]
+    from baize.sdf import Prompt, SDFConfig
+    from baize.sdf import plan as sdf_plan
+    ctx = [Prompt("p", [{"role": "user", "content": "Why is the sky blue?"}], "x")]
     for mode, calls in (("choice", 2), ("debiased", 4), ("auto", 4)):
         (row,) = [r for r in sdf_plan(SDFConfig(judge="default", n=4, judge_mode=mode), ctx).rows if r.role == "judge"]
         assert row.calls == calls and row.completion_tokens == 0, mode

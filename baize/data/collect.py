@@ -128,29 +128,54 @@ def _complete_sentences(text: str) -> str:
     return text[:cut + 1].strip() if cut > 0 else ""
 
 
+# --- the teacher's calls, declared once: self_chat makes them and plan() counts them ---------------
+
+def oneshot_messages(seed: str) -> list[dict]:
+    return [{"role": "user", "content": SELF_CHAT_TEMPLATE.replace("${SEED}", seed)}]
+
+
+def human_messages(seed: str, msgs: list[dict]) -> list[dict]:
+    """The teacher, playing the human, writes the next user line from the transcript so far."""
+    transcript = "\n".join(("[Human] " if m["role"] == "user" else "[AI] ") + m["content"] for m in msgs)
+    return [{"role": "system", "content": HUMAN_PROMPT.format(seed=seed)},
+            {"role": "user", "content": "Conversation so far:\n" + (transcript or "(none yet)")
+             + "\n\nThe human's next message:"}]
+
+
+def assistant_messages(seed: str, msgs: list[dict]) -> list[dict]:
+    return [{"role": "system", "content": ASSISTANT_PROMPT.format(seed=seed)}] + msgs
+
+
+def human_max_tokens(cfg) -> int:
+    return min(cfg.max_tokens, 256)  # a question, not an essay
+
+
+def exchanges(cfg) -> list[tuple[str, ...]]:
+    """The teacher's calls per exchange of a turns-mode dialogue, at most --max-turns of them: the
+    human line (unless the first is the seed itself), then the assistant's answer."""
+    return [("assistant",) if turn == 0 and cfg.first_turn == "seed" else ("human", "assistant")
+            for turn in range(cfg.max_turns)]
+
+
 def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict], dict, str]:
     """One dialogue: (messages, token usage, the teacher's raw one-shot text)."""
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
     if cfg.mode == "oneshot":
-        c = _ask(llm, ledger, usage, [{"role": "user", "content": SELF_CHAT_TEMPLATE.replace("${SEED}", seed.text)}], cfg)
+        c = _ask(llm, ledger, usage, oneshot_messages(seed.text), cfg)
         return parse_transcript(c.text, truncated=c.finish_reason == "length"), usage, c.text
     msgs: list[dict] = []
-    human_sys = HUMAN_PROMPT.format(seed=seed.text)
-    for turn in range(cfg.max_turns):
+    for asks in exchanges(cfg):
         if ledger.exhausted():
             break  # keep the exchanges already written; overshoot stays within the calls in flight
-        if turn == 0 and cfg.first_turn == "seed":
+        if "human" not in asks:
             human = seed.text
         else:
-            transcript = "\n".join(("[Human] " if m["role"] == "user" else "[AI] ") + m["content"] for m in msgs)
-            h = _ask(llm, ledger, usage, [{"role": "system", "content": human_sys},
-                                          {"role": "user", "content": "Conversation so far:\n" + (transcript or "(none yet)")
-                                           + "\n\nThe human's next message:"}], cfg, max_tokens=min(cfg.max_tokens, 256))
+            h = _ask(llm, ledger, usage, human_messages(seed.text, msgs), cfg, max_tokens=human_max_tokens(cfg))
             human = "" if h.finish_reason == "length" else _strip_marker(h.text)
             if not human or "[END]" in human.upper():
                 break
         msgs.append({"role": "user", "content": human})
-        a = _ask(llm, ledger, usage, [{"role": "system", "content": ASSISTANT_PROMPT.format(seed=seed.text)}] + msgs, cfg)
+        a = _ask(llm, ledger, usage, assistant_messages(seed.text, msgs), cfg)
         answer = _complete_sentences(a.text) if a.finish_reason == "length" else a.text.strip()
         if not answer:
             msgs.pop()
@@ -210,12 +235,39 @@ def _seeds(cfg: CollectConfig):
 
 
 def plan(cfg: CollectConfig, seeds=None):
-    """The --dry-run plan: the teacher's (and --judge's) calls, tokens and cost, nothing called."""
-    from ..plan import collect_plan
+    """The --dry-run plan: the teacher's (and --judge's) calls, from the prompts self_chat sends with
+    every reply at its cap, and the judge's score prompt for each AI turn (judged_turns), nothing called.
+    A dialogue ends early when the teacher's human says [END] or the text filters reject it first,
+    so the judge's count is at most this (oneshot: an estimate, a transcript of --max-turns exchanges)."""
+    from ..judge.core import planned_aggregator
+    from ..plan import Plan, add_prompts, bound, judge_completion
+    from .filters import judged_turns
     check_config(cfg)
     seeds = _seeds(cfg) if seeds is None else seeds
-    return collect_plan(cfg, [s.text for s in seeds], self_chat=SELF_CHAT_TEMPLATE, human=HUMAN_PROMPT,
-                        assistant=ASSISTANT_PROMPT)
+    p = Plan(items={"collect": f"{len(seeds):,} seeds, mode {cfg.mode}"})
+    teacher = p.row("collect", "teacher", cfg.teacher, (cfg.price_in, cfg.price_out))
+    judge = p.row("collect", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out)) if cfg.judge else None
+    agg = planned_aggregator(cfg, cfg.judge) if cfg.judge else None
+    for seed in seeds:
+        if cfg.mode == "oneshot":
+            add_prompts(teacher, [oneshot_messages(seed.text)], cfg.max_tokens)
+            # the transcript is one reply of at most --max-tokens, shared by its turns
+            share = bound(cfg.max_tokens // max(1, cfg.max_turns))
+            msgs = [{"role": "user", "content": seed.text}, {"role": "assistant", "content": share}] * cfg.max_turns
+        else:
+            msgs = []
+            for asks in exchanges(cfg):
+                human = seed.text
+                if "human" in asks:
+                    add_prompts(teacher, [human_messages(seed.text, msgs)], human_max_tokens(cfg))
+                    human = bound(human_max_tokens(cfg))
+                msgs.append({"role": "user", "content": human})
+                add_prompts(teacher, [assistant_messages(seed.text, msgs)], cfg.max_tokens)
+                msgs.append({"role": "assistant", "content": bound(cfg.max_tokens)})
+        if judge is not None:
+            add_prompts(judge, [agg.score_prompt(ctx, answer) for ctx, answer in judged_turns(msgs)],
+                        judge_completion(cfg, agg))
+    return p
 
 
 def print_summary(s: Summary, out: str, console=None) -> None:
@@ -229,11 +281,11 @@ def add_cli(sub) -> None:
 
 
 def _main(args) -> int:
-    from ..plan import print_plan, stopped_line
+    from ..plan import check_plan_out, dry_run, stopped_line
     cfg = dataclass_from_args(CollectConfig, args)
+    check_plan_out(cfg)
     if cfg.dry_run:
-        print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)
-        return 0
+        return dry_run(plan(cfg), cfg)
     s = collect(cfg)
     print_summary(s, cfg.out)
     if s.stopped == "budget":

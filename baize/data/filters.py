@@ -419,15 +419,19 @@ class NearDup:
 
 # --- the judge ---------------------------------------------------------------------------------
 
+def judged_turns(msgs: list[dict]) -> list[tuple[list[dict], str]]:
+    """(context, answer) of each AI turn the judge scores, one call each (the plan counts these too)."""
+    return [(msgs[:i], m["content"]) for i, m in enumerate(msgs)
+            if m["role"] == "assistant" and i > 0 and msgs[i - 1]["role"] == "user"]
+
+
 def judge_dialogue(judge, msgs: list[dict]) -> tuple[float | None, list, dict]:
     """Score every AI turn in its context: (the lowest score, or None if one did not parse; the
     scores; the judge's usage). Every AI turn is trained on, so the weakest decides."""
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
     scores = []
-    for i, m in enumerate(msgs):
-        if m["role"] != "assistant" or i == 0 or msgs[i - 1]["role"] != "user":
-            continue
-        s = judge.score(msgs[:i], m["content"])
+    for context, answer in judged_turns(msgs):
+        s = judge.score(context, answer)
         for k, v in s.usage.items():  # reasoning and estimated tokens too, where the judge's endpoint has them
             usage[k] = usage.get(k, 0) + v
         scores.append(s.value)

@@ -35,6 +35,7 @@ from ..config import (
 )
 from ..runner import Ledger, run_items
 from ..schema import read_jsonl, read_jsonl_where
+from .nll import _NllCache, nll, reference_dialogues  # noqa: F401  (reference_dialogues: part of eval's API)
 
 BUILTIN = Path(__file__).parent.parent / "samples" / "eval_questions.jsonl"
 NEAR_CHANCE = 0.6
@@ -214,6 +215,15 @@ class _Item:
     extra: dict = field(default_factory=dict)
 
 
+def turn_messages(q: Question, answers: list[str], turn: int) -> list[dict]:
+    """What a model is asked for turn `turn` (0-based): the question's turns so far, each earlier one
+    followed by the model's own answer (answer_all sends it; plan counts it)."""
+    msgs = []
+    for t, a in zip(q.turns[:turn], answers):
+        msgs += [{"role": "user", "content": t}, {"role": "assistant", "content": a}]
+    return msgs + ([{"role": "user", "content": q.turns[turn]}] if turn < len(q.turns) else [])
+
+
 def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfig, ledger: Ledger,
                out: Path, console=None) -> dict[str, list[str]]:
     """{question_id: [answer per turn]}; generates what the cache lacks for this model's key."""
@@ -223,15 +233,15 @@ def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfi
 
     def work(item):
         llm = lazy.get()
-        msgs, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
-        for turn in item.q.turns:
-            msgs.append({"role": "user", "content": turn})
-            c = llm.chat(list(msgs), temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_tokens,
-                         seed=cfg.seed)[0]
+        got, usage = [], {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
+        for turn in range(len(item.q.turns)):
+            c = llm.chat(turn_messages(item.q, got, turn), temperature=cfg.temperature, top_p=cfg.top_p,
+                         max_tokens=cfg.max_tokens, seed=cfg.seed)[0]
             ledger.add(c, name)
             for k, v in (("prompt_tokens", c.prompt_tokens), ("completion_tokens", c.completion_tokens), ("calls", 1)):
                 usage[k] += v
-            msgs.append({"role": "assistant", "content": c.text.strip()})
+            got.append(c.text.strip())
+        msgs = turn_messages(item.q, got, len(got))  # every turn with its answer
         return {"id": item.id, "messages": msgs, "meta": {"question_id": item.q.id, "category": item.q.category,
                                                           "model": name, "spec": lazy.spec, "key": key, "usage": usage}}
 
@@ -243,50 +253,6 @@ def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfi
         if r["meta"].get("key") == key:  # answers of an older model or setting stay, unused
             got[r["meta"]["question_id"]] = [m["content"] for m in r["messages"] if m["role"] == "assistant"]
     return got
-
-
-def nll(lazy: _Lazy, records: list[dict]) -> float | None:
-    """Mean negative log-likelihood per assistant token, in the model's own chat format."""
-    import torch
-
-    from ..train.packing import IGNORE, tokenize
-    llm = lazy.get()
-    if not llm.is_local or not records:
-        return None
-    samples = tokenize(records, llm.format, llm.tokenizer, max_length=llm.context_length, system=llm.system)
-
-    def score():
-        total = count = 0.0
-        with torch.inference_mode():
-            for s in samples:
-                labels = torch.tensor([s["labels"]])
-                if (labels != IGNORE).sum() < 1:
-                    continue
-                ids = torch.tensor([s["input_ids"]], device=llm.model.device)
-                logits = llm.model(input_ids=ids).logits[0, :-1].float()
-                tgt = labels[0, 1:].to(logits.device)
-                total += float(torch.nn.functional.cross_entropy(logits, tgt, ignore_index=IGNORE, reduction="sum"))
-                count += int((tgt != IGNORE).sum())
-        return round(total / count, 4) if count else None
-    # on the engine's thread: never concurrent with the model's generation for other requests
-    return llm.engine.call(score)
-
-
-def reference_dialogues(questions: list[Question]) -> list[dict]:
-    """One dialogue per question with a reference: each turn's question, then its reference answer.
-    Turn k's context is the earlier turns with their references, not a model's own answers, so every
-    model is scored on the same text; the dialogue stops at the first turn without one (a later
-    reference would follow an answer nobody wrote)."""
-    out = []
-    for q in questions:
-        msgs = []
-        for turn, ref in zip(q.turns, q.reference or []):
-            if not ref:
-                break
-            msgs += [{"role": "user", "content": turn}, {"role": "assistant", "content": ref}]
-        if msgs:
-            out.append({"messages": msgs})
-    return out
 
 
 # --- judging ------------------------------------------------------------------------------------
@@ -312,19 +278,38 @@ def _h(*texts) -> str:
     return hashlib.sha1(json.dumps(texts).encode()).hexdigest()[:10]
 
 
+# What eval's judge is asked, declared once: the run judges these items and plan() counts them.
+
+def pair_items(judge_id: str, pairs, questions, answers) -> list[_Item]:
+    """One verdict (both orders: the judge's pair_prompts) per question and pair of models."""
+    return [_Item(f"{q.id}:{a}:{b}:{_h(judge_id, answers[a][q.id], answers[b][q.id])}", q,
+                  {"a": a, "b": b, "ans": (answers[a][q.id], answers[b][q.id])})
+            for q in questions for a, b in pairs if q.id in answers[a] and q.id in answers[b]]
+
+
+def pair_args(item: _Item) -> tuple[str, str, str]:
+    """(context, a, b) of a pair item, as Judge.pair takes them."""
+    (ctx, ta), (_, tb) = judge_inputs(item.q, item.extra["ans"][0]), judge_inputs(item.q, item.extra["ans"][1])
+    return ctx, ta, tb
+
+
+def score_items(judge_name: str, names, questions, answers) -> list[_Item]:
+    """One 1-10 score per question and model."""
+    return [_Item(f"{q.id}:{n}:{_h(judge_name, answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
+            for q in questions for n in names if q.id in answers[n]]
+
+
+def score_args(item: _Item) -> tuple[str, str, str | None]:
+    """(context, answer, reference) of a score item, as Judge.score takes them."""
+    return (*judge_inputs(item.q, item.extra["ans"]), _reference(item.q))
+
+
 def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
     ledger = ledger.child()
-    items = []
-    for q in questions:
-        for a, b in pairs:
-            if q.id in answers[a] and q.id in answers[b]:
-                ans_a, ans_b = answers[a][q.id], answers[b][q.id]
-                items.append(_Item(f"{q.id}:{a}:{b}:{_h(_jid(judge), ans_a, ans_b)}", q,
-                                   {"a": a, "b": b, "ans": (ans_a, ans_b)}))
+    items = pair_items(_jid(judge), pairs, questions, answers)
 
     def work(item):
-        (ctx, ta), (_, tb) = judge_inputs(item.q, item.extra["ans"][0]), judge_inputs(item.q, item.extra["ans"][1])
-        v = judge.pair(ctx, ta, tb)
+        v = judge.pair(*pair_args(item))
         ledger.add(role="judge", usage=v.usage)
         return {"id": item.id, "question_id": item.q.id, "category": item.q.category, "a": item.extra["a"],
                 "b": item.extra["b"], "winner": {"A": "a", "B": "b", "tie": "tie"}.get(v.winner),
@@ -342,12 +327,10 @@ def _jid(judge) -> str:
 
 def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
     ledger = ledger.child()
-    items = [_Item(f"{q.id}:{n}:{_h(judge.name, answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
-             for q in questions for n in names if q.id in answers[n]]
+    items = score_items(judge.name, names, questions, answers)
 
     def work(item):
-        ctx, text = judge_inputs(item.q, item.extra["ans"])
-        s = judge.score(ctx, text, reference=_reference(item.q))
+        s = judge.score(*score_args(item))
         ledger.add(role="judge", usage=s.usage)
         return {"id": item.id, "question_id": item.q.id, "category": item.q.category, "model": item.extra["model"],
                 "value": s.value, "raw": s.raw, "meta": {"usage": s.usage}}
@@ -411,6 +394,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         raise BaizeError(f"--baseline {cfg.baseline}: not one of the models ({', '.join(models)}); use one of those names")
     for spec in models.values():
         _check_spec(spec)
+    _judge_prompts(cfg)  # a bad --judge-prompts fails now, before minutes of answers
     questions = _questions(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -442,8 +426,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         if not (llms and name in llms):
             lazy.close()
     names = list(models)
-    pairs = ([(n, cfg.baseline) for n in names if n != cfg.baseline] if cfg.baseline
-             else [(names[j], names[i]) for i, j in combinations(range(len(names)), 2)])  # newer vs older
+    pairs = _pairs(cfg, names)
     if judged and cfg.judge_prompts:  # FastChat's prompts, each turn judged apart
         from ..judge.mtbench import judge_mt
         verdicts, scores = judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out, console)
@@ -462,22 +445,6 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         from ..judge.mtbench import write_fastchat
         results["fastchat"] = write_fastchat(cfg.fastchat_out, cfg, questions, answers, verdicts, scores)
     return results
-
-
-class _NllCache:
-    def __init__(self, path: Path):
-        self.path = path
-        self.data = {}
-        if path.exists():
-            for r in read_jsonl(path):
-                self.data[tuple(r["key"])] = r["value"]
-
-    def get(self, key, compute):
-        if key not in self.data:
-            self.data[key] = compute()
-            with self.path.open("a") as f:
-                f.write(json.dumps({"key": list(key), "value": self.data[key]}) + "\n")
-        return self.data[key]
 
 
 def build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs) -> dict:
@@ -554,6 +521,23 @@ def _questions(cfg: EvalConfig) -> list[Question]:
     return questions[:cfg.limit] if cfg.limit else questions
 
 
+def _pairs(cfg: EvalConfig, names: list[str]) -> list[tuple[str, str]]:
+    """The pairs the judge compares: each model with --baseline, or every pair, newer against older."""
+    return ([(n, cfg.baseline) for n in names if n != cfg.baseline] if cfg.baseline
+            else [(names[j], names[i]) for i, j in combinations(range(len(names)), 2)])
+
+
+def _judge_prompts(cfg: EvalConfig) -> dict | None:
+    """FastChat's prompts of --judge-prompts, read and checked (the dry run and the run alike)."""
+    if not cfg.judge_prompts:
+        return None
+    if not Path(cfg.judge_prompts).is_file():
+        raise BaizeError(f"--judge-prompts {cfg.judge_prompts}: no such file (FastChat's "
+                         f"fastchat/llm_judge/data/judge_prompts.jsonl); fix the path or leave the flag out")
+    from ..judge.mtbench import load_judge_prompts
+    return load_judge_prompts(cfg.judge_prompts)
+
+
 def _prices(cfg: EvalConfig, models: dict[str, str]) -> dict:
     """The ledger's prices: the judge's, and --price-in/--price-out for each openai: model answering
     (its role in the ledger is its name)."""
@@ -562,20 +546,49 @@ def _prices(cfg: EvalConfig, models: dict[str, str]) -> dict:
 
 
 def plan(cfg: EvalConfig, questions: list[Question] | None = None):
-    """The --dry-run plan: the models' answers and the judge's verdicts and scores, nothing called."""
-    from ..plan import eval_plan
+    """The --dry-run plan, nothing called: each model's turn_messages with every answer at its cap, and
+    the judge's prompts for the same items the run judges (pair_items and score_items, or MT-bench's
+    per-turn mt_items with --judge-prompts). Each model's role is its name, as in the ledger."""
+    from ..judge.core import planned_aggregator
+    from ..plan import Plan, add_prompts, bound, judge_completion
     models = parse_models(cfg.models)
+    mt_prompts = _judge_prompts(cfg)
     questions = _questions(cfg) if questions is None else questions
-    return eval_plan(cfg, models, questions, judge_inputs=judge_inputs, reference=_reference,
-                     prices=_prices(cfg, models))
+    prices = _prices(cfg, models)
+    turns = sum(len(q.turns) for q in questions)
+    p = Plan(items={"eval": f"{len(questions)} questions ({turns} turns), {len(models)} models"})
+    at_cap = {q.id: [bound(cfg.max_tokens)] * len(q.turns) for q in questions}
+    for name, spec in models.items():
+        row = p.row("eval", name, spec, prices.get(name, (0.0, 0.0)))
+        add_prompts(row, [turn_messages(q, at_cap[q.id], t) for q in questions for t in range(len(q.turns))],
+                    cfg.max_tokens)
+    if not (cfg.judge and cfg.judge.lower() != "none" and (cfg.pairwise or cfg.single)):
+        return p
+    judge = p.row("eval", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
+    agg, names = planned_aggregator(cfg, cfg.judge), list(models)
+    answers, out = {n: at_cap for n in names}, judge_completion(cfg, agg)
+    pairs = _pairs(cfg, names) if cfg.pairwise else []
+    if mt_prompts is not None:
+        from ..judge.mtbench import mt_items, mt_pair_prompts, mt_score_prompt
+        pitems, sitems = mt_items(mt_prompts, cfg.judge, cfg, pairs, names, questions, answers)
+        add_prompts(judge, [m for it in pitems for m in mt_pair_prompts(it.extra["prompt"], it.q, at_cap[it.q.id],
+                                                                        at_cap[it.q.id])], out)
+        add_prompts(judge, [mt_score_prompt(it, answers) for it in sitems], out)
+        return p
+    add_prompts(judge, [m for it in pair_items(cfg.judge, pairs, questions, answers)
+                        for m in agg.pair_prompts(*pair_args(it))], out)
+    if cfg.single:
+        add_prompts(judge, [agg.score_prompt(*score_args(it)) for it in score_items(cfg.judge, names, questions,
+                                                                                     answers)], out)
+    return p
 
 
 def _main(args) -> int:
-    from ..plan import budget_hint, print_plan
+    from ..plan import budget_hint, check_plan_out, dry_run
     cfg = dataclass_from_args(EvalConfig, args, models=args.models)
+    check_plan_out(cfg)
     if cfg.dry_run:
-        print_plan(plan(cfg), max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total)
-        return 0
+        return dry_run(plan(cfg), cfg)
     res = evaluate(cfg)
     print_results(res)
     if res["stopped"]:

@@ -23,6 +23,7 @@ from ..config import (
     BaizeError,
     EndpointFields,
     JudgeFields,
+    PlanFields,
     RunFields,
     add_dataclass_args,
     dataclass_from_args,
@@ -48,7 +49,7 @@ class _CheckFields:
 
 
 @dataclass
-class JudgeCheckConfig(RunFields, JudgeFields, EndpointFields, _CheckFields):
+class JudgeCheckConfig(PlanFields, RunFields, JudgeFields, EndpointFields, _CheckFields):
     """judge-check's own fields, then the endpoint's, the judge's and the run's (config.py)."""
 
 
@@ -112,23 +113,35 @@ def _h(*parts) -> str:
     return hashlib.sha1(json.dumps(parts).encode()).hexdigest()[:10]
 
 
-def judge_pairs(judge, pairs: list[Pair], cfg: JudgeCheckConfig, ledger: Ledger, out: Path, console=None) -> list[dict]:
-    """One record per pair: the judge's verdict on (a, b) and which of them the human chose. Half the
-    pairs put the chosen answer first, so an argument-order quirk cannot pass for agreement."""
-    @dataclass
-    class _Item:
-        id: str
-        pair: Pair
-        human: str
+@dataclass
+class _Item:
+    id: str
+    pair: Pair
+    human: str
 
-    items = [_Item(f"{p.id}:{_h(judge.name, judge.mode, p.chosen, p.rejected)}", p, "a" if i % 2 == 0 else "b")
-             for i, p in enumerate(pairs)]
+
+def check_items(judge_name: str, mode: str, pairs: list[Pair]) -> list[_Item]:
+    """What judge-check asks, declared once (its plan counts the same): one verdict, both orders, per
+    pair. Half the pairs put the chosen answer first, so an argument-order quirk cannot pass for agreement."""
+    return [_Item(f"{p.id}:{_h(judge_name, mode, p.chosen, p.rejected)}", p, "a" if i % 2 == 0 else "b")
+            for i, p in enumerate(pairs)]
+
+
+def shown(item: _Item) -> tuple[list[dict], str, str]:
+    """(context, a, b) as the judge is asked them."""
+    p = item.pair
+    return (p.context, p.chosen, p.rejected) if item.human == "a" else (p.context, p.rejected, p.chosen)
+
+
+def judge_pairs(judge, pairs: list[Pair], cfg: JudgeCheckConfig, ledger: Ledger, out: Path, console=None) -> list[dict]:
+    """One record per pair: the judge's verdict on (a, b) and which of them the human chose."""
+    items = check_items(judge.name, judge.mode, pairs)
 
     def work(item):
         p = item.pair
-        a, b = (p.chosen, p.rejected) if item.human == "a" else (p.rejected, p.chosen)
+        _, a, b = shown(item)
         t0 = time.monotonic()
-        v = judge.pair(p.context, a, b)
+        v = judge.pair(*shown(item))
         ledger.add(role="judge", usage=v.usage)
         return {"id": item.id, "pair_id": p.id, "human": item.human,
                 "winner": {"A": "a", "B": "b", "tie": "tie"}.get(v.winner), "verdicts": v.verdicts,
@@ -277,8 +290,25 @@ def add_cli(sub) -> None:
     p.set_defaults(func=_main)
 
 
+def plan(cfg: JudgeCheckConfig):
+    """The --dry-run plan: the judge's prompts for check_items, nothing loaded or called."""
+    from ..plan import Plan, add_prompts, judge_completion
+    from .core import planned_aggregator
+    pairs = load_pairs(cfg.pairs, cfg.limit)
+    p = Plan(items={"judge-check": f"{len(pairs):,} human preference pairs"})
+    row = p.row("judge-check", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
+    agg = planned_aggregator(cfg, cfg.judge)
+    add_prompts(row, [m for it in check_items(cfg.judge, agg.name, pairs) for m in agg.pair_prompts(*shown(it))],
+                judge_completion(cfg, agg))
+    return p
+
+
 def _main(args) -> int:
+    from ..plan import check_plan_out, dry_run
     cfg = dataclass_from_args(JudgeCheckConfig, args)
+    check_plan_out(cfg)
+    if cfg.dry_run:
+        return dry_run(plan(cfg), cfg)
     print_check(check(cfg))
     return 0
 

@@ -120,6 +120,16 @@ def load_judge(cfg, default_cache: Path, llm=None, *, orders: int = 2) -> Judge:
                  max_unparseable=cfg.max_unparseable, mode=cfg.judge_mode)
 
 
+def planned_aggregator(cfg, spec: str, orders: int = 2):
+    """The aggregator a stage's Judge of `spec` will ask through, before any model loads (the dry run's):
+    its mode as Judge resolves it (auto: LOCAL_MODE for a local model, text for an endpoint), its
+    prompt builders and presentations the very ones the run sends."""
+    mode = cfg.judge_mode
+    if mode == "auto":
+        mode = "text" if (spec or "").startswith("openai:") else LOCAL_MODE
+    return MODE_CLASSES[mode](None, orders=orders)
+
+
 def reliability(rows: list[dict]) -> dict:
     """How far a judge's pairwise verdicts can be trusted, from records with `winner` (final: a, b or
     A, B, tie, None) and `verdicts` (per order). consistency counts only pairs where some order

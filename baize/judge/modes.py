@@ -185,20 +185,44 @@ class TextMode:
     def __init__(self, transport: JudgeTransport, orders: int = 2, tie_band: float = TIE_BAND):
         self.transport, self.orders, self.tie_band = transport, orders, tie_band
 
+    writes = True  # the judge writes its verdict: each call may spend up to the judge's max tokens
+
     def reader(self, kind: str, k: int = 0) -> Reader | None:
         """How a reply is produced: None, the model writes it."""
         return None
+
+    # what each verdict asks: the prompts pair/score/rank send, also counted by plan.py before a run
+    def pair_prompts(self, context, a: str, b: str) -> list[list[dict]]:
+        """The two orders of a pair: a shown as A, then b as A."""
+        ctx = render_context(context)
+        return [[{"role": "system", "content": PAIR_SYSTEM},
+                 {"role": "user", "content": PAIR_USER.format(context=ctx, a=first, b=second)}]
+                for first, second in ((a, b), (b, a))]
+
+    def score_prompt(self, context, answer: str, reference: str | None = None) -> list[dict]:
+        ctx = render_context(context)
+        if reference is None:
+            return [{"role": "system", "content": SCORE_SYSTEM},
+                    {"role": "user", "content": SCORE_USER.format(context=ctx, answer=answer)}]
+        return [{"role": "system", "content": SCORE_REF_SYSTEM},
+                {"role": "user", "content": SCORE_REF_USER.format(context=ctx, answer=answer, reference=reference)}]
+
+    def rank_prompts(self, context, answers: list[str]) -> list[tuple[list[int], list[dict]]]:
+        """(order shown, prompt) per presentation of the answers."""
+        ctx, labels, k = render_context(context), _numbers(len(answers)), len(answers)
+        out = []
+        for perm in self.presentations(k):
+            shown = "\n\n".join(RANK_ANSWER.format(label=labels[p], answer=answers[i]) for p, i in enumerate(perm))
+            out.append((perm, [{"role": "system", "content": RANK_SYSTEM},
+                               {"role": "user", "content": RANK_USER.format(context=ctx, answers=shown, k=k)}]))
+        return out
 
     def _ask(self, kind, messages, parse, reminder, usage, raw, k: int = 0):
         return self.transport.ask(kind, messages, parse, reminder, usage, raw, self.reader(kind, k))
 
     # pairs -----------------------------------------------------------------------------------------
     def pair(self, context, a: str, b: str) -> Verdict:
-        ctx = render_context(context)
-        ab, ba = ([{"role": "system", "content": PAIR_SYSTEM},
-                   {"role": "user", "content": PAIR_USER.format(context=ctx, a=first, b=second)}]
-                  for first, second in ((a, b), (b, a)))
-        return self.pair_messages(ab, ba)
+        return self.pair_messages(*self.pair_prompts(context, a, b))
 
     def pair_messages(self, ab: list[dict], ba: list[dict], parse=parse_pair) -> Verdict:
         """A pair from the caller's prompts in both orders (ab shows the first argument as A)."""
@@ -220,15 +244,7 @@ class TextMode:
 
     # scores ----------------------------------------------------------------------------------------
     def score(self, context, answer: str, reference: str | None = None) -> Score:
-        ctx = render_context(context)
-        if reference is None:
-            msgs = [{"role": "system", "content": SCORE_SYSTEM},
-                    {"role": "user", "content": SCORE_USER.format(context=ctx, answer=answer)}]
-        else:
-            msgs = [{"role": "system", "content": SCORE_REF_SYSTEM},
-                    {"role": "user", "content": SCORE_REF_USER.format(context=ctx, answer=answer,
-                                                                      reference=reference)}]
-        return self.score_messages(msgs)
+        return self.score_messages(self.score_prompt(context, answer, reference))
 
     def score_messages(self, messages: list[dict], parse=parse_score) -> Score:
         """A score from the caller's own prompt."""
@@ -246,15 +262,11 @@ class TextMode:
         k = len(answers)
         if k < 2:
             raise ValueError(f"judge.rank: needs at least 2 answers, got {k}")
-        ctx = render_context(context)
         labels = _numbers(k)
         example = " > ".join(f"[[{x}]]" for x in labels[1:] + labels[:1])
         reminder = RANK_REMINDER.format(k=k, example=example)
         usage, raw, orders, presented = new_usage(), [], [], []
-        for perm in self.presentations(k):
-            shown = "\n\n".join(RANK_ANSWER.format(label=labels[p], answer=answers[i]) for p, i in enumerate(perm))
-            msgs = [{"role": "system", "content": RANK_SYSTEM},
-                    {"role": "user", "content": RANK_USER.format(context=ctx, answers=shown, k=k)}]
+        for perm, msgs in self.rank_prompts(context, answers):
             pos = self._ask("rank", msgs, lambda t: parse_ranking(t, k, labels), reminder, usage, raw, k)
             orders.append(None if pos is None else [perm[p] for p in pos])
             lp = logprobs_of(raw[-1])
@@ -272,6 +284,7 @@ class ChoiceMode(TextMode):
     """Each presentation's verdict is the most probable option by a local model's log-probs."""
 
     name = "choice"
+    writes = False  # the verdict is read from the prompt's option log-probs: no token is generated
 
     def reader(self, kind: str, k: int = 0) -> Reader:
         return partial(choose, self.transport.llm, kind, k=k)

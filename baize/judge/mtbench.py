@@ -91,11 +91,16 @@ def _two_scores(text: str):
 
 # --- judging through baize's Judge ----------------------------------------------------------------
 
+def mt_pair_prompts(prompt: dict, q, ans_a: list[str], ans_b: list[str]) -> list[list[dict]]:
+    """FastChat's two games of a pair: a as model 1, then b."""
+    return [fill(prompt, q, [ans_a, ans_b]), fill(prompt, q, [ans_b, ans_a])]
+
+
 def mt_pair(judge, prompt: dict, q, ans_a: list[str], ans_b: list[str]) -> dict:
     """Both orders, as FastChat's g1/g2 games; a debiased local judge reads their log-probs together."""
     from .verdicts import parse_pair
     parse = _two_scores if prompt["output_format"] == "[[rating_a,rating_b]]" else parse_pair
-    v = judge.pair_messages(fill(prompt, q, [ans_a, ans_b]), fill(prompt, q, [ans_b, ans_a]), parse)
+    v = judge.pair_messages(*mt_pair_prompts(prompt, q, ans_a, ans_b), parse)
     return {"winner": {"A": "a", "B": "b", "tie": "tie"}.get(v.winner), "consistent": v.consistent,
             "verdicts": v.verdicts, "margin": v.margin, "raw": v.raw, "usage": v.usage}
 
@@ -115,11 +120,14 @@ def _turns(q) -> list[int]:
     return [1, 2] if len(q.turns) > 1 else [1]  # FastChat's templates show two turns at most
 
 
-def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, console=None) -> tuple[list, list]:
-    """eval's verdicts and scores, one per turn as FastChat's, with the --judge-prompts prompts."""
-    prompts = load_judge_prompts(cfg.judge_prompts)
-    jid = f"{judge.name}/{judge.mode}/{_h(prompts)}"
-    ledger = ledger.child()
+def mt_score_prompt(it: _Item, answers) -> list[dict]:
+    return fill(it.extra["prompt"], it.q, [answers[it.extra["model"]][it.q.id]])
+
+
+def mt_items(prompts: dict, judge_id: str, cfg, pairs, names, questions, answers) -> tuple[list, list]:
+    """What judge_mt asks, declared once (eval's plan counts the same items): per question and turn,
+    each pair of models (two games, mt_pair_prompts) and each model alone (one prompt)."""
+    jid = f"{judge_id}/{_h(prompts)}"
     pitems, sitems = [], []
     for q in questions:
         for t in _turns(q):
@@ -136,6 +144,14 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
                     if q.id in answers[n]:
                         sitems.append(_Item(f"mt:{q.id}:{n}:t{t}:{_h(jid, answers[n][q.id])}", q,
                                             {"model": n, "turn": t, "prompt": p}))
+    return pitems, sitems
+
+
+def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, console=None) -> tuple[list, list]:
+    """eval's verdicts and scores, one per turn as FastChat's, with the --judge-prompts prompts."""
+    prompts = load_judge_prompts(cfg.judge_prompts)
+    ledger = ledger.child()
+    pitems, sitems = mt_items(prompts, f"{judge.name}/{judge.mode}", cfg, pairs, names, questions, answers)
 
     def pair_work(it):
         x = it.extra
@@ -147,7 +163,7 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
 
     def score_work(it):
         x = it.extra
-        sc = judge.score_messages(fill(x["prompt"], it.q, [answers[x["model"]][it.q.id]]))
+        sc = judge.score_messages(mt_score_prompt(it, answers))
         ledger.add(role="judge", usage=sc.usage)
         return {"id": it.id, "question_id": it.q.id, "category": it.q.category, "model": x["model"], "turn": x["turn"],
                 "prompt": x["prompt"]["name"], "value": sc.value, "raw": sc.raw, "meta": {"usage": sc.usage}}
