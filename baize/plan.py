@@ -1,13 +1,14 @@
 """Cost before and budget during: what a stage (or the whole pipeline) would call, without calling.
 
     baize collect ... --dry-run      baize sdf ... --dry-run      baize eval ... --dry-run
-    baize pipeline ... --dry-run     # every stage, with --teacher-/--policy-/--judge-price-in/-out
+    baize judge-check ... --dry-run  baize pipeline ... --dry-run     # every stage: --teacher-/--policy-/--judge-price-in/-out
 
-A plan counts, per stage and role (teacher, policy, judge), the calls and the prompt and
-completion tokens, from the seeds' and questions' own text, the turns, n, the judge's orders and
-the max-token flags, and prices them per 1K tokens as the ledger does. Nothing is loaded or
-written: tokens are characters / 4 (English prose averages about 4 characters a token in the
-GPT and LLaMA tokenizers), so no tokenizer is needed.
+A plan counts, per stage and role (the ledger's: teacher, policy, judge, eval's model names), the
+calls and the prompt and completion tokens, and prices them per 1K tokens as the ledger does. Each
+stage counts its own calls in its plan(): the prompts its run would send, built by the same
+functions from the same items, with every reply not yet written at its cap (bound()). `--plan-out
+FILE` writes the rows as JSON. Nothing is loaded or written: tokens are characters / 4 (English
+prose averages about 4 characters a token in the GPT and LLaMA tokenizers), so no tokenizer is needed.
 
 Completion tokens are an upper bound: every call is counted at its max tokens and every dialogue
 at --max-turns, and prompts that carry earlier replies carry them at that bound too. A budget plan
@@ -32,8 +33,9 @@ NOTES = [
     "tokens: characters / 4 plus 4 per chat message (no tokenizer loaded)",
     "completion tokens are an upper bound: every call at its max tokens, every dialogue at --max-turns "
     "(prompts that carry earlier replies are bounded the same way); real runs spend less",
-    "not counted: a verdict that does not parse is asked once more; a policy endpoint that ignores n is asked "
-    "n times, each paying the prompt; training and NLL run locally and call no API",
+    "calls are the stage's own prompts, counted before the run sends them; 'A to B': an endpoint that ignores n "
+    "is asked n times a prompt (tokens and cost counted at B); fewer when a dialogue ends early or candidates "
+    "coincide; not counted: a verdict that does not parse is asked once more; training and NLL call no API",
 ]
 
 
