@@ -286,3 +286,23 @@ def test_bad_judge_prompts_file_names_the_line(tmp_path):
     bad.write_text(json.dumps({"name": "single-v1", "type": "single", "system_prompt": "s", "prompt_template": "t"}) + "\n")
     with pytest.raises(BaizeError, match=r"jp.jsonl:1: field 'output_format'"):
         load_judge_prompts(str(bad))
+
+
+def test_a_judge_that_never_parses_is_flagged_and_eval_exits_non_zero(tmp_path, monkeypatch):
+    import baize.eval.evaluate as ev
+    from baize.cli import main
+    fakes, cfg = models_for(tmp_path)
+    cfg.limit, cfg.max_unparseable = 1, 0  # 0: never stop, so every verdict is read and none parses
+    mute = FakeLLM(["I would rather not say."], name="judge")
+    res = evaluate(cfg, llms=fakes, judge_llm=mute)
+    j = res["judge"]
+    assert j["unparseable"] == j["pairs_judged"] + 3 and j["flags"][0].startswith("unreadable") and j["near_chance"]
+    md = (Path(cfg.out) / "report.md").read_text()
+    assert "no consistency measured" not in md and "none of its" in md and "do not trust" in md
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda c: real(c, llms=models_for(tmp_path)[0], judge_llm=mute))
+    argv = ["eval", "--models", *cfg.models, "--judge", "openai:judge", "--questions", cfg.questions, "--limit", "1",
+            "--max-unparseable", "0", "--no-progress", "--out", str(tmp_path / "e2")]
+    assert main(argv) == 1
+    monkeypatch.setattr(ev, "evaluate", lambda c: real(c, llms=models_for(tmp_path)[0], judge_llm=FakeLLM(name="j")))
+    assert main(argv[:-1] + [str(tmp_path / "e3")]) == 0

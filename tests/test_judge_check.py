@@ -188,3 +188,33 @@ def test_sdf_summary_reports_the_decisive_rate(tmp_path):
     (tmp_path / "sdf.rejected.jsonl").write_text(json.dumps(tied) + "\n")
     got = write_prefs(out)
     assert got["pairs"] == 1 and got["mean_agreement"] == 1.0 and got["decisive_rate"] == 0.5
+
+
+# --- issue 28, section 4: verdicts that say what they know ----------------------------------------
+
+def test_near_chance_against_humans_reads_the_interval_not_the_point():
+    from baize.judge.verdicts import judge_flags
+    # docs/judge-check.md's debiased figure: 0.561 [0.47, 0.66] on 114 decisive verdicts
+    flags = judge_flags(None, 0.57, "debiased", 0.561, 114, [0.47, 0.66])
+    assert len(flags) == 1 and flags[0].startswith("near chance against humans") and "[47%, 66%]" in flags[0]
+    assert "interval includes 50%" in flags[0]
+    assert judge_flags(None, 0.57, "debiased", 0.561, 400, [0.52, 0.60]) == []  # shown better, however narrowly
+    # without an interval (an old judge_check.json) the point rule still holds
+    assert judge_flags(None, 0.9, "text", 0.52, 100)[0].startswith("near chance against humans")
+
+
+def test_a_judge_whose_every_verdict_is_unparseable_is_flagged_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import baize.judge.check as jc
+    from baize.cli import main
+    pairs = write_pairs(tmp_path / "prefs.jsonl", n=3)  # 6 unparseable replies: under --max-unparseable's 8
+    res = check(cfg_for(tmp_path, pairs), judge_llm=FakeLLM(["I would rather not say."], name="judge"))
+    assert res["unparseable"] == 3 and res["flags"] and res["flags"][0].startswith("unreadable")
+    assert "unreadable" in (tmp_path / "jc" / "judge_check.html").read_text()
+    real = jc.check
+    monkeypatch.setattr(jc, "check", lambda cfg: real(cfg, judge_llm=FakeLLM(["I would rather not say."],
+                                                                              name="judge")))
+    argv = ["judge-check", "--judge", "openai:judge", "--pairs", str(pairs), "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "jc2")]) == 1
+    assert "flag: unreadable" in capsys.readouterr().out
+    monkeypatch.setattr(jc, "check", lambda cfg: real(cfg, judge_llm=FakeLLM(name="judge")))
+    assert main(argv + ["--out", str(tmp_path / "jc3")]) == 0  # a judge that answers: exit 0, whatever its flags

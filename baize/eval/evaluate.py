@@ -583,4 +583,5 @@ def _main(args) -> int:
         used = sum(r["cost"] for r in res["ledger"].values()) if res["stopped"] == "--max-cost" else \
             sum(r["prompt_tokens"] + r["completion_tokens"] for r in res["ledger"].values())
         print(budget_hint(res["stopped"], cap, used))
-    return 0
+    from ..judge.check import unreadable
+    return 1 if unreadable((res.get("judge") or {}).get("flags")) else 0

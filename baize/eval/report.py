@@ -117,20 +117,32 @@ def judge_lines(j) -> list[str]:
         return []
     c, d = _num(j.get("consistency")), _num(j.get("decisive_rate"))
     mode = f" ({j['mode']} mode)" if j.get("mode") else ""
-    parts = [f"Judge {j.get('spec') or '?'}{mode}: "
-             + (f"the two orders name the same winner on {c:.0%} of the pairs either order decided"
-                + (" (each order alone; its verdicts read both together, so a position prior cancels)"
-                   if j.get("mode") == "debiased" else "") if c is not None
-                else "no decisive verdict in either order, so no consistency" if d is not None
-                else "no consistency measured (no pairwise verdicts)")]
-    if d is not None:
+    debiased = j.get("mode") == "debiased"
+    if debiased and d is not None:
+        # both orders read together: what it decides is the measure; each order alone follows position
+        first = f"it prefers one answer on {d:.0%} of pairs, reading both orders together so a position prior cancels"
+    elif c is not None:
+        first = f"the two orders name the same winner on {c:.0%} of the pairs either order decided"
+    elif d is not None:
+        first = "no decisive verdict in either order, so no consistency"
+    elif _num(j.get("pairs_judged")):
+        first = "not one of its pairwise verdicts could be read"
+    else:
+        first = "no consistency measured (no pairwise verdicts)"
+    parts = [f"Judge {j.get('spec') or '?'}{mode}: " + first]
+    if d is not None and not debiased:
         parts.append(f"it prefers one answer on {d:.0%} of pairs")
     if _num(j.get("pairs_judged")) is not None:
         parts.append(f"{_int(j['pairs_judged'])} pairwise verdicts")
     if _num(j.get("unparseable")) is not None:
         parts.append(f"{_int(j['unparseable'])} unparseable")
-    out = ["; ".join(parts) + f" (below {NEAR_CHANCE:.0%} consistency counts as position-biased"
-           + (", below 50% decisive as undecided)." if d is not None else ").")]
+    if debiased and c is not None:
+        parts.append(f"each order alone names the same winner on {c:.0%} of the pairs either decided, which is no "
+                     f"failure here and no reliability measure")
+    tail = (" (below 50% decisive counts as undecided)." if debiased else
+            f" (below {NEAR_CHANCE:.0%} consistency counts as position-biased"
+            + (", below 50% decisive as undecided)." if d is not None else ")."))
+    out = ["; ".join(parts) + tail]
     h = _d(j.get("human"))
     if _num(h.get("agreement")) is not None:
         ci = _fci(h.get("agreement_ci"))

@@ -197,7 +197,8 @@ def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
                                                                                   "calls")}
     cost = (usage["prompt_tokens"] * cfg.judge_price_in + usage["completion_tokens"] * cfg.judge_price_out) / 1000
     res = {"judge": cfg.judge, "mode": judge.mode, "pairs_file": cfg.pairs, **m,
-           "flags": judge_flags(m["consistency"], m["decisive_rate"], judge.mode, m["agreement"], m["decisive"]),
+           "flags": judge_flags(m["consistency"], m["decisive_rate"], judge.mode, m["agreement"], m["decisive"],
+                                m["agreement_ci"], m["n"], m["unparseable"]),
            # what this invocation waited (a rerun from the cache takes none), and each pair's own time when
            # it was judged (calls in flight together overlap, so these do not add up to a wall clock)
            "seconds": round(time.monotonic() - t0, 1),
@@ -279,8 +280,14 @@ def add_cli(sub) -> None:
 
 def _main(args) -> int:
     cfg = dataclass_from_args(JudgeCheckConfig, args)
-    print_check(check(cfg))
-    return 0
+    res = check(cfg)
+    print_check(res)
+    return 1 if unreadable(res["flags"]) else 0
+
+
+def unreadable(flags) -> bool:
+    """Whether no verdict of the judge could be read: a run that measured nothing must not exit 0."""
+    return any(str(f).startswith("unreadable") for f in flags or [])
 
 
 # --- what eval's report says about its judge --------------------------------------------------------
@@ -323,8 +330,9 @@ def eval_judge_summary(cfg, verdicts: list[dict], scores: list[dict], out: Path)
     rel = reliability([{"winner": r["winner"], "verdicts": r.get("verdicts") or []} for r in verdicts])
     human = find_check(getattr(cfg, "judge_check", None), out, cfg.judge, mode)
     agree = human.get("agreement") if human else None
-    flags = judge_flags(rel["consistency"], rel["decisive_rate"], mode, agree, human.get("decisive") if human else None)
+    unparseable = sum(r["winner"] is None for r in verdicts) + sum(r["value"] is None for r in scores)
+    flags = judge_flags(rel["consistency"], rel["decisive_rate"], mode, agree, human.get("decisive") if human else None,
+                        human.get("agreement_ci") if human else None, len(verdicts) + len(scores), unparseable)
     return {"spec": cfg.judge, "mode": mode, "consistency": rel["consistency"], "decisive_rate": rel["decisive_rate"],
             "tie_rate": rel["tie_rate"], "pairs_judged": len(verdicts),
-            "unparseable": sum(r["winner"] is None for r in verdicts) + sum(r["value"] is None for r in scores),
-            "human": human, "flags": flags, "near_chance": bool(flags)}
+            "unparseable": unparseable, "human": human, "flags": flags, "near_chance": bool(flags)}
