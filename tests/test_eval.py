@@ -306,3 +306,34 @@ def test_a_judge_that_never_parses_is_flagged_and_eval_exits_non_zero(tmp_path, 
     assert main(argv) == 1
     monkeypatch.setattr(ev, "evaluate", lambda c: real(c, llms=models_for(tmp_path)[0], judge_llm=FakeLLM(name="j")))
     assert main(argv[:-1] + [str(tmp_path / "e3")]) == 0
+
+
+def test_a_rerun_in_another_judge_mode_judges_again(tmp_path):
+    from baize.llm.base import LLM
+
+    class Local(LLM):
+        """A local judge: writes a verdict (text mode) or scores the options (choice, debiased)."""
+        name, can_score_options = "local-judge", True
+
+        def __init__(self):
+            self.written, self.read = FakeLLM(name="w"), []
+
+        def chat(self, messages, **kw):
+            return self.written.chat(messages, **kw)
+
+        def option_logprobs(self, messages, prefix, options):
+            self.read.append(prefix)
+            return [-float(i) for i in range(len(options))]
+
+    fakes, cfg = models_for(tmp_path)
+    cfg.limit, cfg.judge_cache = 2, "none"  # no raw-reply cache: only the verdict records could be reused
+    cfg.judge_mode, judge = "text", Local()
+    evaluate(cfg, llms=fakes, judge_llm=judge)
+    assert judge.written.calls and not judge.read
+    for mode in ("choice", "debiased"):
+        cfg.judge_mode = mode
+        judge = Local()
+        res = evaluate(cfg, llms=models_for(tmp_path)[0], judge_llm=judge)
+        # 2 questions x 3 model pairs x 2 orders; 2 questions x 3 models scored
+        assert judge.read.count("[[") == 2 * 3 * 2 and judge.read.count("Rating: [[") == 2 * 3, mode
+        assert res["judge"]["mode"] == mode

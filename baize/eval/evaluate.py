@@ -335,14 +335,14 @@ def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, consol
 
 
 def _jid(judge) -> str:
-    """What a verdict record depends on: the judge, and how a debiased one reads its log-probs (text and
-    choice keep the ids they always had, so older runs stay cached)."""
-    return judge.name if judge.mode in ("text", "choice") else f"{judge.name}/{judge.mode}"
+    """What a verdict or score record depends on: the judge, and its mode (a rerun in another mode
+    judges again rather than reuse the other mode's verdicts; text keeps the ids it always had)."""
+    return judge.name if judge.mode == "text" else f"{judge.name}/{judge.mode}"
 
 
 def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
     ledger = ledger.child()
-    items = [_Item(f"{q.id}:{n}:{_h(judge.name, answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
+    items = [_Item(f"{q.id}:{n}:{_h(_jid(judge), answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
              for q in questions for n in names if q.id in answers[n]]
 
     def work(item):
