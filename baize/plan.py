@@ -170,7 +170,7 @@ def sdf_plan(cfg, contexts: list[list[dict]], *, policy: str | None = None) -> P
     pol = plan.row("sdf", "policy", policy or cfg.policy, (cfg.price_in, cfg.price_out))
     judge = plan.row("sdf", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
     debiased = _judge_mode(cfg, cfg.judge) == "debiased"
-    orders = cfg.n if debiased else len(_presentations(cfg.n, cfg.judge_orders))
+    orders = cfg.n if debiased else len(_presentations(cfg.n, cfg.judge_orders or 2))
     system = [{"role": "system", "content": cfg.system}] if cfg.system else []
     shown = cfg.n * (cfg.max_tokens + tokens(RANK_ANSWER.format(label="10", answer="")))
     for ctx in contexts:

@@ -42,8 +42,11 @@ class _SDFFields:
     max_tokens: int = opt(512, "max new tokens per candidate")
     system: str | None = opt(None, "system prompt put before each prompt that has none (default: a local run adds "
                                    "the one it was trained with; give the run's own for an openai: policy)")
-    judge_orders: int = opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")
-    min_agreement: float = opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
+    judge_orders: int | None = opt(None, "text and choice modes: presentation orders per ranking (default 2: as "
+                                         "given and reversed; more add rotations), Borda over them; debiased mode "
+                                         "always shows all n rotations and refuses it")
+    min_agreement: float = opt(0.0, "text and choice modes: reject prompts whose judge orders agree on fewer than "
+                                    "this fraction of pairs (refused in debiased mode)")
     price_in: float = opt(0.0, "policy price per 1K prompt tokens, for the cost ledger")
     price_out: float = opt(0.0, "policy price per 1K completion tokens")
 
@@ -271,16 +274,33 @@ def write_prefs(out: str | Path) -> dict:
 
 # --- the run ------------------------------------------------------------------------------------
 
+def refuse_debiased_flags(cfg: SDFConfig, mode: str) -> None:
+    """--judge-orders and --min-agreement mean nothing to a debiased judge: it reads every rotation
+    together, and each order's own ranking there follows position, not quality."""
+    if mode != "debiased":
+        return
+    if cfg.judge_orders is not None:
+        raise BaizeError(f"--judge-orders {cfg.judge_orders}: a debiased judge (the default for a local one) shows "
+                         f"every candidate at every position once (n rotations); drop the flag or use --judge-mode text")
+    if cfg.min_agreement > 0:
+        raise BaizeError(f"--min-agreement {cfg.min_agreement}: a debiased judge reads its orders together, and each "
+                         f"order's own ranking follows position, so their agreement measures nothing; drop the flag "
+                         f"or use --judge-mode text")
+
+
 def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
     from .judge.core import load_judge
     from .llm.models import load_endpoint
+    refuse_debiased_flags(cfg, cfg.judge_mode)  # before loading anything, when the mode is given
     if policy is None:
         policy = load_endpoint(cfg.policy, cfg, max_batch=min(64, cfg.concurrency * cfg.n))
     if judge_llm is None and cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):
         judge_llm = policy  # one copy of a local model in memory
     out = Path(cfg.out)
     stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-    return policy, load_judge(cfg, out.with_name(stem + ".judge_cache"), judge_llm, orders=cfg.judge_orders)
+    judge = load_judge(cfg, out.with_name(stem + ".judge_cache"), judge_llm, orders=cfg.judge_orders or 2)
+    refuse_debiased_flags(cfg, judge.mode)  # --judge-mode auto chose debiased for a local judge
+    return policy, judge
 
 
 def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):

@@ -270,3 +270,35 @@ def test_the_summary_keeps_the_ledger_of_earlier_runs(tmp_path):
     for role in ("policy", "judge"):
         assert total["ledger"][role]["calls"] == s1.ledger[role]["calls"] + s2.ledger[role]["calls"]
     assert total["cost"] == pytest.approx(s1.cost + s2.cost) and total["cost"] > 0
+
+
+# --- issue 28, section 4: the debiased judge's flags and tie band ----------------------------------
+
+class LocalRanker(FakeLLM):
+    """A local judge reading option log-probs: a strong prior for the first shown, plus `quality` of
+    each shown answer (RANK_ANSWER's '[The Start of Response [[k]]]' blocks, as prompts.py writes them)."""
+    can_score_options = True
+
+    def __init__(self, quality, name="local-judge"):
+        super().__init__(name=name)
+        self.quality, self.read = quality, 0
+
+    def option_logprobs(self, messages, prefix, options):
+        self.read += 1
+        blocks = messages[-1]["content"].split("[The Start of Response [[")[1:]
+        return [-2.0 * pos + self.quality(b.split("[The End")[0]) for pos, b in enumerate(blocks)]
+
+
+@pytest.mark.parametrize("flag,kw", [("--judge-orders", {"judge_orders": 4}),
+                                     ("--min-agreement", {"min_agreement": 0.5})])
+def test_debiased_mode_refuses_the_flags_it_cannot_honour(tmp_path, flag, kw):
+    policy = FakeLLM(varied_policy())
+    judge = LocalRanker(lambda text: 0.1 * len(text))
+    with pytest.raises(BaizeError, match=f"^{flag} .*debiased") as e:  # auto: debiased for a local judge
+        sdf(cfg_for(tmp_path, **kw), policy, judge)
+    assert "\n" not in str(e.value) and judge.read == 0
+    with pytest.raises(BaizeError, match=f"^{flag}"):  # given explicitly: refused before anything loads
+        sdf(cfg_for(tmp_path, judge_mode="debiased", judge="openai:j", **kw), policy)
+    assert policy.calls == []
+    s, _ = sdf(cfg_for(tmp_path, limit=2, judge_mode="text", **kw), policy, FakeLLM(name="fake-judge"))
+    assert s.kept == 2  # text mode honours both
