@@ -215,6 +215,8 @@ def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> di
         meta["reject_reason"] = "no_preference"  # every candidate tied: the judge told us nothing
     elif cfg.min_agreement > 0 and (r.agreement is None or r.agreement < cfg.min_agreement):
         meta["reject_reason"] = "low_agreement"
+    elif ranks.count(1) > 1:
+        meta["reject_reason"] = "tied_best"  # which of the best to train on would be a coin flip
     return rec
 
 
@@ -265,7 +267,7 @@ def write_prefs(out: str | Path) -> dict:
     # show, and its prompts sit in .rejected as no_preference, not in OUT
     rej = sidecar(out, "rejected")
     reasons = [r["meta"].get("reject_reason") for r in read_jsonl(rej)] if rej.exists() else []
-    undecided = reasons.count("no_preference")
+    undecided = reasons.count("no_preference") + reasons.count("tied_best")
     judged = n + undecided + reasons.count("low_agreement")
     return {"prompts": n, "pairs": pairs, "prefs": str(path),
             "mean_agreement": round(sum(agreements) / len(agreements), 4) if agreements else None,

@@ -302,3 +302,32 @@ def test_debiased_mode_refuses_the_flags_it_cannot_honour(tmp_path, flag, kw):
     assert policy.calls == []
     s, _ = sdf(cfg_for(tmp_path, limit=2, judge_mode="text", **kw), policy, FakeLLM(name="fake-judge"))
     assert s.kept == 2  # text mode honours both
+
+
+def sentences(text):
+    return text.count(".")  # varied_policy's candidates: 1 to 4 sentences
+
+
+@pytest.mark.parametrize("gap,kept", [(0.04, False), (0.08, True)])
+def test_the_debiased_tie_band_means_the_same_for_pairs_and_rankings(tmp_path, gap, kept):
+    """One sentence more is worth `gap` nats of the judge's log-odds per presentation; summed over two
+    orders that is 2 * gap: inside the 0.1 tie band at 0.04, outside at 0.08, for a pair and a ranking alike."""
+    from baize.judge.core import Judge
+    judge = LocalRanker(lambda text: gap * sentences(text))
+
+    def pair_lp(messages, prefix, options):  # a pair: a prior of 1 nat for position A, as the ranking's
+        text = messages[-1]["content"]
+        a = text.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
+        b = text.split("[The Start of Assistant B's Answer]")[1].split("[The End")[0]
+        return [1.0 + gap * sentences(a), gap * sentences(b), -3.0]
+    judge.option_logprobs = lambda m, prefix, o, rank=judge.option_logprobs: (
+        pair_lp(m, prefix, o) if prefix == "[[" else rank(m, prefix, o))
+    v = Judge(judge, mode="debiased").pair("Q?", "One. Two.", "One.")
+    assert v.margin == pytest.approx(2 * gap) and v.winner == ("A" if kept else "tie")
+    s, prefs = sdf(cfg_for(tmp_path, limit=3), FakeLLM(varied_policy()), judge)
+    if kept:  # the best is one sentence clear of the second: a target, and three preference pairs each
+        assert s.kept == 3 and prefs["pairs"] == 9
+    else:  # the best and the second are a near-tie: neither a target nor a preference pair
+        assert s.kept == 0 and s.rejected == {"tied_best": 3} and prefs["pairs"] == 0
+        for r in read_jsonl(sidecar(cfg_for(tmp_path).out, "rejected")):
+            assert sorted(c["rank"] for c in r["meta"]["candidates"]) == [1, 1, 2, 3]  # 0.08, 0.16, 0.24 below
