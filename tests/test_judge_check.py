@@ -218,3 +218,20 @@ def test_a_judge_whose_every_verdict_is_unparseable_is_flagged_and_exits_non_zer
     assert "flag: unreadable" in capsys.readouterr().out
     monkeypatch.setattr(jc, "check", lambda cfg: real(cfg, judge_llm=FakeLLM(name="judge")))
     assert main(argv + ["--out", str(tmp_path / "jc3")]) == 0  # a judge that answers: exit 0, whatever its flags
+
+
+def test_judge_check_prints_two_baselines_beside_the_judge(tmp_path, capsys):
+    from baize.judge.check import print_check
+    pairs = write_pairs(tmp_path / "prefs.jsonl", n=12)  # humans chose the longer answer in 4 of 12
+    res = check(cfg_for(tmp_path, pairs), judge_llm=FakeLLM(name="judge"))  # a judge that always picks the longer
+    assert res["baseline_longer"]["agreement"] == pytest.approx(4 / 12, abs=1e-4)
+    assert res["baseline_longer"]["decisive"] == 12 and len(res["baseline_longer"]["agreement_ci"]) == 2
+    assert res["baseline_first_shown"]["agreement"] == 0.5  # half the pairs show the human's choice first
+    assert res["agreement"] == res["baseline_longer"]["agreement"]  # this judge is the length heuristic
+    print_check(res)
+    out = capsys.readouterr().out
+    assert "baseline: the longer answer wins" in out and "0.333 [" in out
+    assert "baseline: the first shown wins" in out and "0.500 [" in out
+    saved = json.loads((tmp_path / "jc" / "judge_check.json").read_text())
+    assert saved["baseline_first_shown"]["agreement"] == 0.5
+    assert "the longer answer wins" in (tmp_path / "jc" / "judge_check.html").read_text()

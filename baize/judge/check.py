@@ -175,7 +175,14 @@ def measures(rows: list[dict], n_boot: int = 1000) -> dict:
             "human_prefers_longer": _rate(sum(longer(r, r["human"]) for r in human_differ), len(human_differ)),
             # the first order's verdict alone: how often it names the answer shown first (position A)
             "prefers_first_shown": _rate(sum((r["verdicts"][0] == "A") for r in first), len(first)),
-            "margin_quartiles": [margins[int(q * (len(margins) - 1))] for q in (0.25, 0.5, 0.75)] if margins else None}
+            "margin_quartiles": [margins[int(q * (len(margins) - 1))] for q in (0.25, 0.5, 0.75)] if margins else None,
+            # what a judge must beat: two rules that read no content, scored like the judge
+            "baseline_longer": _baseline([int(longer(r, r["human"])) for r in human_differ], n_boot),
+            "baseline_first_shown": _baseline([int(r["human"] == "a") for r in rows], n_boot)}
+
+
+def _baseline(hits: list[int], n_boot: int) -> dict:
+    return {"agreement": _rate(sum(hits), len(hits)), "agreement_ci": _ci(hits, n_boot), "decisive": len(hits)}
 
 
 def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
@@ -230,6 +237,8 @@ def render_html(res: dict) -> str:
     rows = [[label, _T("–" if res.get(k) is None else f"{res[k]:.3f}"), what] for label, k, what in _ROWS]
     if (ci := res.get("agreement_ci")):
         rows.insert(1, ["agreement 95% CI", _T(f"[{ci[0]:.2f}, {ci[1]:.2f}]"), "bootstrap over pairs"])
+    for i, (label, value, what) in enumerate(_baselines(res)):
+        rows.insert(2 + i, [label, _T(value), what])
     per = res.get("seconds_per_pair")
     cost = [["pairs", _T(str(res["n"])), ""], ["seconds", _T(f"{res['seconds']:.0f}"), "this run's wall clock"],
             ["seconds per pair", _T("–" if per is None else f"{per:.1f}"), "latency of a pair when it was judged"],
@@ -248,6 +257,20 @@ def render_html(res: dict) -> str:
             f"<body><main>\n{body}\n</main></body></html>\n")
 
 
+def _baselines(res: dict) -> list[tuple[str, str, str]]:
+    """The two no-content rules beside the judge's agreement: (label, value with its interval, meaning)."""
+    out = []
+    for key, label, what in (("baseline_longer", "baseline: the longer answer wins",
+                              "agreement with humans of always picking the longer answer (pairs that differ)"),
+                             ("baseline_first_shown", "baseline: the first shown wins",
+                              "the same for the answer shown first (half the pairs show the human's choice first)")):
+        b = res.get(key) or {}
+        x, ci = b.get("agreement"), b.get("agreement_ci")
+        value = "-" if x is None else f"{x:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        out.append((label, value, what))
+    return out
+
+
 def print_check(res: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -263,6 +286,8 @@ def print_check(res: dict, console=None) -> None:
     ci = res.get("agreement_ci")
     if ci:
         t.add_row("agreement 95% CI", f"[{ci[0]:.2f}, {ci[1]:.2f}]")
+    for label, value, _ in _baselines(res):
+        t.add_row(label, value)
     t.add_row("seconds (this run)", f"{res['seconds']:.0f}")
     t.add_row("tokens in / out", f"{res['usage']['prompt_tokens']} / {res['usage']['completion_tokens']}")
     t.add_row("cost", f"${res['cost']:.4f}")
