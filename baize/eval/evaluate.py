@@ -460,7 +460,8 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     results["paths"] = {k: str(v) for k, v in write_report(results, out).items()}
     if cfg.fastchat_out:
         from ..judge.mtbench import write_fastchat
-        results["fastchat"] = write_fastchat(cfg.fastchat_out, cfg, questions, answers, verdicts, scores)
+        results["fastchat"] = write_fastchat(cfg.fastchat_out, cfg, questions, answers, verdicts, scores,
+                                             judge_inputs, _reference)
     return results
 
 
