@@ -1,6 +1,7 @@
 """`baize judge-check`: a judge against human preference pairs; ties and position bias cannot pass
 for trust; local judges read both orders together; the length-controlled win rate."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -235,3 +236,18 @@ def test_judge_check_prints_two_baselines_beside_the_judge(tmp_path, capsys):
     saved = json.loads((tmp_path / "jc" / "judge_check.json").read_text())
     assert saved["baseline_first_shown"]["agreement"] == 0.5
     assert "the longer answer wins" in (tmp_path / "jc" / "judge_check.html").read_text()
+
+
+def test_judge_check_runs_on_the_shipped_human_pairs_by_default(tmp_path):
+    from baize.cli import build_parser
+    from baize.config import dataclass_from_args
+    args = build_parser().parse_args(["judge-check", "--judge", "openai:judge"])  # no --pairs
+    assert dataclass_from_args(JudgeCheckConfig, args).pairs == "builtin"
+    pairs = load_pairs("builtin")
+    assert len(pairs) == 300 and len({p.id for p in pairs}) == 300
+    assert all(p.context[-1]["role"] == "user" and p.chosen != p.rejected for p in pairs)
+    readme = (Path(__file__).resolve().parent.parent / "baize" / "samples" / "README.md").read_text()
+    assert "hh_helpful_online.jsonl" in readme and "MIT" in readme and "HH-RLHF" in readme
+    res = check(JudgeCheckConfig(judge="openai:judge", out=str(tmp_path / "jc"), limit=6, progress=False,
+                                 bootstrap=100), judge_llm=FakeLLM(name="judge"))
+    assert res["n"] == 6 and res["pairs_file"].startswith("builtin")

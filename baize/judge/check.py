@@ -2,6 +2,7 @@
 
     baize judge-check --judge openai:gpt-4o-mini --pairs ../shared/data/prefs/hh_helpful_online.jsonl \
         --limit 200 --out judge_check/
+    baize judge-check --judge openai:gpt-4o-mini     # the 300 human pairs shipped in baize/samples/
 
 The judge sees each human preference pair in both orders (Judge.pair, cached like every verdict);
 OUT/verdicts.jsonl keeps each verdict (a rerun resumes), OUT/judge_check.json the measures that
@@ -34,6 +35,7 @@ from ..runner import Ledger, run_items
 from ..schema import read_jsonl, read_jsonl_where
 from .verdicts import judge_flags
 
+BUILTIN_PAIRS = Path(__file__).parent.parent / "samples" / "hh_helpful_online.jsonl"
 PAIRS_EXAMPLE = ('{"context": [{"role": "user", "content": "..."}], "chosen": "...", "rejected": "..."} '
                  'or TRL\'s {"prompt": ..., "chosen": ..., "rejected": ...}')
 
@@ -41,7 +43,8 @@ PAIRS_EXAMPLE = ('{"context": [{"role": "user", "content": "..."}], "chosen": ".
 @dataclass
 class _CheckFields:
     judge: str = opt("default", "the judge to check (openai:MODEL, a run, default, hf:PATH)")
-    pairs: str = opt(None, "human preference pairs JSONL (context/chosen/rejected, or TRL prompt/chosen/rejected)")
+    pairs: str = opt("builtin", "human preference pairs JSONL (context/chosen/rejected, or TRL prompt/chosen/"
+                                "rejected); builtin: 300 HH-RLHF pairs shipped with baize (samples/README.md)")
     limit: int | None = opt(None, "use the first N pairs")
     out: str = opt("judge_check", "output directory: judge_check.json, judge_check.html, verdicts.jsonl")
     bootstrap: int = opt(1000, "bootstrap resamples for the agreement's 95-percent interval")
@@ -89,6 +92,7 @@ def load_pairs(path: str, limit: int | None = None) -> list[Pair]:
     """Preference pairs in either shape; a bad line fails with its file, line and field."""
     if not path:
         raise BaizeError("judge-check: --pairs FILE is required, e.g. ../shared/data/prefs/hh_helpful_online.jsonl")
+    path = str(BUILTIN_PAIRS) if path == "builtin" else path
     out, seen = [], set()
     for where, obj in read_jsonl_where(path):
         if not isinstance(obj, dict) or not {"chosen", "rejected"} <= set(obj) or not ({"context", "prompt"} & set(obj)):
@@ -203,7 +207,8 @@ def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
     usage = {k: sum(int(r["meta"]["usage"].get(k, 0)) for r in rows) for k in ("prompt_tokens", "completion_tokens",
                                                                                   "calls")}
     cost = (usage["prompt_tokens"] * cfg.judge_price_in + usage["completion_tokens"] * cfg.judge_price_out) / 1000
-    res = {"judge": cfg.judge, "mode": judge.mode, "pairs_file": cfg.pairs, **m,
+    shown = "builtin (baize/samples/hh_helpful_online.jsonl)" if cfg.pairs == "builtin" else cfg.pairs
+    res = {"judge": cfg.judge, "mode": judge.mode, "pairs_file": shown, **m,
            "flags": judge_flags(m["consistency"], m["decisive_rate"], judge.mode, m["agreement"], m["decisive"],
                                 m["agreement_ci"], m["n"], m["unparseable"]),
            # what this invocation waited (a rerun from the cache takes none), and each pair's own time when
