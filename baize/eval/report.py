@@ -154,7 +154,8 @@ def judge_lines(j) -> list[str]:
                    f"with the human choice on {h['agreement']:.0%} {ci} of {_int(h.get('decisive'))} decisive "
                    f"verdicts over {_int(h.get('n'))} pairs; 50% is chance, 65% about the best judges reach.")
     elif j.get("human") is None and (j.get("flags") is not None):
-        out.append("Not checked against humans: run baize judge-check --judge SPEC --pairs FILE --out OUT/judge_check.")
+        out.append("Not checked against humans: run baize judge-check --judge SPEC --out OUT/judge_check (300 human "
+                   "pairs built in; --pairs FILE for others).")
     out += [f"Flag: {f}." for f in j.get("flags") or []]
     return out
 
