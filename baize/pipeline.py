@@ -93,7 +93,7 @@ def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
     """The seeds to collect on, the SDF prompts (the seeds after those: SDF asks v1 questions it was not
     trained on), the eval questions, and a line for each limit that asks for more than there is."""
     from .data.seeds import load_seeds
-    from .eval.evaluate import load_questions
+    from .eval.questions import load_questions
     from .plan import limit_warning
     seeds = load_seeds(cfg.seeds, limit=cfg.limit + cfg.sdf_prompts)
     questions = load_questions(cfg.eval_questions)

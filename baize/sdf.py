@@ -42,8 +42,11 @@ class _SDFFields:
     max_tokens: int = opt(512, "max new tokens per candidate")
     system: str | None = opt(None, "system prompt put before each prompt that has none (default: a local run adds "
                                    "the one it was trained with; give the run's own for an openai: policy)")
-    judge_orders: int = opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")
-    min_agreement: float = opt(0.0, "reject prompts whose judge orders agree on fewer than this fraction of pairs")
+    judge_orders: int | None = opt(None, "text and choice modes: presentation orders per ranking (default 2: as "
+                                         "given and reversed; more add rotations), Borda over them; debiased mode "
+                                         "always shows all n rotations and refuses it")
+    min_agreement: float = opt(0.0, "text and choice modes: reject prompts whose judge orders agree on fewer than "
+                                    "this fraction of pairs (refused in debiased mode)")
     price_in: float = opt(0.0, "policy price per 1K prompt tokens, for the cost ledger")
     price_out: float = opt(0.0, "policy price per 1K completion tokens")
 
@@ -217,6 +220,8 @@ def sdf_one(prompt: Prompt, policy, judge, cfg: SDFConfig, ledger: Ledger) -> di
         meta["reject_reason"] = "no_preference"  # every candidate tied: the judge told us nothing
     elif cfg.min_agreement > 0 and (r.agreement is None or r.agreement < cfg.min_agreement):
         meta["reject_reason"] = "low_agreement"
+    elif ranks.count(1) > 1:
+        meta["reject_reason"] = "tied_best"  # which of the best to train on would be a coin flip
     return rec
 
 
@@ -267,7 +272,7 @@ def write_prefs(out: str | Path) -> dict:
     # show, and its prompts sit in .rejected as no_preference, not in OUT
     rej = sidecar(out, "rejected")
     reasons = [r["meta"].get("reject_reason") for r in read_jsonl(rej)] if rej.exists() else []
-    undecided = reasons.count("no_preference")
+    undecided = reasons.count("no_preference") + reasons.count("tied_best")
     judged = n + undecided + reasons.count("low_agreement")
     return {"prompts": n, "pairs": pairs, "prefs": str(path),
             "mean_agreement": round(sum(agreements) / len(agreements), 4) if agreements else None,
@@ -276,16 +281,33 @@ def write_prefs(out: str | Path) -> dict:
 
 # --- the run ------------------------------------------------------------------------------------
 
+def refuse_debiased_flags(cfg: SDFConfig, mode: str) -> None:
+    """--judge-orders and --min-agreement mean nothing to a debiased judge: it reads every rotation
+    together, and each order's own ranking there follows position, not quality."""
+    if mode != "debiased":
+        return
+    if cfg.judge_orders is not None:
+        raise BaizeError(f"--judge-orders {cfg.judge_orders}: a debiased judge (the default for a local one) shows "
+                         f"every candidate at every position once (n rotations); drop the flag or use --judge-mode text")
+    if cfg.min_agreement > 0:
+        raise BaizeError(f"--min-agreement {cfg.min_agreement}: a debiased judge reads its orders together, and each "
+                         f"order's own ranking follows position, so their agreement measures nothing; drop the flag "
+                         f"or use --judge-mode text")
+
+
 def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
     from .judge.core import load_judge
     from .llm.models import load_endpoint
+    refuse_debiased_flags(cfg, cfg.judge_mode)  # before loading anything, when the mode is given
     if policy is None:
         policy = load_endpoint(cfg.policy, cfg, max_batch=min(64, cfg.concurrency * cfg.n))
     if judge_llm is None and cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):
         judge_llm = policy  # one copy of a local model in memory
     out = Path(cfg.out)
     stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
-    return policy, load_judge(cfg, out.with_name(stem + ".judge_cache"), judge_llm, orders=cfg.judge_orders)
+    judge = load_judge(cfg, out.with_name(stem + ".judge_cache"), judge_llm, orders=cfg.judge_orders or 2)
+    refuse_debiased_flags(cfg, judge.mode)  # --judge-mode auto chose debiased for a local judge
+    return policy, judge
 
 
 def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):
@@ -339,7 +361,7 @@ def plan(cfg: SDFConfig, prompts: list[Prompt] | None = None):
     p = Plan(items={"sdf": f"{len(prompts):,} prompts, n {cfg.n}"})
     pol = p.row("sdf", "policy", cfg.policy, (cfg.price_in, cfg.price_out))
     judge = p.row("sdf", "judge", cfg.judge, (cfg.judge_price_in, cfg.judge_price_out))
-    agg = planned_aggregator(cfg, cfg.judge, orders=cfg.judge_orders)
+    agg = planned_aggregator(cfg, cfg.judge, orders=cfg.judge_orders or 2)
     # a local model makes n choices in one call; an endpoint may ignore n (learned on the first reply)
     most = 1 if is_local(cfg.policy) else cfg.n
     for prompt in prompts:

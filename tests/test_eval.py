@@ -278,6 +278,8 @@ def test_mt_bench_prompts_and_fastchat_files(tmp_path):
             w = row["model_1"] if row["g1_winner"] == "model_1" else row["model_2"]
             wins[w] = wins.get(w, 0) + 1
     assert wins == {"c": 24, "b": 12}  # longer wins: c beats b and a, b beats a, on both turns of 6 questions
+    assert all(pair["g1_user_prompt"]) and all(pair["g2_user_prompt"]) and all(single["user_prompt"])
+    assert all("You judge" not in u for u in single["user_prompt"])  # the user prompt, not the system one
 
 
 def test_bad_judge_prompts_file_names_the_line(tmp_path):
@@ -286,3 +288,90 @@ def test_bad_judge_prompts_file_names_the_line(tmp_path):
     bad.write_text(json.dumps({"name": "single-v1", "type": "single", "system_prompt": "s", "prompt_template": "t"}) + "\n")
     with pytest.raises(BaizeError, match=r"jp.jsonl:1: field 'output_format'"):
         load_judge_prompts(str(bad))
+
+
+def test_a_judge_that_never_parses_is_flagged_and_eval_exits_non_zero(tmp_path, monkeypatch):
+    import baize.eval.evaluate as ev
+    from baize.cli import main
+    fakes, cfg = models_for(tmp_path)
+    cfg.limit, cfg.max_unparseable = 1, 0  # 0: never stop, so every verdict is read and none parses
+    mute = FakeLLM(["I would rather not say."], name="judge")
+    res = evaluate(cfg, llms=fakes, judge_llm=mute)
+    j = res["judge"]
+    assert j["unparseable"] == j["pairs_judged"] + 3 and j["flags"][0].startswith("unreadable") and j["near_chance"]
+    md = (Path(cfg.out) / "report.md").read_text()
+    assert "no consistency measured" not in md and "none of its" in md and "do not trust" in md
+    real = ev.evaluate
+    monkeypatch.setattr(ev, "evaluate", lambda c: real(c, llms=models_for(tmp_path)[0], judge_llm=mute))
+    argv = ["eval", "--models", *cfg.models, "--judge", "openai:judge", "--questions", cfg.questions, "--limit", "1",
+            "--max-unparseable", "0", "--no-progress", "--out", str(tmp_path / "e2")]
+    assert main(argv) == 1
+    monkeypatch.setattr(ev, "evaluate", lambda c: real(c, llms=models_for(tmp_path)[0], judge_llm=FakeLLM(name="j")))
+    assert main(argv[:-1] + [str(tmp_path / "e3")]) == 0
+
+
+def test_a_rerun_in_another_judge_mode_judges_again(tmp_path):
+    from baize.llm.base import LLM
+
+    class Local(LLM):
+        """A local judge: writes a verdict (text mode) or scores the options (choice, debiased)."""
+        name, can_score_options = "local-judge", True
+
+        def __init__(self):
+            self.written, self.read = FakeLLM(name="w"), []
+
+        def chat(self, messages, **kw):
+            return self.written.chat(messages, **kw)
+
+        def option_logprobs(self, messages, prefix, options):
+            self.read.append(prefix)
+            return [-float(i) for i in range(len(options))]
+
+    fakes, cfg = models_for(tmp_path)
+    cfg.limit, cfg.judge_cache = 2, "none"  # no raw-reply cache: only the verdict records could be reused
+    cfg.judge_mode, judge = "text", Local()
+    evaluate(cfg, llms=fakes, judge_llm=judge)
+    assert judge.written.calls and not judge.read
+    for mode in ("choice", "debiased"):
+        cfg.judge_mode = mode
+        judge = Local()
+        res = evaluate(cfg, llms=models_for(tmp_path)[0], judge_llm=judge)
+        # 2 questions x 3 model pairs x 2 orders; 2 questions x 3 models scored
+        assert judge.read.count("[[") == 2 * 3 * 2 and judge.read.count("Rating: [[") == 2 * 3, mode
+        assert res["judge"]["mode"] == mode
+
+
+def test_fastchat_pair_files_keep_each_orders_own_verdict(tmp_path):
+    """A debiased judge: each order alone names the answer shown first, both read together name the
+    longer. FastChat's gen_judgment.py writes each game's verdict (g2 mapped back with g2_map) and the
+    user prompt each game read; show_result.py counts a g1/g2 disagreement as a tie."""
+    from baize.llm.base import LLM
+
+    class Local(LLM):
+        name, can_score_options = "local-judge", True
+
+        def option_logprobs(self, messages, prefix, options):
+            text = messages[-1]["content"]
+            if prefix != "[[":  # scores
+                return [-float(i) for i in range(len(options))]
+            a = text.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
+            b = text.split("[The Start of Assistant B's Answer]")[1].split("[The End")[0]
+            content = 0.5 if len(a) > len(b) else -0.5
+            return [content, -3.0 - content, -6.0]  # 3 nats for position A, 1 for the longer answer
+
+    fakes, cfg = models_for(tmp_path)
+    cfg.limit, cfg.judge_mode, cfg.fastchat_out = 2, "debiased", str(tmp_path / "mt")
+    res = evaluate(cfg, llms=fakes, judge_llm=Local())
+    rows = [json.loads(x) for x in (Path(res["fastchat"]["pair"])).read_text().splitlines()]
+    assert len(rows) == 6
+    for r in rows:
+        assert (r["g1_winner"], r["g2_winner"]) == ("model_1", "model_2")  # each order: its first shown
+        assert r["baize_winner"] == "model_1" and r["baize_mode"] == "debiased" and r["baize_margin"] > 0.1
+        a1 = r["g1_user_prompt"].index(f"{r['model_1']} says")
+        assert a1 < r["g1_user_prompt"].index(f"{r['model_2']} says")  # g1 shows model_1 as A
+        assert r["g2_user_prompt"].index(f"{r['model_2']} says") < r["g2_user_prompt"].index(f"{r['model_1']} says")
+    # show_result.py's pairwise count: a tie unless both games name the same winner
+    ties = sum(r["g1_winner"] == "tie" or r["g1_winner"] != r["g2_winner"] for r in rows)
+    assert ties == 6 and all(p["win"] == p["n"] == 2 for p in res["pairwise"])  # baize's: the longer wins
+    single = [json.loads(x) for x in (Path(res["fastchat"]["single"])).read_text().splitlines()]
+    assert single and all("[The Start of Assistant's Answer]" in s["user_prompt"] for s in single)

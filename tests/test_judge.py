@@ -452,3 +452,14 @@ def test_option_logprobs_equal_a_full_forward(tiny_model_dir):
         assert value == pytest.approx(want, abs=1e-4)
     assert len(llm.format.encode(prompt + "10")) - len(ctx) == 2  # a multi-token option was covered
     llm.engine.close()
+
+
+def test_the_cache_keeps_each_mode_apart(tmp_path):
+    """A rerun in another --judge-mode asks again instead of replaying the old mode's replies."""
+    llm = ChoiceLLM()
+    assert not Judge(llm, cache_dir=tmp_path, mode="choice").pair("Q?", "meh", "GOOD answer").cached
+    n = len(llm.asked)
+    assert Judge(llm, cache_dir=tmp_path, mode="choice").pair("Q?", "meh", "GOOD answer").cached
+    v = Judge(llm, cache_dir=tmp_path, mode="debiased").pair("Q?", "meh", "GOOD answer")
+    assert not v.cached and len(llm.asked) == n + 2 and v.margin is not None
+    assert Judge(llm, cache_dir=tmp_path, mode="debiased").pair("Q?", "meh", "GOOD answer").cached

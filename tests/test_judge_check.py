@@ -1,6 +1,7 @@
 """`baize judge-check`: a judge against human preference pairs; ties and position bias cannot pass
 for trust; local judges read both orders together; the length-controlled win rate."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -188,3 +189,65 @@ def test_sdf_summary_reports_the_decisive_rate(tmp_path):
     (tmp_path / "sdf.rejected.jsonl").write_text(json.dumps(tied) + "\n")
     got = write_prefs(out)
     assert got["pairs"] == 1 and got["mean_agreement"] == 1.0 and got["decisive_rate"] == 0.5
+
+
+# --- issue 28, section 4: verdicts that say what they know ----------------------------------------
+
+def test_near_chance_against_humans_reads_the_interval_not_the_point():
+    from baize.judge.verdicts import judge_flags
+    # docs/judge-check.md's debiased figure: 0.561 [0.47, 0.66] on 114 decisive verdicts
+    flags = judge_flags(None, 0.57, "debiased", 0.561, 114, [0.47, 0.66])
+    assert len(flags) == 1 and flags[0].startswith("near chance against humans") and "[47%, 66%]" in flags[0]
+    assert "interval includes 50%" in flags[0]
+    assert judge_flags(None, 0.57, "debiased", 0.561, 400, [0.52, 0.60]) == []  # shown better, however narrowly
+    # without an interval (an old judge_check.json) the point rule still holds
+    assert judge_flags(None, 0.9, "text", 0.52, 100)[0].startswith("near chance against humans")
+
+
+def test_a_judge_whose_every_verdict_is_unparseable_is_flagged_and_exits_non_zero(tmp_path, monkeypatch, capsys):
+    import baize.judge.check as jc
+    from baize.cli import main
+    pairs = write_pairs(tmp_path / "prefs.jsonl", n=3)  # 6 unparseable replies: under --max-unparseable's 8
+    res = check(cfg_for(tmp_path, pairs), judge_llm=FakeLLM(["I would rather not say."], name="judge"))
+    assert res["unparseable"] == 3 and res["flags"] and res["flags"][0].startswith("unreadable")
+    assert "unreadable" in (tmp_path / "jc" / "judge_check.html").read_text()
+    real = jc.check
+    monkeypatch.setattr(jc, "check", lambda cfg: real(cfg, judge_llm=FakeLLM(["I would rather not say."],
+                                                                              name="judge")))
+    argv = ["judge-check", "--judge", "openai:judge", "--pairs", str(pairs), "--no-progress"]
+    assert main(argv + ["--out", str(tmp_path / "jc2")]) == 1
+    assert "flag: unreadable" in capsys.readouterr().out
+    monkeypatch.setattr(jc, "check", lambda cfg: real(cfg, judge_llm=FakeLLM(name="judge")))
+    assert main(argv + ["--out", str(tmp_path / "jc3")]) == 0  # a judge that answers: exit 0, whatever its flags
+
+
+def test_judge_check_prints_two_baselines_beside_the_judge(tmp_path, capsys):
+    from baize.judge.check import print_check
+    pairs = write_pairs(tmp_path / "prefs.jsonl", n=12)  # humans chose the longer answer in 4 of 12
+    res = check(cfg_for(tmp_path, pairs), judge_llm=FakeLLM(name="judge"))  # a judge that always picks the longer
+    assert res["baseline_longer"]["agreement"] == pytest.approx(4 / 12, abs=1e-4)
+    assert res["baseline_longer"]["decisive"] == 12 and len(res["baseline_longer"]["agreement_ci"]) == 2
+    assert res["baseline_first_shown"]["agreement"] == 0.5  # half the pairs show the human's choice first
+    assert res["agreement"] == res["baseline_longer"]["agreement"]  # this judge is the length heuristic
+    print_check(res)
+    out = capsys.readouterr().out
+    assert "baseline: the longer answer wins" in out and "0.333 [" in out
+    assert "baseline: the first shown wins" in out and "0.500 [" in out
+    saved = json.loads((tmp_path / "jc" / "judge_check.json").read_text())
+    assert saved["baseline_first_shown"]["agreement"] == 0.5
+    assert "the longer answer wins" in (tmp_path / "jc" / "judge_check.html").read_text()
+
+
+def test_judge_check_runs_on_the_shipped_human_pairs_by_default(tmp_path):
+    from baize.cli import build_parser
+    from baize.config import dataclass_from_args
+    args = build_parser().parse_args(["judge-check", "--judge", "openai:judge"])  # no --pairs
+    assert dataclass_from_args(JudgeCheckConfig, args).pairs == "builtin"
+    pairs = load_pairs("builtin")
+    assert len(pairs) == 300 and len({p.id for p in pairs}) == 300
+    assert all(p.context[-1]["role"] == "user" and p.chosen != p.rejected for p in pairs)
+    readme = (Path(__file__).resolve().parent.parent / "baize" / "samples" / "README.md").read_text()
+    assert "hh_helpful_online.jsonl" in readme and "MIT" in readme and "HH-RLHF" in readme
+    res = check(JudgeCheckConfig(judge="openai:judge", out=str(tmp_path / "jc"), limit=6, progress=False,
+                                 bootstrap=100), judge_llm=FakeLLM(name="judge"))
+    assert res["n"] == 6 and res["pairs_file"].startswith("builtin")

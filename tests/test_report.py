@@ -252,3 +252,28 @@ def test_flags_human_agreement_and_the_length_controlled_win_rate(tmp_path):
         assert "do not trust these win rates: the judge is undecided" in text
         assert "agrees with the human choice on 52%" in text and "of 140 decisive verdicts over 200 pairs" in text
         assert "prefers one answer on 30% of pairs" in text
+
+
+def test_a_debiased_judge_gets_a_banner_and_chart_of_its_own_measures(tmp_path):
+    """docs/judge-check.md's debiased judge: each order alone agrees on 0%, which is no failure there."""
+    from matplotlib.figure import Figure
+
+    from baize.eval import report
+    res = sample_results(0.0)
+    res["judge"].update(mode="debiased", decisive_rate=0.57, flags=[], near_chance=False,
+                        human={"agreement": 0.61, "agreement_ci": [0.53, 0.69], "decisive": 300, "n": 500})
+    paths = write_report(res, tmp_path)
+    md, page = paths["md"].read_text(), paths["html"].read_text()
+    for text in (md, page):
+        assert "Warning" not in text and "near chance" not in text
+        assert "prefers one answer on 57% of pairs" in text and "agrees with the human choice on 61%" in text
+    assert 'alt="Judge: decisive rate and agreement with humans"' in page and "Judge consistency" not in page
+    title, draw, size = report._draw_consistency(report._view(res))
+    fig = Figure(figsize=size)
+    ax = fig.subplots()
+    draw(fig, ax)
+    shown = [t.get_text() for t in ax.texts] + [t.get_text() for t in ax.get_yticklabels()]
+    assert shown == ["57%", "61%", "decisive rate", "agrees with humans"]  # not the per-order 0%
+    res["judge"]["mode"] = "text"  # the same 0% from a text judge is position bias: warned, and charted
+    page = write_report(res, tmp_path / "t")["html"].read_text()
+    assert "only 0% of the time" in page and 'alt="Judge consistency"' in page

@@ -270,3 +270,64 @@ def test_the_summary_keeps_the_ledger_of_earlier_runs(tmp_path):
     for role in ("policy", "judge"):
         assert total["ledger"][role]["calls"] == s1.ledger[role]["calls"] + s2.ledger[role]["calls"]
     assert total["cost"] == pytest.approx(s1.cost + s2.cost) and total["cost"] > 0
+
+
+# --- issue 28, section 4: the debiased judge's flags and tie band ----------------------------------
+
+class LocalRanker(FakeLLM):
+    """A local judge reading option log-probs: a strong prior for the first shown, plus `quality` of
+    each shown answer (RANK_ANSWER's '[The Start of Response [[k]]]' blocks, as prompts.py writes them)."""
+    can_score_options = True
+
+    def __init__(self, quality, name="local-judge"):
+        super().__init__(name=name)
+        self.quality, self.read = quality, 0
+
+    def option_logprobs(self, messages, prefix, options):
+        self.read += 1
+        blocks = messages[-1]["content"].split("[The Start of Response [[")[1:]
+        return [-2.0 * pos + self.quality(b.split("[The End")[0]) for pos, b in enumerate(blocks)]
+
+
+@pytest.mark.parametrize("flag,kw", [("--judge-orders", {"judge_orders": 4}),
+                                     ("--min-agreement", {"min_agreement": 0.5})])
+def test_debiased_mode_refuses_the_flags_it_cannot_honour(tmp_path, flag, kw):
+    policy = FakeLLM(varied_policy())
+    judge = LocalRanker(lambda text: 0.1 * len(text))
+    with pytest.raises(BaizeError, match=f"^{flag} .*debiased") as e:  # auto: debiased for a local judge
+        sdf(cfg_for(tmp_path, **kw), policy, judge)
+    assert "\n" not in str(e.value) and judge.read == 0
+    with pytest.raises(BaizeError, match=f"^{flag}"):  # given explicitly: refused before anything loads
+        sdf(cfg_for(tmp_path, judge_mode="debiased", judge="openai:j", **kw), policy)
+    assert policy.calls == []
+    s, _ = sdf(cfg_for(tmp_path, limit=2, judge_mode="text", **kw), policy, FakeLLM(name="fake-judge"))
+    assert s.kept == 2  # text mode honours both
+
+
+def sentences(text):
+    return text.count(".")  # varied_policy's candidates: 1 to 4 sentences
+
+
+@pytest.mark.parametrize("gap,kept", [(0.04, False), (0.08, True)])
+def test_the_debiased_tie_band_means_the_same_for_pairs_and_rankings(tmp_path, gap, kept):
+    """One sentence more is worth `gap` nats of the judge's log-odds per presentation; summed over two
+    orders that is 2 * gap: inside the 0.1 tie band at 0.04, outside at 0.08, for a pair and a ranking alike."""
+    from baize.judge.core import Judge
+    judge = LocalRanker(lambda text: gap * sentences(text))
+
+    def pair_lp(messages, prefix, options):  # a pair: a prior of 1 nat for position A, as the ranking's
+        text = messages[-1]["content"]
+        a = text.split("[The Start of Assistant A's Answer]")[1].split("[The End")[0]
+        b = text.split("[The Start of Assistant B's Answer]")[1].split("[The End")[0]
+        return [1.0 + gap * sentences(a), gap * sentences(b), -3.0]
+    judge.option_logprobs = lambda m, prefix, o, rank=judge.option_logprobs: (
+        pair_lp(m, prefix, o) if prefix == "[[" else rank(m, prefix, o))
+    v = Judge(judge, mode="debiased").pair("Q?", "One. Two.", "One.")
+    assert v.margin == pytest.approx(2 * gap) and v.winner == ("A" if kept else "tie")
+    s, prefs = sdf(cfg_for(tmp_path, limit=3), FakeLLM(varied_policy()), judge)
+    if kept:  # the best is one sentence clear of the second: a target, and three preference pairs each
+        assert s.kept == 3 and prefs["pairs"] == 9
+    else:  # the best and the second are a near-tie: neither a target nor a preference pair
+        assert s.kept == 0 and s.rejected == {"tied_best": 3} and prefs["pairs"] == 0
+        for r in read_jsonl(sidecar(cfg_for(tmp_path).out, "rejected")):
+            assert sorted(c["rank"] for c in r["meta"]["candidates"]) == [1, 1, 2, 3]  # 0.08, 0.16, 0.24 below

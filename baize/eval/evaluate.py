@@ -34,10 +34,10 @@ from ..config import (
     save_config,
 )
 from ..runner import Ledger, run_items
-from ..schema import read_jsonl, read_jsonl_where
+from ..schema import read_jsonl
 from .nll import _NllCache, nll, reference_dialogues  # noqa: F401  (reference_dialogues: part of eval's API)
+from .questions import BUILTIN, Question, load_questions  # noqa: F401  (part of eval's API)
 
-BUILTIN = Path(__file__).parent.parent / "samples" / "eval_questions.jsonl"
 NEAR_CHANCE = 0.6
 
 
@@ -73,57 +73,6 @@ class _EvalFields:
 @dataclass
 class EvalConfig(PlanFields, RunFields, JudgeFields, EndpointFields, _EvalFields):
     """eval's own fields, then the endpoint's (openai: models), the judge's and the run's (config.py)."""
-
-
-# --- questions ----------------------------------------------------------------------------------
-
-@dataclass
-class Question:
-    id: str
-    category: str
-    turns: list[str]
-    reference: list | None = None
-
-
-def _question(obj, where: str) -> Question:
-    if not isinstance(obj, dict):
-        raise BaizeError(f"{where}: expected a JSON object with 'turns' (MT-bench) or 'text' (Vicuna)")
-    turns = obj.get("turns", [obj["text"]] if "text" in obj else None)
-    if not isinstance(turns, list) or not turns or not all(isinstance(t, str) and t.strip() for t in turns):
-        raise BaizeError(f"{where}: field 'turns' must be a non-empty list of strings (MT-bench's question.jsonl)")
-    qid = obj.get("question_id", obj.get("id"))
-    if qid is None:
-        raise BaizeError(f"{where}: field 'question_id' is missing")
-    ref = obj.get("reference")
-    if isinstance(ref, str):
-        ref = [ref]
-    if ref is not None and not (isinstance(ref, list) and all(r is None or isinstance(r, str) for r in ref)):
-        raise BaizeError(f"{where}: field 'reference' must be a string or a list of strings, one per turn")
-    return Question(str(qid), str(obj.get("category") or "general"), turns, ref)
-
-
-def load_questions(spec: str, *, field: str | None = None, limit: int | None = None) -> list[Question]:
-    path = BUILTIN if spec == "builtin" else Path(spec)
-    first = None
-    if path.is_file() and path.suffix.lower() in (".jsonl", ".json"):
-        with path.open(encoding="utf-8-sig") as f:
-            first = next((line for line in f if line.strip()), None)
-    try:
-        shape = first and json.loads(first)
-    except json.JSONDecodeError:
-        shape = None
-    if isinstance(shape, dict) and ("turns" in shape or ("text" in shape and "question_id" in shape)):
-        out = [_question(obj, where) for where, obj in read_jsonl_where(path)]
-    else:  # any seed source: one-turn questions; MedQuAD's and Alpaca's answers are references
-        from ..data.seeds import load_seeds
-        out = [Question(s.id, s.source, [s.text], [s.meta.get("answer") or s.meta.get("reference")]
-                        if (s.meta.get("answer") or s.meta.get("reference")) else None)
-               for s in load_seeds(spec, field=field)]
-    ids = [q.id for q in out]
-    if len(set(ids)) != len(ids):
-        dup = next(i for i in ids if ids.count(i) > 1)
-        raise BaizeError(f"{spec}: question_id {dup!r} appears twice: ids must be unique")
-    return out[:limit] if limit else out
 
 
 # --- models -------------------------------------------------------------------------------------
@@ -293,9 +242,9 @@ def pair_args(item: _Item) -> tuple[str, str, str]:
     return ctx, ta, tb
 
 
-def score_items(judge_name: str, names, questions, answers) -> list[_Item]:
+def score_items(judge_id: str, names, questions, answers) -> list[_Item]:
     """One 1-10 score per question and model."""
-    return [_Item(f"{q.id}:{n}:{_h(judge_name, answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
+    return [_Item(f"{q.id}:{n}:{_h(judge_id, answers[n][q.id], q.reference)}", q, {"model": n, "ans": answers[n][q.id]})
             for q in questions for n in names if q.id in answers[n]]
 
 
@@ -320,14 +269,14 @@ def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, consol
 
 
 def _jid(judge) -> str:
-    """What a verdict record depends on: the judge, and how a debiased one reads its log-probs (text and
-    choice keep the ids they always had, so older runs stay cached)."""
-    return judge.name if judge.mode in ("text", "choice") else f"{judge.name}/{judge.mode}"
+    """What a verdict or score record depends on: the judge, and its mode (a rerun in another mode
+    judges again rather than reuse the other mode's verdicts; text keeps the ids it always had)."""
+    return judge.name if judge.mode == "text" else f"{judge.name}/{judge.mode}"
 
 
 def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
     ledger = ledger.child()
-    items = score_items(judge.name, names, questions, answers)
+    items = score_items(_jid(judge), names, questions, answers)
 
     def work(item):
         s = judge.score(*score_args(item))
@@ -443,7 +392,8 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     results["paths"] = {k: str(v) for k, v in write_report(results, out).items()}
     if cfg.fastchat_out:
         from ..judge.mtbench import write_fastchat
-        results["fastchat"] = write_fastchat(cfg.fastchat_out, cfg, questions, answers, verdicts, scores)
+        results["fastchat"] = write_fastchat(cfg.fastchat_out, cfg, questions, answers, verdicts, scores,
+                                             judge_inputs, _reference)
     return results
 
 
@@ -596,4 +546,5 @@ def _main(args) -> int:
         used = sum(r["cost"] for r in res["ledger"].values()) if res["stopped"] == "--max-cost" else \
             sum(r["prompt_tokens"] + r["completion_tokens"] for r in res["ledger"].values())
         print(budget_hint(res["stopped"], cap, used))
-    return 0
+    from ..judge.check import unreadable
+    return 1 if unreadable((res.get("judge") or {}).get("flags")) else 0

@@ -82,7 +82,9 @@ def _view(res: dict) -> dict:
     judge = _d(res.get("judge"))
     cons = _num(judge.get("consistency"))
     flags = [str(f) for f in judge.get("flags") or [] if f]
-    near = bool(flags) or judge.get("near_chance") is True or (cons is not None and cons < NEAR_CHANCE)
+    # a debiased judge reads both orders together: its per-order consistency is shown, never a warning
+    debiased = judge.get("mode") == "debiased"
+    near = bool(flags) or judge.get("near_chance") is True or (cons is not None and cons < NEAR_CHANCE and not debiased)
     pairs = [p for p in (res.get("pairwise") or []) if isinstance(p, dict)]
     qs = [q for q in (res.get("questions") or []) if isinstance(q, dict)]
     return {"title": str(res.get("title") or "baize eval"), "created": res.get("created"),
@@ -98,6 +100,8 @@ def _warning(v) -> str | None:
         return None
     if v["flags"]:
         return "Warning: do not trust these win rates: the judge is " + "; and ".join(v["flags"]) + "."
+    if _d(v["judge"]).get("mode") == "debiased":  # its own consistency is no reason: see judge_lines
+        return "Warning: do not trust these win rates: the eval marked its debiased judge near chance."
     c = v["consistency"]
     how = f"only {c:.0%} of the time" if c is not None else "too rarely"
     return (f"Warning: the judge agrees with itself under swapped order {how}, so its verdicts are near chance "
@@ -117,20 +121,32 @@ def judge_lines(j) -> list[str]:
         return []
     c, d = _num(j.get("consistency")), _num(j.get("decisive_rate"))
     mode = f" ({j['mode']} mode)" if j.get("mode") else ""
-    parts = [f"Judge {j.get('spec') or '?'}{mode}: "
-             + (f"the two orders name the same winner on {c:.0%} of the pairs either order decided"
-                + (" (each order alone; its verdicts read both together, so a position prior cancels)"
-                   if j.get("mode") == "debiased" else "") if c is not None
-                else "no decisive verdict in either order, so no consistency" if d is not None
-                else "no consistency measured (no pairwise verdicts)")]
-    if d is not None:
+    debiased = j.get("mode") == "debiased"
+    if debiased and d is not None:
+        # both orders read together: what it decides is the measure; each order alone follows position
+        first = f"it prefers one answer on {d:.0%} of pairs, reading both orders together so a position prior cancels"
+    elif c is not None:
+        first = f"the two orders name the same winner on {c:.0%} of the pairs either order decided"
+    elif d is not None:
+        first = "no decisive verdict in either order, so no consistency"
+    elif _num(j.get("pairs_judged")):
+        first = "not one of its pairwise verdicts could be read"
+    else:
+        first = "no consistency measured (no pairwise verdicts)"
+    parts = [f"Judge {j.get('spec') or '?'}{mode}: " + first]
+    if d is not None and not debiased:
         parts.append(f"it prefers one answer on {d:.0%} of pairs")
     if _num(j.get("pairs_judged")) is not None:
         parts.append(f"{_int(j['pairs_judged'])} pairwise verdicts")
     if _num(j.get("unparseable")) is not None:
         parts.append(f"{_int(j['unparseable'])} unparseable")
-    out = ["; ".join(parts) + f" (below {NEAR_CHANCE:.0%} consistency counts as position-biased"
-           + (", below 50% decisive as undecided)." if d is not None else ").")]
+    if debiased and c is not None:
+        parts.append(f"each order alone names the same winner on {c:.0%} of the pairs either decided, which is no "
+                     f"failure here and no reliability measure")
+    tail = (" (below 50% decisive counts as undecided)." if debiased else
+            f" (below {NEAR_CHANCE:.0%} consistency counts as position-biased"
+            + (", below 50% decisive as undecided)." if d is not None else ")."))
+    out = ["; ".join(parts) + tail]
     h = _d(j.get("human"))
     if _num(h.get("agreement")) is not None:
         ci = _fci(h.get("agreement_ci"))
@@ -138,7 +154,8 @@ def judge_lines(j) -> list[str]:
                    f"with the human choice on {h['agreement']:.0%} {ci} of {_int(h.get('decisive'))} decisive "
                    f"verdicts over {_int(h.get('n'))} pairs; 50% is chance, 65% about the best judges reach.")
     elif j.get("human") is None and (j.get("flags") is not None):
-        out.append("Not checked against humans: run baize judge-check --judge SPEC --pairs FILE --out OUT/judge_check.")
+        out.append("Not checked against humans: run baize judge-check --judge SPEC --out OUT/judge_check (300 human "
+                   "pairs built in; --pairs FILE for others).")
     out += [f"Flag: {f}." for f in j.get("flags") or []]
     return out
 
@@ -418,7 +435,32 @@ def _draw_loss(v):
     return "Training loss", draw, (6.4, 3.2)
 
 
+def _draw_decisive(v):
+    """A debiased judge's chart: what it decides and, when a judge-check says, how often it agrees with
+    humans (its 95% interval beside 50%, chance); its per-order consistency measures nothing there."""
+    j = _d(v["judge"])
+    d, h = _num(j.get("decisive_rate")), _d(j.get("human"))
+    a, ci = _num(h.get("agreement")), _ci(h.get("agreement_ci"))
+    bars = [(label, x, line) for label, x, line in (("decisive rate", d, 0.5), ("agrees with humans", a, 0.5))
+            if x is not None]
+    if not bars:
+        return None
+
+    def draw(fig, ax):
+        for y, (label, x, line) in enumerate(bars):
+            err = [[x - ci[0]], [ci[1] - x]] if label.startswith("agrees") and ci else None
+            ax.barh([y], [x], xerr=err, color="#cf222e" if v["near_chance"] else "#2da44e", height=0.5, capsize=4)
+            ax.plot([line, line], [y - 0.35, y + 0.35], color="#24292f", ls="--", lw=1.2)
+            ax.text(min(x, 0.88) + 0.01, y + 0.3, f"{x:.0%}", va="center", fontsize=10, fontweight="bold")
+        ax.set_xlim(0, 1)
+        ax.set_yticks(range(len(bars)), [b[0] for b in bars])
+        ax.set_xlabel("both orders read together; dashed: 50% (undecided below it; chance against humans)")
+    return "Judge: decisive rate and agreement with humans", draw, (6.4, 1.2 + 0.5 * len(bars))
+
+
 def _draw_consistency(v):
+    if _d(v["judge"]).get("mode") == "debiased":
+        return _draw_decisive(v)
     c = v["consistency"]
     if c is None:
         return None

@@ -2,6 +2,7 @@
 
     baize judge-check --judge openai:gpt-4o-mini --pairs ../shared/data/prefs/hh_helpful_online.jsonl \
         --limit 200 --out judge_check/
+    baize judge-check --judge openai:gpt-4o-mini     # the 300 human pairs shipped in baize/samples/
 
 The judge sees each human preference pair in both orders (Judge.pair, cached like every verdict);
 OUT/verdicts.jsonl keeps each verdict (a rerun resumes), OUT/judge_check.json the measures that
@@ -35,6 +36,7 @@ from ..runner import Ledger, run_items
 from ..schema import read_jsonl, read_jsonl_where
 from .verdicts import judge_flags
 
+BUILTIN_PAIRS = Path(__file__).parent.parent / "samples" / "hh_helpful_online.jsonl"
 PAIRS_EXAMPLE = ('{"context": [{"role": "user", "content": "..."}], "chosen": "...", "rejected": "..."} '
                  'or TRL\'s {"prompt": ..., "chosen": ..., "rejected": ...}')
 
@@ -42,7 +44,8 @@ PAIRS_EXAMPLE = ('{"context": [{"role": "user", "content": "..."}], "chosen": ".
 @dataclass
 class _CheckFields:
     judge: str = opt("default", "the judge to check (openai:MODEL, a run, default, hf:PATH)")
-    pairs: str = opt(None, "human preference pairs JSONL (context/chosen/rejected, or TRL prompt/chosen/rejected)")
+    pairs: str = opt("builtin", "human preference pairs JSONL (context/chosen/rejected, or TRL prompt/chosen/"
+                                "rejected); builtin: 300 HH-RLHF pairs shipped with baize (samples/README.md)")
     limit: int | None = opt(None, "use the first N pairs")
     out: str = opt("judge_check", "output directory: judge_check.json, judge_check.html, verdicts.jsonl")
     bootstrap: int = opt(1000, "bootstrap resamples for the agreement's 95-percent interval")
@@ -90,6 +93,7 @@ def load_pairs(path: str, limit: int | None = None) -> list[Pair]:
     """Preference pairs in either shape; a bad line fails with its file, line and field."""
     if not path:
         raise BaizeError("judge-check: --pairs FILE is required, e.g. ../shared/data/prefs/hh_helpful_online.jsonl")
+    path = str(BUILTIN_PAIRS) if path == "builtin" else path
     out, seen = [], set()
     for where, obj in read_jsonl_where(path):
         if not isinstance(obj, dict) or not {"chosen", "rejected"} <= set(obj) or not ({"context", "prompt"} & set(obj)):
@@ -188,7 +192,14 @@ def measures(rows: list[dict], n_boot: int = 1000) -> dict:
             "human_prefers_longer": _rate(sum(longer(r, r["human"]) for r in human_differ), len(human_differ)),
             # the first order's verdict alone: how often it names the answer shown first (position A)
             "prefers_first_shown": _rate(sum((r["verdicts"][0] == "A") for r in first), len(first)),
-            "margin_quartiles": [margins[int(q * (len(margins) - 1))] for q in (0.25, 0.5, 0.75)] if margins else None}
+            "margin_quartiles": [margins[int(q * (len(margins) - 1))] for q in (0.25, 0.5, 0.75)] if margins else None,
+            # what a judge must beat: two rules that read no content, scored like the judge
+            "baseline_longer": _baseline([int(longer(r, r["human"])) for r in human_differ], n_boot),
+            "baseline_first_shown": _baseline([int(r["human"] == "a") for r in rows], n_boot)}
+
+
+def _baseline(hits: list[int], n_boot: int) -> dict:
+    return {"agreement": _rate(sum(hits), len(hits)), "agreement_ci": _ci(hits, n_boot), "decisive": len(hits)}
 
 
 def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
@@ -209,8 +220,10 @@ def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
     usage = {k: sum(int(r["meta"]["usage"].get(k, 0)) for r in rows) for k in ("prompt_tokens", "completion_tokens",
                                                                                   "calls")}
     cost = (usage["prompt_tokens"] * cfg.judge_price_in + usage["completion_tokens"] * cfg.judge_price_out) / 1000
-    res = {"judge": cfg.judge, "mode": judge.mode, "pairs_file": cfg.pairs, **m,
-           "flags": judge_flags(m["consistency"], m["decisive_rate"], judge.mode, m["agreement"], m["decisive"]),
+    shown = "builtin (baize/samples/hh_helpful_online.jsonl)" if cfg.pairs == "builtin" else cfg.pairs
+    res = {"judge": cfg.judge, "mode": judge.mode, "pairs_file": shown, **m,
+           "flags": judge_flags(m["consistency"], m["decisive_rate"], judge.mode, m["agreement"], m["decisive"],
+                                m["agreement_ci"], m["n"], m["unparseable"]),
            # what this invocation waited (a rerun from the cache takes none), and each pair's own time when
            # it was judged (calls in flight together overlap, so these do not add up to a wall clock)
            "seconds": round(time.monotonic() - t0, 1),
@@ -242,6 +255,8 @@ def render_html(res: dict) -> str:
     rows = [[label, _T("–" if res.get(k) is None else f"{res[k]:.3f}"), what] for label, k, what in _ROWS]
     if (ci := res.get("agreement_ci")):
         rows.insert(1, ["agreement 95% CI", _T(f"[{ci[0]:.2f}, {ci[1]:.2f}]"), "bootstrap over pairs"])
+    for i, (label, value, what) in enumerate(_baselines(res)):
+        rows.insert(2 + i, [label, _T(value), what])
     per = res.get("seconds_per_pair")
     cost = [["pairs", _T(str(res["n"])), ""], ["seconds", _T(f"{res['seconds']:.0f}"), "this run's wall clock"],
             ["seconds per pair", _T("–" if per is None else f"{per:.1f}"), "latency of a pair when it was judged"],
@@ -260,6 +275,20 @@ def render_html(res: dict) -> str:
             f"<body><main>\n{body}\n</main></body></html>\n")
 
 
+def _baselines(res: dict) -> list[tuple[str, str, str]]:
+    """The two no-content rules beside the judge's agreement: (label, value with its interval, meaning)."""
+    out = []
+    for key, label, what in (("baseline_longer", "baseline: the longer answer wins",
+                              "agreement with humans of always picking the longer answer (pairs that differ)"),
+                             ("baseline_first_shown", "baseline: the first shown wins",
+                              "the same for the answer shown first (half the pairs show the human's choice first)")):
+        b = res.get(key) or {}
+        x, ci = b.get("agreement"), b.get("agreement_ci")
+        value = "-" if x is None else f"{x:.3f}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
+        out.append((label, value, what))
+    return out
+
+
 def print_check(res: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -275,6 +304,8 @@ def print_check(res: dict, console=None) -> None:
     ci = res.get("agreement_ci")
     if ci:
         t.add_row("agreement 95% CI", f"[{ci[0]:.2f}, {ci[1]:.2f}]")
+    for label, value, _ in _baselines(res):
+        t.add_row(label, value)
     t.add_row("seconds (this run)", f"{res['seconds']:.0f}")
     t.add_row("tokens in / out", f"{res['usage']['prompt_tokens']} / {res['usage']['completion_tokens']}")
     t.add_row("cost", f"${res['cost']:.4f}")
@@ -309,8 +340,14 @@ def _main(args) -> int:
     check_plan_out(cfg)
     if cfg.dry_run:
         return dry_run(plan(cfg), cfg)
-    print_check(check(cfg))
-    return 0
+    res = check(cfg)
+    print_check(res)
+    return 1 if unreadable(res["flags"]) else 0
+
+
+def unreadable(flags) -> bool:
+    """Whether no verdict of the judge could be read: a run that measured nothing must not exit 0."""
+    return any(str(f).startswith("unreadable") for f in flags or [])
 
 
 # --- what eval's report says about its judge --------------------------------------------------------
@@ -353,8 +390,9 @@ def eval_judge_summary(cfg, verdicts: list[dict], scores: list[dict], out: Path)
     rel = reliability([{"winner": r["winner"], "verdicts": r.get("verdicts") or []} for r in verdicts])
     human = find_check(getattr(cfg, "judge_check", None), out, cfg.judge, mode)
     agree = human.get("agreement") if human else None
-    flags = judge_flags(rel["consistency"], rel["decisive_rate"], mode, agree, human.get("decisive") if human else None)
+    unparseable = sum(r["winner"] is None for r in verdicts) + sum(r["value"] is None for r in scores)
+    flags = judge_flags(rel["consistency"], rel["decisive_rate"], mode, agree, human.get("decisive") if human else None,
+                        human.get("agreement_ci") if human else None, len(verdicts) + len(scores), unparseable)
     return {"spec": cfg.judge, "mode": mode, "consistency": rel["consistency"], "decisive_rate": rel["decisive_rate"],
             "tie_rate": rel["tie_rate"], "pairs_judged": len(verdicts),
-            "unparseable": sum(r["winner"] is None for r in verdicts) + sum(r["value"] is None for r in scores),
-            "human": human, "flags": flags, "near_chance": bool(flags)}
+            "unparseable": unparseable, "human": human, "flags": flags, "near_chance": bool(flags)}

@@ -66,7 +66,8 @@ class Judge:
         self.mode, self.llm, self.orders, self.tie_band = mode, llm, orders, tie_band
         self.name = getattr(llm, "name", type(llm).__name__)
         self.max_tokens, self.temperature, self.max_unparseable = max_tokens, temperature, max_unparseable
-        self.transport = JudgeTransport(llm, self.name, cache_dir, max_tokens, temperature, max_unparseable)
+        self.transport = JudgeTransport(llm, self.name, cache_dir, max_tokens, temperature, max_unparseable,
+                                       mode)
         self.aggregator = MODE_CLASSES[mode](self.transport, orders=orders, tie_band=tie_band)
         self.cache_path = self.transport.cache_path
 

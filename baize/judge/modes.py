@@ -310,13 +310,17 @@ class DebiasedMode(ChoiceMode):
     def order(self, parsed, presented, answers):
         if not (presented and None not in presented):
             return super().order(parsed, presented, answers)
-        scores = rank_scores(presented, len(answers))
-        # a spread inside the tie band is no preference at all (every point equal), so SDF rejects
-        # the prompt instead of training on a coin flip
-        if max(scores) - min(scores) <= self.tie_band:
-            scores = [0.0] * len(scores)
-        points = [round(x, 4) for x in scores]
-        return sorted(range(len(answers)), key=lambda i: (-points[i], _text_hash(answers[i]), i)), points
+        k = len(answers)
+        # in a pair's units: two answers' points differ by their log-odds summed over two orders (the
+        # k rotations' sum times 2/k), so one tie band means the same for pairs and rankings
+        scores = [x * 2 / k for x in rank_scores(presented, k)]
+        top = max(scores)
+        # an answer within the tie band of the best ties with it: SDF trains on no near-tie and
+        # makes no preference pair of one; every answer inside the band is no preference at all
+        points = [round(top if top - x <= self.tie_band else x, 4) for x in scores]
+        if len(set(points)) == 1:
+            points = [0.0] * k
+        return sorted(range(k), key=lambda i: (-points[i], _text_hash(answers[i]), i)), points
 
 
 MODE_CLASSES = {m.name: m for m in (TextMode, ChoiceMode, DebiasedMode)}

@@ -184,9 +184,42 @@ def judge_file_name(spec: str) -> str:
     return re.sub(r"[:/\\]", "_", spec)
 
 
-def write_fastchat(out_dir: str, cfg, questions, answers: dict, verdicts: list[dict], scores: list[dict]) -> dict:
+def _user_prompts(cfg, ids: dict, answers: dict, judge_inputs, reference):
+    """(pair, single): a verdict or score record -> the user prompt(s) its judge read, as FastChat's
+    g1_user_prompt / g2_user_prompt / user_prompt keep them ("" where the question or answer is gone)."""
+    from .prompts import PAIR_USER, SCORE_REF_USER, SCORE_USER, render_context
+    prompts = load_judge_prompts(cfg.judge_prompts) if cfg.judge_prompts else None
+
+    def turns(name, qid):
+        return (answers.get(name) or {}).get(qid)
+
+    def user(r, shown: list) -> str:
+        q = ids.get(r["question_id"])
+        if q is None or any(a is None for a in shown):
+            return ""
+        if prompts is not None:
+            return fill(prompts[r["prompt"]], q, shown)[1]["content"] if r.get("prompt") in prompts else ""
+        if judge_inputs is None:
+            return ""
+        ctx, texts = judge_inputs(q, shown[0])
+        if len(shown) == 2:
+            return PAIR_USER.format(context=render_context(ctx), a=texts, b=judge_inputs(q, shown[1])[1])
+        ref = reference(q) if reference else None
+        return (SCORE_USER.format(context=render_context(ctx), answer=texts) if ref is None else
+                SCORE_REF_USER.format(context=render_context(ctx), answer=texts, reference=ref))
+
+    def pair(r):
+        a, b = turns(r["a"], r["question_id"]), turns(r["b"], r["question_id"])
+        return user(r, [a, b]), user(r, [b, a])  # g2 shows model_2's answer as A
+
+    return pair, lambda r: user(r, [turns(r["model"], r["question_id"])])
+
+
+def write_fastchat(out_dir: str, cfg, questions, answers: dict, verdicts: list[dict], scores: list[dict],
+                   judge_inputs=None, reference=None) -> dict:
     """model_answer/NAME.jsonl and model_judgment/JUDGE_{single,pair}.jsonl, as FastChat's
-    gen_model_answer.py and gen_judgment.py write them (show_result.py reads these fields)."""
+    gen_model_answer.py and gen_judgment.py write them (show_result.py reads these fields).
+    `judge_inputs` and `reference` (eval's) rebuild the user prompts of baize's own judge prompts."""
     root = Path(out_dir)
     (root / "model_answer").mkdir(parents=True, exist_ok=True)
     (root / "model_judgment").mkdir(parents=True, exist_ok=True)
@@ -198,20 +231,26 @@ def write_fastchat(out_dir: str, cfg, questions, answers: dict, verdicts: list[d
                   "choices": [{"index": 0, "turns": a}], "tstamp": now} for i, a in ans.items() if i in ids]
         (root / "model_answer" / f"{name}.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     jname = judge_file_name(cfg.judge)
+    pair_user, single_user = _user_prompts(cfg, ids, answers, judge_inputs, reference)
     single = [{"question_id": qid(r["question_id"]), "model": r["model"],
-               "judge": [cfg.judge, r.get("prompt", "baize-single")], "user_prompt": "",
+               "judge": [cfg.judge, r.get("prompt", "baize-single")], "user_prompt": single_user(r),
                "judgment": (r.get("raw") or [""])[-1], "score": -1 if r["value"] is None else r["value"],
                "turn": r.get("turn", 1), "tstamp": now} for r in scores]
     names = {None: "error", "A": "model_1", "B": "model_2", "tie": "tie"}
     pair = []
     for r in verdicts:
+        # each game's own verdict, as FastChat's g1/g2 (r["verdicts"] are already mapped back to a and
+        # b, as gen_judgment's g2_map does); baize's verdict from both games (a debiased judge reads
+        # their log-probs together) stays in a field of its own, so show_result.py counts what each
+        # order said and a g1 == g2 agreement count sees the orders' own agreement
         g = [names.get(v, "error") for v in (r.get("verdicts") or [None, None])]
-        if r.get("margin") is not None:  # a debiased verdict is one reading of both games
-            g = [{"a": "model_1", "b": "model_2", "tie": "tie"}.get(r["winner"], "error")] * 2
+        u1, u2 = pair_user(r)
         pair.append({"question_id": qid(r["question_id"]), "model_1": r["a"], "model_2": r["b"],
                      "g1_winner": g[0], "g2_winner": g[1], "judge": [cfg.judge, r.get("prompt", "baize-pair")],
-                     "g1_user_prompt": "", "g1_judgment": (r.get("raw") or [""])[0], "g2_user_prompt": "",
-                     "g2_judgment": (r.get("raw") or ["", ""])[-1], "turn": r.get("turn", 1), "tstamp": now})
+                     "g1_user_prompt": u1, "g1_judgment": (r.get("raw") or [""])[0], "g2_user_prompt": u2,
+                     "g2_judgment": (r.get("raw") or ["", ""])[-1], "turn": r.get("turn", 1), "tstamp": now,
+                     "baize_winner": {"a": "model_1", "b": "model_2", "tie": "tie"}.get(r.get("winner"), "error"),
+                     "baize_mode": r.get("mode"), "baize_margin": r.get("margin")})
     paths = {"single": root / "model_judgment" / f"{jname}_single.jsonl",
              "pair": root / "model_judgment" / f"{jname}_pair.jsonl"}
     for key, rows in (("single", single), ("pair", pair)):

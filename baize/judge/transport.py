@@ -35,8 +35,8 @@ class JudgeTransport:
     CACHE_FILE = "judge_cache.jsonl"
 
     def __init__(self, llm, name: str, cache_dir=None, max_tokens: int = 512, temperature: float = 0.0,
-                 max_unparseable: int | None = 8):
-        self.llm, self.name = llm, name
+                 max_unparseable: int | None = 8, mode: str | None = None):
+        self.llm, self.name, self.mode = llm, name, mode
         self.max_tokens, self.temperature, self.max_unparseable = max_tokens, temperature, max_unparseable
         self._lock = threading.Lock()
         self._cache: dict[str, dict] = {}
@@ -70,8 +70,10 @@ class JudgeTransport:
                 self._file = None
 
     def _key(self, kind: str, messages: list[dict], read: Reader | None) -> str:
-        # a reply read from log-probs is another reply than a written one for the same prompt
-        blob = json.dumps([self.name, kind + ("/choice" if read else ""), messages, self.temperature,
+        # a reply read from log-probs is another reply than a written one for the same prompt, and each
+        # mode keeps its own (text and choice keep the keys they always had, so older caches still answer)
+        tag = self.mode if self.mode not in (None, "text") else "choice" if read else None
+        blob = json.dumps([self.name, kind + (f"/{tag}" if tag else ""), messages, self.temperature,
                            self.max_tokens],
                           ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -253,17 +253,29 @@ HUMAN_CHANCE = 0.55  # judge-check agreement with humans below this is close to 
 MIN_HUMAN_PAIRS = 20  # fewer decisive pairs than this cannot tell chance from skill
 
 
-def judge_flags(consistency, decisive_rate, mode=None, agreement=None, decisive=None) -> list[str]:
+def judge_flags(consistency, decisive_rate, mode=None, agreement=None, decisive=None, agreement_ci=None,
+                judged=None, unparseable=None) -> list[str]:
     """Why a judge should not be trusted (empty: no known reason). A debiased judge reads both orders
-    together, so its per-order consistency is not a flag: its position prior is cancelled."""
+    together, so its per-order consistency is not a flag: its position prior is cancelled. `judged`
+    and `unparseable`: how many verdicts it was asked for and how many of those could not be read."""
     out = []
+    if judged and unparseable is not None and unparseable >= judged:
+        out.append(f"unreadable: none of its {judged} verdicts could be parsed, so it has told us nothing (its raw "
+                   f"replies are kept beside the verdicts): use a stronger judge or another --judge-mode")
     if consistency is not None and consistency < NEAR_CHANCE and mode != "debiased":
         out.append(f"position-biased: the two orders name the same winner on only {consistency:.0%} of the pairs "
                    f"either order decided (below {NEAR_CHANCE:.0%})")
     if decisive_rate is not None and decisive_rate < MIN_DECISIVE:
         out.append(f"undecided: it prefers one answer on only {decisive_rate:.0%} of pairs (below {MIN_DECISIVE:.0%}); "
                    f"ties say nothing about which answer is better")
-    if agreement is not None and (decisive is None or decisive >= MIN_HUMAN_PAIRS) and agreement < HUMAN_CHANCE:
-        out.append(f"near chance against humans: it agrees with human choices on {agreement:.0%} of its decisive "
-                   f"verdicts (below {HUMAN_CHANCE:.0%}; see judge-check)")
+    ci = agreement_ci if isinstance(agreement_ci, (list, tuple)) and len(agreement_ci) == 2 else None
+    of = f" of its {decisive} decisive verdicts" if decisive is not None else " of its decisive verdicts"
+    if agreement is not None and ci is not None and ci[0] <= 0.5 <= ci[1]:
+        # whatever the point estimate: an interval that holds 50% has not shown the judge beats a coin
+        out.append(f"near chance against humans: it agrees with human choices on {agreement:.0%} "
+                   f"[{ci[0]:.0%}, {ci[1]:.0%}]{of}; that 95% interval includes 50%, so it is not shown "
+                   f"better than chance (see judge-check)")
+    elif agreement is not None and (decisive is None or decisive >= MIN_HUMAN_PAIRS) and agreement < HUMAN_CHANCE:
+        out.append(f"near chance against humans: it agrees with human choices on {agreement:.0%}{of} "
+                   f"(below {HUMAN_CHANCE:.0%}; see judge-check)")
     return out
