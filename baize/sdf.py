@@ -19,7 +19,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError, EndpointFields, JudgeFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from .config import (
+    BaizeError,
+    EndpointFields,
+    JudgeFields,
+    PlanFields,
+    RunFields,
+    add_dataclass_args,
+    dataclass_from_args,
+    effort_opt,
+    opt,
+)
 from .runner import Ledger, print_summary, run_items
 from .schema import atomic_write_text, read_jsonl, repair_torn_tail, sidecar
 
@@ -39,7 +49,8 @@ class _SDFFields:
     n: int = opt(4, "candidates sampled per prompt (the paper: 4)")
     temperature: float = opt(1.0, "policy sampling temperature (the paper: 1)")
     top_p: float = opt(0.95, "policy nucleus sampling (the paper: 0.95)")
-    max_tokens: int = opt(512, "max new tokens per candidate")
+    max_tokens: int = opt(512, "max new tokens per candidate (a reasoning policy gets room for its reasoning on top)")
+    reasoning_effort: str | None = effort_opt("an openai: policy")
     system: str | None = opt(None, "system prompt put before each prompt that has none (default: a local run adds "
                                    "the one it was trained with; give the run's own for an openai: policy)")
     judge_orders: int = opt(2, "presentation orders per ranking (as given, reversed, then rotations); Borda over them")

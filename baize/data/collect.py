@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from ..config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, effort_opt, opt
 from ..runner import Ledger, Summary, run_items
 from ..runner import print_summary as _print_summary
 from .filters import DialogueFilter, FilterConfig, check_config
@@ -50,7 +50,8 @@ class _CollectFields:
     max_turns: int = opt(4, "turns mode: most human/AI exchanges per dialogue")
     first_turn: str = opt("seed", "turns mode: the first human message is the seed itself, or the teacher writes it",
                           choices=["seed", "generate"])
-    max_tokens: int = opt(1024, "max new tokens per teacher call")
+    max_tokens: int = opt(1024, "max new tokens per teacher call (a reasoning teacher gets room for its reasoning on top)")
+    reasoning_effort: str | None = effort_opt("an openai: teacher")
     temperature: float = opt(1.0, "teacher sampling temperature")
     top_p: float = opt(1.0, "teacher nucleus sampling")
     price_in: float = opt(0.0, "teacher price per 1K prompt tokens, for the cost ledger")

@@ -29,6 +29,7 @@ from ..config import (
     RunFields,
     add_dataclass_args,
     dataclass_from_args,
+    effort_opt,
     opt,
     public_dict,
     save_config,
@@ -53,7 +54,8 @@ class _EvalFields:
     nll_data: str | None = opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model")
     limit: int | None = opt(None, "use the first N questions")
     seed_field: str | None = opt(None, "field holding the question, for seed files")
-    max_tokens: int = opt(512, "max new tokens per answer")
+    max_tokens: int = opt(512, "max new tokens per answer (a reasoning model gets room for its reasoning on top)")
+    reasoning_effort: str | None = effort_opt("the openai: models")
     temperature: float = opt(0.7, "answer sampling temperature (0: greedy)")
     top_p: float = opt(0.95, "answer nucleus sampling")
     seed: int = opt(0, "answer sampling seed (same seed, same answers)")
