@@ -336,9 +336,10 @@ def _prompts(cfg: SDFConfig) -> list[Prompt]:
 
 def plan(cfg: SDFConfig, prompts: list[Prompt] | None = None):
     """The --dry-run plan: the policy's and the judge's calls, tokens and cost, nothing called."""
-    from .plan import sdf_plan
+    from .plan import add_reasoning, sdf_plan
     prompts = _prompts(cfg) if prompts is None else prompts
-    return sdf_plan(cfg, [p.context for p in prompts])
+    return add_reasoning(sdf_plan(cfg, [p.context for p in prompts]),
+                         {"policy": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort}, {"policy": cfg.n})
 
 
 def _main(args) -> int:

@@ -212,11 +212,12 @@ def _seeds(cfg: CollectConfig):
 
 def plan(cfg: CollectConfig, seeds=None):
     """The --dry-run plan: the teacher's (and --judge's) calls, tokens and cost, nothing called."""
-    from ..plan import collect_plan
+    from ..plan import add_reasoning, collect_plan
     check_config(cfg)
     seeds = _seeds(cfg) if seeds is None else seeds
-    return collect_plan(cfg, [s.text for s in seeds], self_chat=SELF_CHAT_TEMPLATE, human=HUMAN_PROMPT,
-                        assistant=ASSISTANT_PROMPT)
+    return add_reasoning(collect_plan(cfg, [s.text for s in seeds], self_chat=SELF_CHAT_TEMPLATE, human=HUMAN_PROMPT,
+                                      assistant=ASSISTANT_PROMPT),
+                         {"teacher": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort})
 
 
 def print_summary(s: Summary, out: str, console=None) -> None:

@@ -565,11 +565,12 @@ def _prices(cfg: EvalConfig, models: dict[str, str]) -> dict:
 
 def plan(cfg: EvalConfig, questions: list[Question] | None = None):
     """The --dry-run plan: the models' answers and the judge's verdicts and scores, nothing called."""
-    from ..plan import eval_plan
+    from ..plan import add_reasoning, eval_plan
     models = parse_models(cfg.models)
     questions = _questions(cfg) if questions is None else questions
-    return eval_plan(cfg, models, questions, judge_inputs=judge_inputs, reference=_reference,
-                     prices=_prices(cfg, models))
+    return add_reasoning(eval_plan(cfg, models, questions, judge_inputs=judge_inputs, reference=_reference,
+                                   prices=_prices(cfg, models)),
+                         {"policy": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort})
 
 
 def _main(args) -> int:
