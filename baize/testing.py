@@ -193,8 +193,8 @@ def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, lis
 # have a reasoning teacher, an n-ignoring policy and a usage-less judge at once.
 
 # the hidden tokens the fake reasoning model spends per choice before it writes, by reasoning_effort:
-# hundreds at the default (medium), as OpenAI's reasoning models do (their reasoning guide: from a few
-# hundred to tens of thousands a reply); minimal often spends none
+# hundreds at the default (medium), as OpenAI's reasoning models do (their reasoning guide: medium can
+# spend hundreds to thousands on one reply); minimal often spends none
 REASONING_TOKENS = {"minimal": 0, "low": 192, "medium": 768, "high": 3072}
 
 
@@ -348,8 +348,8 @@ def _completion(body: dict, model: str, msgs: list[dict], reply, spend: dict) ->
         finish = "stop"
         if model == "gpt-5-mini":  # a word a token; the reasoning first, the answer in what is left of the cap
             cap = body.get("max_completion_tokens") or 10 ** 5
-            thought = cap if "think forever" in msgs[-1]["content"] else min(cap, spend[body.get("reasoning_effort")
-                                                                                       or "medium"])
+            effort = body.get("reasoning_effort") or "medium"
+            thought = cap if "think forever" in msgs[-1]["content"] else min(cap, spend[effort])
             words = t.split()
             if thought + len(words) > cap:
                 t, finish = " ".join(words[:cap - thought]), "length"

@@ -294,7 +294,7 @@ class OpenAILLM(LLM):
             # a reply cut before any text spent its whole cap unseen, whatever its usage calls it
             spent = usage["reasoning_tokens"] or (usage["completion_tokens"] if cut else 0)
             self.quirks.saw_reasoning(-(-spent // len(resp.choices)), cap, bool(cut) and not out)
-            if out or not cut or attempt == 2 or not self.quirks.reasons:
+            if out or not cut or attempt == 2 or self.quirks.cap(max_tokens, self.reasoning_effort) <= cap:
                 break  # asked once more only when the cut has grown the room for reasoning
         if not out:
             rt, ct = billed["reasoning_tokens"], billed["completion_tokens"]

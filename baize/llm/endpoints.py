@@ -4,10 +4,11 @@ OpenAI's reasoning models refuse `max_tokens` (they want `max_completion_tokens`
 counts their hidden reasoning) and any `temperature`/`top_p` but 1; other models refuse
 `reasoning_effort`; llama-cpp-python's server ignores `n`; llama.cpp's own server refuses it; some
 servers send no usage. A reasoning model's caps get room for its reasoning on top of the stage's
-max tokens (`Quirks.cap`), grown from what its replies spend. `OpenAILLM` (base.py) asks `Quirks.shape` for each request,
-`refusal` reads a refused request's error, `Quirks.learn` remembers the fix for the rest of the
-process (every OpenAILLM on that endpoint and model shares it) and logs one line that says what
-changed and what it means. Nothing here imports openai or the LLM classes.
+max tokens (`Quirks.cap`), grown from what its replies spend (`Quirks.saw_reasoning`). `OpenAILLM`
+(base.py) asks `Quirks.shape` for each request, `refusal` reads a refused request's error,
+`Quirks.learn` remembers the fix for the rest of the process (every OpenAILLM on that endpoint and
+model shares it) and logs one line that says what changed and what it means. Nothing here imports
+openai or the LLM classes.
 """
 from __future__ import annotations
 
@@ -36,12 +37,12 @@ _REFUSING = re.compile(r"unsupported|not supported|does not support|not allowed|
 
 
 # Hidden tokens one reply of a reasoning model spends, by reasoning effort: a guess, not a measure
-# (OpenAI publishes none; its reasoning guide says from a few hundred to tens of thousands a reply,
-# medium being the default). The dry run's estimate per reply, and half the room a reasoning
-# model's cap starts with before its replies show what it really spends.
+# (OpenAI publishes no figure; its reasoning guide: medium, the default, can spend hundreds to
+# thousands on one reply). The dry run's estimate per reply, and half the room a reasoning model's
+# cap starts with before its replies show what it really spends.
 REASONING_GUESS = {"minimal": 64, "low": 256, "medium": 1024, "high": 4096}  # config.REASONING_EFFORTS
 # the most room a cap leaves for reasoning: one prompt that never stops thinking must not raise every
-# later cap without end (OpenAI counts a request's cap against the key's tokens-per-minute limit)
+# later cap without end (OpenAI's rate limits count a request's cap toward the key's tokens a minute)
 ROOM_MAX = 32768
 DEFAULT_EFFORT = "medium"  # what OpenAI's reasoning models use when no effort is sent
 
@@ -147,7 +148,7 @@ class Quirks:
                         f"cap now leaves {self.room:,} tokens for reasoning (a reply cut so is asked once more)")
             elif new:
                 note = (f"{self.label} is a reasoning model ({per_reply:,} hidden tokens in a reply): every cap now "
-                        f"leaves {self.room:,} tokens for reasoning on top of the max tokens asked")
+                        f"leaves at least {self.room:,} tokens for reasoning on top of the max tokens asked")
             if note:
                 self.learned.append(note)
         if note:
