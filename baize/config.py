@@ -41,13 +41,24 @@ class EndpointFields:
 
 
 JUDGE_MODES = ["auto", "text", "choice", "debiased"]
+# OpenAI's reasoning_effort values for its reasoning models (medium when none is sent)
+REASONING_EFFORTS = ["minimal", "low", "medium", "high"]
+
+
+def effort_opt(who: str):
+    """A role's --reasoning-effort: one help text for the teacher, the policy, the models and the judge."""
+    return opt(None, f"reasoning effort of {who}, where it is a reasoning model (OpenAI's o-series, gpt-5): "
+                     f"lower spends fewer hidden tokens; sent only to endpoints that take it (default: the "
+                     f"model's own, medium for OpenAI's)", choices=REASONING_EFFORTS)
 
 
 @dataclasses.dataclass
 class JudgeFields:
     """How a stage's judge is asked, where it lives and what it costs (the `judge` spec itself is
     the stage's own: its default differs between stages)."""
-    judge_max_tokens: int = opt(512, "max new tokens per judge reply")
+    judge_max_tokens: int = opt(512, "max new tokens per judge reply (a reasoning judge gets room for its "
+                                     "reasoning on top)")
+    judge_reasoning_effort: str | None = effort_opt("an openai: judge")
     judge_mode: str = opt("auto", "text: the judge writes its verdict; choice: each order's most probable verdict "
                           "option by log-probability (local models only); debiased: those log-probs of both "
                           "orders summed, so a position prior cancels; auto: debiased for local judges, text "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import BaizeError, add_dataclass_args, dataclass_from_args, opt, save_config
+from .config import BaizeError, add_dataclass_args, dataclass_from_args, effort_opt, opt, save_config
 from .schema import sidecar
 
 
@@ -27,7 +27,12 @@ class PipelineConfig:
     base_url: str | None = opt(None, "OpenAI-compatible base URL for openai: teacher/judge")
     mode: str = opt("turns", "collection mode", choices=["oneshot", "turns"])
     max_turns: int = opt(2, "exchanges per dialogue (turns mode)")
-    max_tokens: int = opt(160, "max new tokens per teacher call")
+    max_tokens: int = opt(160, "max new tokens per teacher call (a reasoning teacher gets room for its reasoning "
+                               "on top)")
+    reasoning_effort: str | None = effort_opt("an openai: teacher and --sdf-policy")
+    judge_max_tokens: int = opt(512, "max new tokens per judge reply, SDF and eval (a reasoning judge gets room for "
+                                     "its reasoning on top)")
+    judge_reasoning_effort: str | None = effort_opt("an openai: judge")
     temperature: float = opt(0.7, "sampling temperature of the teacher and of SDF's candidates (the paper: 1.0; "
                                   "a 135M model rambles there)")
     concurrency: int = opt(8, "dialogues, prompts or questions in flight")
@@ -110,7 +115,8 @@ def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
     return CollectConfig(seeds=cfg.seeds, out=str(out / "dialogues.jsonl"), teacher=cfg.teacher, base_url=cfg.base_url,
                          mode=cfg.mode, limit=n, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
                          temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency,
-                         price_in=cfg.teacher_price_in, price_out=cfg.teacher_price_out, **budget)
+                         reasoning_effort=cfg.reasoning_effort, price_in=cfg.teacher_price_in,
+                         price_out=cfg.teacher_price_out, **budget)
 
 
 def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = None):
@@ -120,7 +126,8 @@ def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = 
                      max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency, temperature=cfg.temperature,
                      judge_base_url=cfg.base_url, system=system, price_in=cfg.policy_price_in,
                      price_out=cfg.policy_price_out, judge_price_in=cfg.judge_price_in,
-                     judge_price_out=cfg.judge_price_out, **budget)
+                     judge_price_out=cfg.judge_price_out, reasoning_effort=cfg.reasoning_effort,
+                     judge_max_tokens=cfg.judge_max_tokens, judge_reasoning_effort=cfg.judge_reasoning_effort, **budget)
 
 
 def _eval_cfg(cfg: PipelineConfig, out: Path, compared: dict, n: int, budget: dict):
@@ -129,7 +136,8 @@ def _eval_cfg(cfg: PipelineConfig, out: Path, compared: dict, n: int, budget: di
                       judge=cfg.judge, judge_base_url=cfg.base_url, out=str(out / "eval"), limit=n,
                       max_tokens=cfg.eval_max_tokens, concurrency=cfg.concurrency, price_in=cfg.policy_price_in,
                       price_out=cfg.policy_price_out, judge_price_in=cfg.judge_price_in,
-                      judge_price_out=cfg.judge_price_out, **budget)
+                      judge_price_out=cfg.judge_price_out, judge_max_tokens=cfg.judge_max_tokens,
+                      judge_reasoning_effort=cfg.judge_reasoning_effort, **budget)
 
 
 def _compared(cfg: PipelineConfig, out: Path) -> dict:

@@ -21,6 +21,7 @@ hands the rows to Plan; nothing here knows a stage's call pattern.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +65,8 @@ class Row:
     # where the count depends on the server (an endpoint that ignores n makes SDF ask n times): the
     # most calls; the tokens and cost are counted at that bound
     calls_max: int | None = None
+    reasoning_tokens: int = 0  # a reasoning model's hidden tokens: an estimate, billed as completion tokens
+    effort: str | None = None  # the reasoning effort that estimate is for
 
     def add(self, calls: int, prompt: int, completion: int, *, calls_max: int | None = None) -> None:
         if calls_max is not None or self.calls_max is not None:
@@ -80,11 +83,13 @@ class Row:
                "cost": round(self.cost, 6)}
         if self.calls_max is not None:
             row["calls_max"] = self.calls_max
+        if self.reasoning_tokens:  # an estimate (the effort's guess per reply), already inside cost
+            row.update(reasoning_tokens=self.reasoning_tokens, reasoning_effort=self.effort)
         return row
 
     @property
     def cost(self) -> float:
-        return (self.prompt_tokens * self.price_in + self.completion_tokens * self.price_out) / 1000
+        return (self.prompt_tokens * self.price_in + (self.completion_tokens + self.reasoning_tokens) * self.price_out) / 1000
 
 
 @dataclass
@@ -119,7 +124,7 @@ class Plan:
 
     @property
     def total_tokens(self) -> int:
-        return sum(r.prompt_tokens + r.completion_tokens for r in self.rows)
+        return sum(r.prompt_tokens + r.completion_tokens + r.reasoning_tokens for r in self.rows)
 
 
 def limit_warning(flag: str, asked: int | None, got: int, what: str) -> str | None:
@@ -132,6 +137,24 @@ def limit_warning(flag: str, asked: int | None, got: int, what: str) -> str | No
 def warn(line: str | None) -> None:
     if line:
         print(f"baize: warning: {line}", file=sys.stderr, flush=True)
+
+
+# OpenAI's reasoning families (o1, o3, o4-mini, gpt-5; not gpt-5-chat): known by name, as a dry run calls nothing
+_REASONING_NAME = re.compile(r"openai:(o\d|gpt-5(?!-chat))", re.IGNORECASE)
+
+
+def add_reasoning(plan: Plan, efforts: dict[str, str | None], replies: dict[str, int] | None = None) -> Plan:
+    """Each endpoint row of a reasoning model (known by name, or declared by its role's
+    --reasoning-effort) gets an estimate of its hidden tokens: llm/endpoints.py's guess per reply at
+    that effort, times the replies (`replies`: per call, by role; SDF's policy writes n)."""
+    from .llm.endpoints import DEFAULT_EFFORT, reasoning_guess
+    for r in plan.rows:
+        effort = efforts.get(r.role)
+        if r.role not in efforts or is_local(r.model) or not (effort or _REASONING_NAME.match(r.model)):
+            continue
+        r.effort = effort or DEFAULT_EFFORT
+        r.reasoning_tokens = r.calls * (replies or {}).get(r.role, 1) * reasoning_guess(r.effort)
+    return plan
 
 
 # --- what the stages share to declare their calls -------------------------------------------------
@@ -195,28 +218,32 @@ def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_t
     for w in plan.warnings:
         console.print(f"warning: {w}", style="yellow", soft_wrap=True)
     t = Table(title="plan (--dry-run: nothing was called or written)")
-    for col, just in (("stage", "left"), ("role", "left"), ("model", "left"), ("calls", "right"),
-                      ("prompt tokens", "right"), ("completion tokens (at most)", "right"), ("cost", "right")):
+    reasoning = [r for r in plan.rows if r.reasoning_tokens]
+    cols = [("stage", "left"), ("role", "left"), ("model", "left"), ("calls", "right"), ("prompt tokens", "right"),
+            ("completion tokens (at most)", "right")]
+    cols += [("reasoning tokens (estimate)", "right")] if reasoning else []
+    for col, just in cols + [("cost", "right")]:
         t.add_column(col, justify=just)
+
+    def cells(rows: list[Row]) -> list[str]:
+        out = [_calls(sum(r.calls for r in rows), _most(rows)), f"{sum(r.prompt_tokens for r in rows):,}",
+               f"{sum(r.completion_tokens for r in rows):,}"]
+        guess = sum(r.reasoning_tokens for r in rows)
+        return out + ([f"~{guess:,}" if guess else ""] if reasoning else [])
     for r in plan.rows:
         local = is_local(r.model) and not r.price_in and not r.price_out
-        t.add_row(r.stage, r.role, r.model, _calls(r.calls, r.calls_max), f"{r.prompt_tokens:,}",
-                  f"{r.completion_tokens:,}", "local" if local else _money(r.cost))
+        t.add_row(r.stage, r.role, r.model, *cells([r]), "local" if local else _money(r.cost))
     roles: dict[str, list[Row]] = {}
     for r in plan.rows:
         roles.setdefault(r.role, []).append(r)
     t.add_section()
     for role, rows in roles.items():
         local = all(is_local(r.model) and not r.price_in and not r.price_out for r in rows)
-        t.add_row("all", role, "", _calls(sum(r.calls for r in rows), _most(rows)),
-                  f"{sum(r.prompt_tokens for r in rows):,}", f"{sum(r.completion_tokens for r in rows):,}",
-                  "local" if local else _money(sum(r.cost for r in rows)))
-    t.add_row("all", "total", "", _calls(sum(r.calls for r in plan.rows), _most(plan.rows)),
-              f"{sum(r.prompt_tokens for r in plan.rows):,}", f"{sum(r.completion_tokens for r in plan.rows):,}",
-              _money(plan.cost))
+        t.add_row("all", role, "", *cells(rows), "local" if local else _money(sum(r.cost for r in rows)))
+    t.add_row("all", "total", "", *cells(plan.rows), _money(plan.cost))
     console.print(t)
     console.print("runs over: " + "; ".join(f"{k} {v}" for k, v in plan.items.items()), soft_wrap=True)
-    for note in NOTES:
+    for note in NOTES + _reasoning_notes(reasoning):
         console.print(f"- {note}", soft_wrap=True)
     for role, model in sorted({(r.role, r.model) for r in plan.rows if not is_local(r.model) and not r.price_in
                                and not r.price_out}):
@@ -231,7 +258,20 @@ def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_t
                                     f"{plan.total_tokens:,} tokens")):
         if cap is not None:
             fits = "within it" if need <= cap else "over it: the run stops cleanly when the ledger reaches the cap"
-            console.print(f"{flag} {cap:g}: the plan's upper bound, {shown}, is {fits}", soft_wrap=True)
+            what = "upper bound with the reasoning estimate" if reasoning else "upper bound"
+            console.print(f"{flag} {cap:g}: the plan's {what}, {shown}, is {fits}", soft_wrap=True)
+
+
+def _reasoning_notes(rows: list[Row]) -> list[str]:
+    """What the reasoning column is: a guess per reply, not a bound, and where it comes from."""
+    if not rows:
+        return []
+    from .llm.endpoints import reasoning_guess
+    said = sorted({(r.model, r.effort) for r in rows})
+    each = ", ".join(f"{m} at {e} effort ~{reasoning_guess(e):,}" for m, e in said)
+    return [f"reasoning tokens are an estimate, not a bound: hidden tokens per reply ({each}; set by "
+            f"--reasoning-effort / --judge-reasoning-effort); they bill as completion tokens, so the cost and the "
+            f"total include them; the ledger counts the real ones"]
 
 
 # --- budgets across runs and stages ---------------------------------------------------------------

@@ -19,7 +19,17 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import BaizeError, EndpointFields, JudgeFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from .config import (
+    BaizeError,
+    EndpointFields,
+    JudgeFields,
+    PlanFields,
+    RunFields,
+    add_dataclass_args,
+    dataclass_from_args,
+    effort_opt,
+    opt,
+)
 from .runner import Ledger, print_summary, run_items
 from .schema import atomic_write_text, read_jsonl, repair_torn_tail, sidecar
 
@@ -39,7 +49,8 @@ class _SDFFields:
     n: int = opt(4, "candidates sampled per prompt (the paper: 4)")
     temperature: float = opt(1.0, "policy sampling temperature (the paper: 1)")
     top_p: float = opt(0.95, "policy nucleus sampling (the paper: 0.95)")
-    max_tokens: int = opt(512, "max new tokens per candidate")
+    max_tokens: int = opt(512, "max new tokens per candidate (a reasoning policy gets room for its reasoning on top)")
+    reasoning_effort: str | None = effort_opt("an openai: policy")
     system: str | None = opt(None, "system prompt put before each prompt that has none (default: a local run adds "
                                    "the one it was trained with; give the run's own for an openai: policy)")
     judge_orders: int | None = opt(None, "text and choice modes: presentation orders per ranking (default 2: as "
@@ -356,7 +367,7 @@ def plan(cfg: SDFConfig, prompts: list[Prompt] | None = None):
     paying the prompt: the row's most calls, and its tokens are counted at that bound), then the
     judge's rank prompts over the n candidates (fewer when some come back empty or the same)."""
     from .judge.core import planned_aggregator
-    from .plan import Plan, add_prompts, bound, chat_tokens, is_local, judge_completion
+    from .plan import Plan, add_prompts, add_reasoning, bound, chat_tokens, is_local, judge_completion
     prompts = _prompts(cfg) if prompts is None else prompts
     p = Plan(items={"sdf": f"{len(prompts):,} prompts, n {cfg.n}"})
     pol = p.row("sdf", "policy", cfg.policy, (cfg.price_in, cfg.price_out))
@@ -369,7 +380,7 @@ def plan(cfg: SDFConfig, prompts: list[Prompt] | None = None):
                 calls_max=None if most == 1 else most)
         add_prompts(judge, [msgs for _, msgs in agg.rank_prompts(prompt.context, [bound(cfg.max_tokens)] * cfg.n)],
                     judge_completion(cfg, agg))
-    return p
+    return add_reasoning(p, {"policy": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort}, {"policy": cfg.n})
 
 
 def _main(args) -> int:

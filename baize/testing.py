@@ -192,7 +192,10 @@ def make_app(*, latency: float = 0.0, reply=default_reply, faults: dict[str, lis
 # own error bodies (`make_endpoint_app`). The model name picks the runtime, so one pipeline run can
 # have a reasoning teacher, an n-ignoring policy and a usage-less judge at once.
 
-REASONING_TOKENS = 24  # what the fake reasoning model "thinks" per choice before it writes
+# the hidden tokens the fake reasoning model spends per choice before it writes, by reasoning_effort:
+# hundreds at the default (medium), as OpenAI's reasoning models do (their reasoning guide: medium can
+# spend hundreds to thousands on one reply); minimal often spends none
+REASONING_TOKENS = {"minimal": 0, "low": 192, "medium": 768, "high": 3072}
 
 
 def _openai_error(status: int, message: str, param: str | None, code: str | None, type_="invalid_request_error",
@@ -221,6 +224,29 @@ def _reasoning_refusal(body: dict):
     return None
 
 
+_IGNORING = ("llama-cpp-python", "llama-server", "no-usage", "rate-limited")  # unknown fields pass unread
+
+
+def _effort_refusal(model: str, body: dict):
+    """reasoning_effort, as OpenAI's models refuse it: a reasoning model any value it does not take,
+    "Unsupported value: 'reasoning_effort' does not support 'none' with this model. Supported values are:
+    'minimal', 'low', 'medium', and 'high'." (Kilo-Org/cloud#3807); any other OpenAI model the parameter
+    itself, "Unsupported parameter: 'reasoning.effort' is not supported with this model.", param and code
+    unsupported_parameter (BoundaryML/baml#2708, gpt-4.1 on the Responses API, where it is spelled so).
+    llama.cpp's servers and the others here ignore fields they do not know."""
+    if "reasoning_effort" not in body:
+        return None
+    effort = body["reasoning_effort"]
+    if model == "gpt-5-mini" and effort not in REASONING_TOKENS:
+        return _openai_error(400, f"Unsupported value: 'reasoning_effort' does not support '{effort}' with this "
+                                  f"model. Supported values are: 'minimal', 'low', 'medium', and 'high'.",
+                             "reasoning_effort", "unsupported_value")
+    if model not in ("gpt-5-mini", *_IGNORING):
+        return _openai_error(400, "Unsupported parameter: 'reasoning_effort' is not supported with this model.",
+                             "reasoning_effort", "unsupported_parameter")
+    return None
+
+
 def _vary(text: str, messages: list[dict], seed, i: int) -> str:
     """A sampled answer differs by seed and choice, as a real one does; verdicts stay deterministic."""
     if seed is None or judge_reply(messages) is not None:
@@ -228,15 +254,19 @@ def _vary(text: str, messages: list[dict], seed, i: int) -> str:
     return f"{text} (Draw {(int(seed) * 7919 + i * 104729) % 100003}.)"
 
 
-def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: int = 3, retry_after: float = 0.1):
+def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: int = 3, retry_after: float = 0.1,
+                      reasoning: dict | None = None):
     """A FastAPI app speaking the OpenAI chat API, whose model names behave like real runtimes:
 
     - `gpt-5-mini`: an OpenAI reasoning model: refuses `max_tokens` and non-1 `temperature`/`top_p`
-      (`_reasoning_refusal`); spends REASONING_TOKENS hidden tokens per choice, reported as
-      usage.completion_tokens_details.reasoning_tokens and counted inside completion_tokens (OpenAI's
-      CompletionTokensDetails: reasoning tokens "are still counted in the total completion tokens for
-      purposes of billing"); a cap at or under them, or a prompt with "think forever", gives
-      finish_reason "length" with empty content, as a model that spent its whole budget thinking.
+      (`_reasoning_refusal`); spends `reasoning` (default REASONING_TOKENS) hidden tokens per choice
+      at the `reasoning_effort` asked (medium when none is), reported as
+      usage.completion_tokens_details.reasoning_tokens and counted inside completion_tokens and inside
+      max_completion_tokens (OpenAI's CompletionTokensDetails: reasoning tokens "are still counted in
+      the total completion tokens for purposes of billing"; its reasoning guide: a reply whose cap runs
+      out in the reasoning comes back empty, billed all the same). A cap at or under the reasoning, or
+      a prompt with "think forever", gives finish_reason "length" with empty content; a cap between
+      cuts the answer. Other models refuse reasoning_effort as OpenAI's do (`_effort_refusal`).
     - `llama-cpp-python`: ignores `n`, one choice per request (abetlen/llama-cpp-python#1906).
     - `llama-server`: llama.cpp's own server refuses any n other than 1: its oaicompat parser throws
       "Only one completion choice is allowed" (tools/server/utils.hpp), answered as
@@ -249,7 +279,8 @@ def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: i
       "code": "rate_limit_exceeded"}} with a Retry-After header (which the openai client honours too:
       _base_client._calculate_retry_timeout).
     - any other name: a well-behaved endpoint.
-    `app.state.stats[model]` counts requests, refusals ("400:param", "500:n") and 429s."""
+    `app.state.stats[model]` counts requests, refusals ("400:param", "500:n") and 429s;
+    `app.state.sent[model]` lists each answered request's (completion cap, reasoning_effort)."""
     import asyncio
     from collections import Counter, defaultdict
 
@@ -258,7 +289,9 @@ def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: i
 
     app = FastAPI()
     app.state.stats = defaultdict(Counter)
+    app.state.sent = defaultdict(list)
     app.state.in_flight = Counter()
+    spend = {**REASONING_TOKENS, **(reasoning or {})}
     lock = threading.Lock()
 
     @app.get("/v1/models")
@@ -276,6 +309,9 @@ def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: i
         if model == "gpt-5-mini" and (refused := _reasoning_refusal(body)) is not None:
             stats[f"400:{refused[0]}"] += 1
             return refused[1]
+        if (refused := _effort_refusal(model, body)) is not None:
+            stats["400:reasoning_effort"] += 1
+            return refused
         if model == "llama-server" and int(body.get("n") or 1) != 1:
             stats["500:n"] += 1
             return JSONResponse({"error": {"code": 500, "message": "Only one completion choice is allowed",
@@ -293,7 +329,9 @@ def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: i
         try:
             if latency:
                 await asyncio.sleep(latency)
-            return _completion(body, model, msgs, reply)
+            app.state.sent[model].append((body.get("max_completion_tokens") or body.get("max_tokens"),
+                                          body.get("reasoning_effort")))
+            return _completion(body, model, msgs, reply, spend)
         finally:
             with lock:
                 app.state.in_flight[model] -= 1
@@ -301,20 +339,21 @@ def make_endpoint_app(*, reply=default_reply, latency: float = 0.02, capacity: i
     return app
 
 
-def _completion(body: dict, model: str, msgs: list[dict], reply) -> dict:
+def _completion(body: dict, model: str, msgs: list[dict], reply, spend: dict) -> dict:
     n = 1 if model == "llama-cpp-python" else int(body.get("n") or 1)
     texts = [_vary(reply(msgs), msgs, body.get("seed"), i) for i in range(n)]
     pt = sum(len(str(m["content"]).split()) for m in msgs)
     choices, ct, rt = [], 0, 0
     for i, t in enumerate(texts):
         finish = "stop"
-        if model == "gpt-5-mini":
-            cap = body.get("max_completion_tokens") or 10 ** 6
-            if cap <= REASONING_TOKENS or "think forever" in msgs[-1]["content"]:
-                t, finish, spent = "", "length", min(cap, 10 ** 4)
-                ct, rt = ct + spent, rt + spent
-            else:
-                ct, rt = ct + REASONING_TOKENS + len(t.split()), rt + REASONING_TOKENS
+        if model == "gpt-5-mini":  # a word a token; the reasoning first, the answer in what is left of the cap
+            cap = body.get("max_completion_tokens") or 10 ** 5
+            effort = body.get("reasoning_effort") or "medium"
+            thought = cap if "think forever" in msgs[-1]["content"] else min(cap, spend[effort])
+            words = t.split()
+            if thought + len(words) > cap:
+                t, finish = " ".join(words[:cap - thought]), "length"
+            ct, rt = ct + thought + min(len(words), cap - thought), rt + thought
         else:
             ct += len(t.split())
         choices.append({"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": finish})

@@ -50,7 +50,7 @@ def check_learned(caplog, model: str) -> None:
 
 def check_ledger(model: str, role: dict) -> None:
     if model == "gpt-5-mini":
-        assert role["reasoning_tokens"] >= REASONING_TOKENS * role["calls"] / 2
+        assert role["reasoning_tokens"] >= REASONING_TOKENS["medium"] * role["calls"]
         assert role["completion_tokens"] > role["reasoning_tokens"]  # inside it, not added to it
     else:
         assert "reasoning_tokens" not in role
@@ -133,15 +133,76 @@ def test_an_adaptation_is_learned_once_by_many_threads(endpoint, caplog):
     assert app.state.stats["gpt-5-mini"]["requests"] == before["requests"] + 1
     assert {k: v for k, v in app.state.stats["gpt-5-mini"].items() if k != "requests"} == \
         {k: v for k, v in before.items() if k != "requests"}
-    assert out[0].reasoning_tokens == REASONING_TOKENS and out[0].completion_tokens > REASONING_TOKENS
+    assert out[0].reasoning_tokens == REASONING_TOKENS["medium"] < out[0].completion_tokens
 
 
-def test_a_reply_cut_before_any_text_is_a_failure_with_its_reason(endpoint):
+# --- reasoning models, as they spend tokens: hundreds of hidden ones a reply, inside the cap ---------
+
+SKY = [{"role": "user", "content": "Why is the sky blue?"}]
+
+
+def test_a_reasoning_model_gets_room_for_its_reasoning(endpoint, caplog):
+    """160 answer tokens against a model that thinks 768 first: the cap sent leaves room on top,
+    so the reply has its text (a cap of 160 would come back empty, 160 tokens billed for nothing)."""
+    app, url = endpoint
+    out = OpenAILLM("gpt-5-mini", base_url=url, api_key="x").chat(SKY, max_tokens=160)
+    assert out[0].text.startswith("Here is a thorough answer") and out[0].finish_reason == "stop"
+    assert out[0].reasoning_tokens == REASONING_TOKENS["medium"] == 768
+    ((cap, effort),) = app.state.sent["gpt-5-mini"]
+    assert cap >= 160 + 768 and effort is None  # no effort asked: none sent, the model's own default
+    assert len(lines(caplog, "gpt-5-mini refuses max_tokens: a reasoning model")) == 1
+
+
+def test_reasoning_effort_is_sent_where_taken_and_dropped_once_where_refused(endpoint, caplog):
+    app, url = endpoint
+    low = OpenAILLM("gpt-5-mini", base_url=url, api_key="x", reasoning_effort="low").chat(SKY, max_tokens=160)
+    assert low[0].reasoning_tokens == REASONING_TOKENS["low"] and app.state.sent["gpt-5-mini"][-1][1] == "low"
+    high = OpenAILLM("gpt-5-mini", base_url=url, api_key="x", reasoning_effort="high").chat(SKY, max_tokens=160)
+    assert high[0].reasoning_tokens == REASONING_TOKENS["high"] and high[0].text  # 3,072 fits the room at high
+    assert app.state.stats["gpt-5-mini"]["400:reasoning_effort"] == 0
+    # a model that is no reasoning model refuses the parameter: dropped once, said once, never sent again
+    for _ in range(3):
+        out = OpenAILLM("plain", base_url=url, api_key="x", reasoning_effort="low").chat(SKY, max_tokens=50)
+        assert out[0].text and out[0].reasoning_tokens == 0
+    assert app.state.stats["plain"]["400:reasoning_effort"] == 1
+    assert [effort for _, effort in app.state.sent["plain"]] == [None] * 3
+    assert [cap for cap, _ in app.state.sent["plain"]] == [50] * 3  # no room: it showed no reasoning
+    assert len(lines(caplog, "plain refuses reasoning_effort")) == 1
+
+
+def test_a_reply_cut_in_its_reasoning_is_asked_once_more_and_the_room_remembered(caplog):
+    """A prompt that makes the model think 3,000 tokens, past the room it starts with: the cut reply
+    is asked once more with room for twice what it spent, the cut one's tokens (billed) are counted
+    with the answer, and the next call starts with that room."""
+    app = make_endpoint_app(reasoning={"medium": 3000})
+    with ServerThread(app) as url:
+        llm = OpenAILLM("gpt-5-mini", base_url=url, api_key="x")
+        out = llm.chat(SKY, max_tokens=160)
+        again = llm.chat(SKY, max_tokens=160)
+    (cut_cap, _), (retry_cap, _), (next_cap, _) = app.state.sent["gpt-5-mini"]
+    assert retry_cap >= 160 + 2 * cut_cap and next_cap == 160 + 2 * 3000  # twice the most one reply spent
+    assert out[0].text and out[0].reasoning_tokens == cut_cap + 3000  # both tries, as both are billed
+    assert out[0].completion_tokens == cut_cap + 3000 + len(out[0].text.split())
+    assert again[0].reasoning_tokens == 3000
+    assert len(lines(caplog, "gpt-5-mini spent a reply's whole cap")) == 1
+
+
+def test_a_reply_cut_before_any_text_is_a_failure_naming_its_roles_flag(endpoint):
+    """A model that never stops thinking: one retry, then a failure that says what both tries cost
+    and names the flag of the role that failed: --judge-max-tokens for a judge, not --max-tokens."""
+    from baize.eval.evaluate import EvalConfig
+    from baize.llm.models import load_endpoint
     _, url = endpoint
-    llm = OpenAILLM("gpt-5-mini", base_url=url, api_key="x")
+    forever = [{"role": "user", "content": "think forever"}]
     with pytest.raises(EmptyReplyError) as e:
-        llm.chat([{"role": "user", "content": "hi"}], max_tokens=REASONING_TOKENS)
-    assert "raise --max-tokens" in str(e.value) and e.value.usage["reasoning_tokens"] == REASONING_TOKENS
+        OpenAILLM("gpt-5-mini", base_url=url, api_key="x").chat(forever, max_tokens=160)
+    assert "raise --max-tokens or lower --reasoning-effort" in str(e.value) and "in two tries" in str(e.value)
+    assert e.value.usage["reasoning_tokens"] == e.value.usage["completion_tokens"] > 2 * (160 + 768)
+    cfg = EvalConfig(models=["a=openai:plain"], judge="openai:gpt-5-mini", base_url=url, api_key="x")
+    with pytest.raises(EmptyReplyError) as e:
+        load_endpoint(cfg.judge, cfg, judge=True).chat(forever, max_tokens=cfg.judge_max_tokens)
+    assert "raise --judge-max-tokens or lower --judge-reasoning-effort" in str(e.value)
+    assert "--max-tokens " not in str(e.value).replace("--judge-max-tokens", "")
 
 
 # --- the stages against each runtime ---------------------------------------------------------------
@@ -197,11 +258,12 @@ def test_sdf_gets_n_candidates(endpoint, caplog, tmp_path, model):
     assert prefs["pairs"] > 0
 
 
-def test_sdf_policy_that_only_thinks_fails_with_the_fix(endpoint, tmp_path):
-    _, url = endpoint
-    cfg = SDFConfig(policy="openai:gpt-5-mini", judge="openai:gpt-5-mini", base_url=url, api_key="x", prompts="quora",
-                    limit=2, n=2, max_tokens=REASONING_TOKENS, out=str(tmp_path / "sdf.jsonl"), progress=False)
-    s, _ = sdf(cfg)
+def test_sdf_policy_that_only_thinks_fails_with_the_fix(tmp_path):
+    app = make_endpoint_app(reasoning={"medium": 10 ** 6})  # more than any cap: no reply ever has text
+    with ServerThread(app) as url:
+        cfg = SDFConfig(policy="openai:gpt-5-mini", judge="openai:gpt-5-mini", base_url=url, api_key="x",
+                        prompts="quora", limit=2, n=2, out=str(tmp_path / "sdf.jsonl"), progress=False)
+        s, _ = sdf(cfg)
     failed = list(read_jsonl(sidecar(cfg.out, "failed")))
     assert s.failed == 2 and all("raise --max-tokens" in f["error"] and f["usage"]["reasoning_tokens"] > 0
                                  for f in failed)
@@ -258,3 +320,35 @@ def test_pipeline(tiny_model_dir, tmp_path, teacher, judge, policy):
     for model in {teacher, judge, policy}:
         for start in expect[model]:
             assert said.count(start) == 1, (start, said[-3000:])
+
+
+def test_the_readmes_paper_scale_command_against_a_reasoning_model(tiny_model_dir, tmp_path):
+    """The README's paper-scale command, scaled down (--limit, --sdf-prompts, --eval-limit, --concurrency,
+    the builtin quora seeds, the tiny model as --base, 16 of its tokens for v1's candidates and the eval
+    answers, no --quantize 8bit: that needs CUDA) and otherwise with its flags, against a teacher and a judge that think 768 hidden tokens a reply at their default
+    effort: the teacher's cap of 160 and the judge's 512 get room for that, so every seed becomes a
+    dialogue and no reply is lost to an empty one."""
+    out = tmp_path / "paper"
+    app = make_endpoint_app()
+    with ServerThread(app) as url:
+        args = [sys.executable, "-m", "baize", "pipeline", "--out", str(out), "--teacher", "openai:gpt-5-mini",
+                "--judge", "openai:gpt-5-mini", "--base-url", url, "--seeds", "quora", "--base", str(tiny_model_dir),
+                "--format", "baize", "--limit", "4", "--max-steps", "-1", "--batch-size", "64", "--sdf-prompts",
+                "3", "--v2-steps", "-1", "--sdf-max-tokens", "16", "--eval-limit", "2", "--eval-max-tokens", "16",
+                "--concurrency", "8", "--teacher-price-in", "0.00025", "--teacher-price-out", "0.002",
+                "--judge-price-in", "0.00025", "--judge-price-out", "0.002", "--max-cost", "150"]
+        p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                           env={**os.environ, "OPENAI_API_KEY": "x", "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert len(list(read_jsonl(out / "dialogues.jsonl"))) == 4
+    for name in ("dialogues.jsonl", "sdf.jsonl"):
+        assert not list(read_jsonl(sidecar(out / name, "failed"))), name
+    collect = json.loads((out / "dialogues.summary.json").read_text())["ledger"]["teacher"]
+    assert collect["reasoning_tokens"] == REASONING_TOKENS["medium"] * collect["calls"] > 0
+    sdf_recs = list(read_jsonl(out / "sdf.jsonl")) + list(read_jsonl(sidecar(out / "sdf.jsonl", "rejected")))
+    assert len(sdf_recs) == 3 and all(r["meta"].get("order") is not None for r in sdf_recs)  # each one judged
+    judge = json.loads((out / "sdf.summary.json").read_text())["ledger"]["judge"]
+    assert judge["reasoning_tokens"] == REASONING_TOKENS["medium"] * judge["calls"] > 0
+    results = json.loads((out / "eval" / "results.json").read_text())
+    assert results["n_questions"] == 2 and results["models"]["v2"]["score"]["mean"] is not None
+    assert p.stderr.count("gpt-5-mini refuses max_tokens: a reasoning model") == 1, p.stderr[-3000:]

@@ -109,6 +109,62 @@ def test_limits_larger_than_the_set_are_never_silent(tmp_path, capsys, no_models
     assert not (tmp_path / "p").exists()
 
 
+def _rows8(out: str) -> dict:
+    """The rows of a plan that has the reasoning column: {(stage, role): [calls, prompt, completion, reasoning, cost]}."""
+    rows = {}
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip("│┃ ").split("│")]
+        if len(cells) == 8 and cells[3].replace(",", "").isdigit():
+            rows[(cells[0], cells[1])] = [int(c.replace(",", "").lstrip("~") or 0) for c in cells[3:7]] + [cells[7]]
+    return rows
+
+
+def test_the_plan_estimates_a_reasoning_models_hidden_tokens(tmp_path, capsys, monkeypatch, no_models):
+    """A reasoning model (known by name, or declared by --reasoning-effort) bills hundreds of hidden
+    tokens a reply as completion tokens: the plan shows an estimate per effort, labelled as one, and
+    prices it; a model that is neither gets no such column."""
+    from baize.llm.endpoints import REASONING_GUESS
+    monkeypatch.setenv("COLUMNS", "250")
+    collect = ["collect", "--dry-run", "--seeds", "quora", "--limit", "5", "--out", str(tmp_path / "d.jsonl"),
+               "--price-in", "0.5", "--price-out", "2"]
+    assert main([*collect, "--teacher", "openai:gpt-5-mini"]) == 0
+    out = capsys.readouterr().out
+    calls, pin, pout, reasoning, cost = _rows8(out)[("collect", "teacher")]
+    assert reasoning == calls * REASONING_GUESS["medium"] and REASONING_GUESS["medium"] >= 256
+    assert cost == f"${(pin * 0.5 + (pout + reasoning) * 2) / 1000:,.2f}"
+    assert "reasoning tokens are an estimate, not a bound" in " ".join(out.split())
+    assert main([*collect, "--teacher", "openai:gpt-5-mini", "--reasoning-effort", "low"]) == 0
+    assert _rows8(capsys.readouterr().out)[("collect", "teacher")][3] == calls * REASONING_GUESS["low"]
+    assert main([*collect, "--teacher", "openai:gpt-4o-mini"]) == 0  # no reasoning model: the table as before
+    out = capsys.readouterr().out
+    assert not _rows8(out) and "reasoning" not in out
+    assert main([*collect, "--teacher", "openai:my-r1", "--reasoning-effort", "high"]) == 0  # declared one
+    assert _rows8(capsys.readouterr().out)[("collect", "teacher")][3] == calls * REASONING_GUESS["high"]
+    # SDF's policy writes n replies a call, each thinking; its judge has an effort of its own
+    assert main(["sdf", "--dry-run", "--prompts", "quora", "--limit", "3", "--n", "4", "--out", str(tmp_path / "s"),
+                 "--policy", "openai:o4-mini", "--judge", "openai:gpt-5-mini", "--judge-reasoning-effort",
+                 "minimal"]) == 0
+    rows = _rows8(capsys.readouterr().out)
+    assert rows[("sdf", "policy")][3] == 3 * 4 * REASONING_GUESS["medium"]
+    assert rows[("sdf", "judge")][3] == rows[("sdf", "judge")][0] * REASONING_GUESS["minimal"]
+
+
+def test_pipeline_takes_the_judges_max_tokens_and_the_reasoning_flags(tmp_path, capsys, monkeypatch, no_models):
+    """The judge's cap and both roles' reasoning effort reach every stage the pipeline runs."""
+    from baize.llm.endpoints import REASONING_GUESS
+    monkeypatch.setenv("COLUMNS", "250")
+    assert main(["pipeline", "--dry-run", "--out", str(tmp_path / "p"), "--teacher", "openai:gpt-5-mini", "--judge",
+                 "openai:gpt-5-mini", "--limit", "3", "--sdf-prompts", "2", "--eval-limit", "2",
+                 "--judge-max-tokens", "100", "--reasoning-effort", "low", "--judge-reasoning-effort", "high"]) == 0
+    rows = _rows8(capsys.readouterr().out)
+    teacher = rows[("collect", "teacher")]
+    assert teacher[3] == teacher[0] * REASONING_GUESS["low"]
+    for stage in ("sdf", "eval"):
+        calls, _, completion, reasoning, _ = rows[(stage, "judge")]
+        assert completion == calls * 100 and reasoning == calls * REASONING_GUESS["high"], stage
+    assert not rows[("eval", "policy")][3]  # the local models think nothing hidden
+
+
 def test_the_ledger_stops_at_a_cost_cap():
     ledger = Ledger(prices={"teacher": (1.0, 2.0)}, max_cost=0.05)
     ledger.add(usage={"prompt_tokens": 10, "completion_tokens": 10, "calls": 1})

@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, opt
+from ..config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, effort_opt, opt
 from ..runner import Ledger, Summary, run_items
 from ..runner import print_summary as _print_summary
 from .filters import DialogueFilter, FilterConfig, check_config
@@ -50,7 +50,8 @@ class _CollectFields:
     max_turns: int = opt(4, "turns mode: most human/AI exchanges per dialogue")
     first_turn: str = opt("seed", "turns mode: the first human message is the seed itself, or the teacher writes it",
                           choices=["seed", "generate"])
-    max_tokens: int = opt(1024, "max new tokens per teacher call")
+    max_tokens: int = opt(1024, "max new tokens per teacher call (a reasoning teacher gets room for its reasoning on top)")
+    reasoning_effort: str | None = effort_opt("an openai: teacher")
     temperature: float = opt(1.0, "teacher sampling temperature")
     top_p: float = opt(1.0, "teacher nucleus sampling")
     price_in: float = opt(0.0, "teacher price per 1K prompt tokens, for the cost ledger")
@@ -240,7 +241,7 @@ def plan(cfg: CollectConfig, seeds=None):
     A dialogue ends early when the teacher's human says [END] or the text filters reject it first,
     so the judge's count is at most this (oneshot: an estimate, a transcript of --max-turns exchanges)."""
     from ..judge.core import planned_aggregator
-    from ..plan import Plan, add_prompts, bound, judge_completion
+    from ..plan import Plan, add_prompts, add_reasoning, bound, judge_completion
     from .filters import judged_turns
     check_config(cfg)
     seeds = _seeds(cfg) if seeds is None else seeds
@@ -267,7 +268,7 @@ def plan(cfg: CollectConfig, seeds=None):
         if judge is not None:
             add_prompts(judge, [agg.score_prompt(ctx, answer) for ctx, answer in judged_turns(msgs)],
                         judge_completion(cfg, agg))
-    return p
+    return add_reasoning(p, {"teacher": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort})
 
 
 def print_summary(s: Summary, out: str, console=None) -> None:

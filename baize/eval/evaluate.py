@@ -29,6 +29,7 @@ from ..config import (
     RunFields,
     add_dataclass_args,
     dataclass_from_args,
+    effort_opt,
     opt,
     public_dict,
     save_config,
@@ -54,7 +55,8 @@ class _EvalFields:
     nll_data: str | None = opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model")
     limit: int | None = opt(None, "use the first N questions")
     seed_field: str | None = opt(None, "field holding the question, for seed files")
-    max_tokens: int = opt(512, "max new tokens per answer")
+    max_tokens: int = opt(512, "max new tokens per answer (a reasoning model gets room for its reasoning on top)")
+    reasoning_effort: str | None = effort_opt("the openai: models")
     temperature: float = opt(0.7, "answer sampling temperature (0: greedy)")
     top_p: float = opt(0.95, "answer nucleus sampling")
     seed: int = opt(0, "answer sampling seed (same seed, same answers)")
@@ -496,7 +498,14 @@ def _prices(cfg: EvalConfig, models: dict[str, str]) -> dict:
 
 
 def plan(cfg: EvalConfig, questions: list[Question] | None = None):
-    """The --dry-run plan, nothing called: each model's turn_messages with every answer at its cap, and
+    """The --dry-run plan (_calls), with an estimate of a reasoning model's hidden tokens per role."""
+    from ..plan import add_reasoning
+    efforts = {name: cfg.reasoning_effort for name in parse_models(cfg.models)}
+    return add_reasoning(_calls(cfg, questions), {**efforts, "judge": cfg.judge_reasoning_effort})
+
+
+def _calls(cfg: EvalConfig, questions: list[Question] | None = None):
+    """Each call the run makes, nothing called: each model's turn_messages with every answer at its cap, and
     the judge's prompts for the same items the run judges (pair_items and score_items, or MT-bench's
     per-turn mt_items with --judge-prompts). Each model's role is its name, as in the ledger."""
     from ..judge.core import planned_aggregator

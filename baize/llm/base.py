@@ -157,9 +157,13 @@ class OpenAILLM(LLM):
     throttle, and llama.cpp refuses `n` with a 500 that is worth adapting to, not retrying."""
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
-                 max_retries: int = 6, timeout: float = 120.0, malformed_retries: int = 3, count_tokens=None):
+                 max_retries: int = 6, timeout: float = 120.0, malformed_retries: int = 3, count_tokens=None,
+                 reasoning_effort: str | None = None, flags: tuple[str, str] = ("--max-tokens", "--reasoning-effort")):
         import openai
         self.name = model
+        # sent where the endpoint takes it (endpoints.py drops it, once, where refused); one per role,
+        # as are the flags an error names: a judge's are --judge-max-tokens, --judge-reasoning-effort
+        self.reasoning_effort, self.flags = reasoning_effort, flags
         self.model = model
         base_url = base_url or os.environ.get("OPENAI_BASE_URL")
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
@@ -276,45 +280,66 @@ class OpenAILLM(LLM):
         return _backoff(tries["transient"]) if wait is None else min(wait, 120.0)
 
     def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
-        wish = dict(messages=messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                    stop=list(stop or [])[:4] or None, seed=seed)  # OpenAI allows at most four stops
-        resp = self._call(wish)
-        self.quirks.saw_choices(n, len(resp.choices))
-        usage = resp.usage
-        self.quirks.saw_usage(usage is not None)
-        if usage is not None:
-            pt, ct = usage.prompt_tokens or 0, usage.completion_tokens or 0
-            details = getattr(usage, "completion_tokens_details", None)
-            # already inside completion_tokens, which is what OpenAI bills: shown, never added again
-            rt = (getattr(details, "reasoning_tokens", None) or 0) if details is not None else 0
-        else:
-            pt = estimate_tokens("\n".join(str(m.get("content") or "") for m in messages), self.count_tokens)
-            ct = sum(estimate_tokens(c.message.content or "", self.count_tokens) for c in resp.choices)
-            rt = 0
-        out = []
-        for c in resp.choices:
-            text, finish = c.message.content or "", c.finish_reason or "stop"
-            if finish == "length" and not text.strip():
-                continue  # the budget went on hidden reasoning: no answer, not an empty one
-            first = not out  # the request's usage rides on its first completion: summing counts it once
-            out.append(Completion(text, pt if first else 0, ct if first else 0, finish, rt if first else 0,
-                                  usage is None))
+        wish = dict(messages=messages, n=n, temperature=temperature, top_p=top_p, stop=list(stop or [])[:4] or None,
+                    seed=seed, reasoning_effort=self.reasoning_effort)  # OpenAI allows at most four stops
+        billed = {"prompt_tokens": 0, "completion_tokens": 0, "reasoning_tokens": 0}
+        for attempt in (1, 2):
+            resp = self._call({**wish, "max_tokens": max_tokens})  # shaped with room for reasoning, where it reasons
+            cap = self.quirks.cap(max_tokens, self.reasoning_effort)  # what was sent (another thread may grow it)
+            self.quirks.saw_choices(n, len(resp.choices))
+            self.quirks.saw_usage(resp.usage is not None)
+            out, usage, cut = _read_reply(resp, messages, self.count_tokens)
+            for k in billed:  # a reply cut inside its reasoning is billed all the same: counted with its retry
+                billed[k] += usage[k]
+            # a reply cut before any text spent its whole cap unseen, whatever its usage calls it
+            spent = usage["reasoning_tokens"] or (usage["completion_tokens"] if cut else 0)
+            self.quirks.saw_reasoning(-(-spent // len(resp.choices)), cap, bool(cut) and not out)
+            if out or not cut or attempt == 2 or self.quirks.cap(max_tokens, self.reasoning_effort) <= cap:
+                break  # asked once more only when the cut has grown the room for reasoning
         if not out:
-            spent = f" ({rt} of {ct} tokens spent reasoning)" if rt else ""
-            raise EmptyReplyError(f"{self.where}: the reply hit max_tokens={max_tokens} before any text{spent}: "
-                                  f"raise --max-tokens", usage={"prompt_tokens": pt, "completion_tokens": ct,
-                                                                "reasoning_tokens": rt, "calls": 1})
+            rt, ct = billed["reasoning_tokens"], billed["completion_tokens"]
+            spent = f" ({rt:,} of {ct:,} tokens spent reasoning{', in two tries' if attempt == 2 else ''})" if rt else ""
+            fix = f"raise {self.flags[0]}" + (f" or lower {self.flags[1]}" if self.quirks.reasons else "")
+            raise EmptyReplyError(f"{self.where}: the reply hit its cap of {cap:,} completion tokens before any "
+                                  f"text{spent}: {fix}", usage={**billed, "calls": 1})
+        first = out[0]  # the request's usage rides on its first completion: summing counts it once
+        first.prompt_tokens, first.completion_tokens, first.reasoning_tokens = (
+            billed["prompt_tokens"], billed["completion_tokens"], billed["reasoning_tokens"])
         return out
 
     def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
-        resp = self._call(dict(messages=messages, temperature=temperature, top_p=top_p, max_tokens=max_tokens,
-                               stop=list(stop or [])[:4] or None, seed=seed, stream=True))
+        resp = self._call(dict(messages=messages, temperature=temperature, top_p=top_p,
+                               max_tokens=max_tokens,
+                               stop=list(stop or [])[:4] or None, seed=seed, stream=True,
+                               reasoning_effort=self.reasoning_effort))
         try:
             for chunk in resp:
                 if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content:
                     yield chunk.choices[0].delta.content
         finally:
             resp.close()
+
+
+def _read_reply(resp, messages, count_tokens) -> tuple[list[Completion], dict, int]:
+    """(the choices that have text, the request's usage, how many choices were cut before any text).
+    Reasoning tokens are inside completion_tokens, as OpenAI bills them: shown, never added again."""
+    usage = resp.usage
+    if usage is not None:
+        pt, ct = usage.prompt_tokens or 0, usage.completion_tokens or 0
+        details = getattr(usage, "completion_tokens_details", None)
+        rt = (getattr(details, "reasoning_tokens", None) or 0) if details is not None else 0
+    else:
+        pt = estimate_tokens("\n".join(str(m.get("content") or "") for m in messages), count_tokens)
+        ct = sum(estimate_tokens(c.message.content or "", count_tokens) for c in resp.choices)
+        rt = 0
+    out, cut = [], 0
+    for c in resp.choices:
+        text, finish = c.message.content or "", c.finish_reason or "stop"
+        if finish == "length" and not text.strip():
+            cut += 1  # the budget went on hidden reasoning: no answer, not an empty one
+            continue
+        out.append(Completion(text, 0, 0, finish, 0, usage is None))
+    return out, {"prompt_tokens": pt, "completion_tokens": ct, "reasoning_tokens": rt}, cut
 
 
 def _error_code(e) -> str | None:

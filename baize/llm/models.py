@@ -286,8 +286,11 @@ def load_endpoint(spec: str, cfg, *, judge: bool = False, max_batch: int = 16) -
     base_url, api_key = cfg.base_url, cfg.api_key
     if judge:
         base_url, api_key = cfg.judge_base_url or base_url, cfg.judge_api_key or api_key
+        effort, flags = cfg.judge_reasoning_effort, ("--judge-max-tokens", "--judge-reasoning-effort")
+    else:  # the stage's own model: collect's teacher, SDF's policy, eval's models
+        effort, flags = cfg.reasoning_effort, ("--max-tokens", "--reasoning-effort")
     llm = load_llm(spec, base_url=base_url, api_key=api_key, max_retries=cfg.request_retries,
-                   timeout=cfg.timeout, max_batch=max(1, max_batch))
+                   timeout=cfg.timeout, max_batch=max(1, max_batch), reasoning_effort=effort, flags=flags)
     llm.check()
     return llm
 
@@ -297,7 +300,7 @@ def load_llm(spec: str, *, base_url: str | None = None, api_key: str | None = No
     from .base import LlamaCppLLM, OpenAILLM
     if spec.startswith("openai:"):
         return OpenAILLM(spec[len("openai:"):], base_url=base_url, api_key=api_key,
-                         **{k: v for k, v in kw.items() if k in ("max_retries", "timeout")})
+                         **{k: v for k, v in kw.items() if k in ("max_retries", "timeout", "reasoning_effort", "flags")})
     if spec.startswith("gguf:"):
         if spec == "gguf:default":
             return LlamaCppLLM(str(default_gguf_path()))
