@@ -225,9 +225,38 @@ class Step:
     needs: tuple[str, ...] = ()      # earlier steps whose results this one reads
 
 
+def resume_command(cfg: PipelineConfig) -> str:
+    """The `baize pipeline` command line that goes on from here: every flag that differs from its default."""
+    import dataclasses
+    import shlex
+
+    from .config import _flag
+    words = ["baize", "pipeline"]
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), f.metadata.get("flags", (_flag(f.name),))[0]
+        if f.name == "dry_run" or f.metadata.get("secret") or value == f.default:
+            continue
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def _interrupted(ctx: Context) -> Result:
+    """Ctrl-C: the stage finished what was in flight (or a training stopped where it was); no later
+    stage may start on half an output, and the process exits 130 like any interrupted command."""
+    line = f"interrupted: everything written is kept; resume with: {resume_command(ctx.cfg)}"
+    ctx.console.print(line, style="bold yellow", soft_wrap=True)
+    return Result.stopped(line, exit_status=130)
+
+
 def _budget_stop(ctx: Context, stopped: str | None) -> Result | None:
     """A stopped Result (after the one line saying how to resume) when the budget ran out: before a
-    stage (stopped None: the caps are spent already) or in it (its summary's `stopped`)."""
+    stage (stopped None: the caps are spent already) or in it (its summary's `stopped`); Ctrl-C in it
+    stops too, with exit status 130."""
+    if stopped == "interrupted":
+        return _interrupted(ctx)
     if stopped is None or stopped in ("budget", "--max-cost", "--max-tokens-total"):
         line = _stop_line(ctx.cfg, ctx.out)
         ctx.console.print(line, style="bold yellow", soft_wrap=True)
@@ -377,7 +406,10 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     times: dict[str, float] = {}
     for step in STEPS:
         t = time.monotonic()
-        r = results[step.name] = step.run(ctx, *(results[n] for n in step.needs))
+        try:
+            r = results[step.name] = step.run(ctx, *(results[n] for n in step.needs))
+        except KeyboardInterrupt:  # outside run_items' loop (loading, training, a report): stop here too
+            r = results[step.name] = _interrupted(ctx)
         if r.status != "skipped":
             times[step.name] = time.monotonic() - t
         if r.status == "stopped" or (cfg.stop_after and cfg.stop_after == _STOP_AFTER.get(step.name)):

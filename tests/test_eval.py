@@ -286,3 +286,21 @@ def test_bad_judge_prompts_file_names_the_line(tmp_path):
     bad.write_text(json.dumps({"name": "single-v1", "type": "single", "system_prompt": "s", "prompt_template": "t"}) + "\n")
     with pytest.raises(BaizeError, match=r"jp.jsonl:1: field 'output_format'"):
         load_judge_prompts(str(bad))
+
+
+def test_ctrl_c_in_one_models_answers_stops_eval_before_the_next_model(tmp_path, monkeypatch):
+    """Ctrl-C during model a's answers (run_items finishes those in flight and says "interrupted"):
+    eval stops there; b is never asked and no results are written from half the answers."""
+    import baize.eval.evaluate as ev
+    real = ev.run_items
+
+    def interrupted(*a, **kw):
+        s = real(*a, **kw)
+        s.stopped = "interrupted"
+        return s
+
+    monkeypatch.setattr(ev, "run_items", interrupted)
+    fakes, cfg = models_for(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, llms=fakes, judge_llm=FakeLLM(name="judge"))
+    assert fakes["a"].calls and not fakes["b"].calls and not (tmp_path / "eval" / "results.json").exists()
