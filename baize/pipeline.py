@@ -73,18 +73,35 @@ def _step(console, title: str):
 def _train_once(console, run: Path, cfg) -> None:
     from dataclasses import replace
 
-    from .llm.models import RUN_FILE
+    from .llm.models import read_run
     from .train.recipes import train
     # the run record, not the adapter, marks a trained stage: train() saves the adapter first and the
     # record last, and the next stage (--from, SDF's policy, eval) needs the record
-    if (run / RUN_FILE).exists():
-        console.print(f"{run} already trained; delete it to train again")
+    record = read_run(run)
+    if record is not None:
+        _check_trained_on(run, record.get("data_digest"), cfg.data_files())
+        console.print(f"{run} already trained on this data; delete it to train again")
         return
     # a kill before the record leaves an adapter train() refuses to overwrite without --resume; --resume
     # continues from the last checkpoint (Trainer saves one at the final step, so that costs no step) or,
     # with none, starts again from step 0
     half = (run / "checkpoints").is_dir() or (run / "adapter_model.safetensors").exists()
     train(replace(cfg, resume=half))
+
+
+def _check_trained_on(run: Path, recorded: list | None, paths: list[str]) -> None:
+    """A trained run is reused only on the data it was trained on: data that changed since (a larger
+    --limit, other --seeds, a hand edit) stops the pipeline rather than build on the wrong model.
+    Lines and hash, not paths, are compared: a moved --out is the same data."""
+    from .train.common import data_digest
+    if recorded is None:  # a record from before baize kept the data's digest: nothing to compare with
+        return
+    now = data_digest([p for p in paths if Path(p).is_file()])
+    if [(d["lines"], d["sha256"]) for d in recorded] == [(d["lines"], d["sha256"]) for d in now]:
+        return
+    said = lambda ds: "; ".join(f"{d['lines']} lines, sha256 {d['sha256'][:12]}" for d in ds) or "no file"  # noqa: E731
+    raise BaizeError(f"{run} was trained on {', '.join(paths)} when it held {said(recorded)}; it now holds "
+                     f"{said(now)}: delete {run} (and the stages after it) to train on this data, or restore the file")
 
 
 def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:

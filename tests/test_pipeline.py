@@ -156,3 +156,22 @@ def test_no_step_starts_after_ctrl_c_in_one(tmp_path, monkeypatch, capsys):
     assert ran == ["collect", "train_v1"] and pl.exit_status(results) == 130
     out = "".join(capsys.readouterr().out.split())
     assert f"resumewith:baizepipeline--out{tmp_path / 'demo'}--limit3--max-steps5".replace(" ", "") in out
+
+
+def test_a_trained_stage_is_not_reused_on_other_data(tiny_model_dir, tmp_path, capsys):
+    """v1's record keeps its data's line count and hash; a rerun whose dialogues changed (here a larger
+    --limit collected more) stops with the fix in one line instead of reusing v1 trained on fewer."""
+    from baize.cli import main
+    out = tmp_path / "demo"
+    with ServerThread(make_app()) as url:
+        args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url,
+                "--base", str(tiny_model_dir), "--max-steps", "1", "--batch-size", "2", "--stop-after", "v1"]
+        assert main([*args, "--limit", "2"]) == 0
+        digest = json.loads((out / "v1" / "baize_run.json").read_text())["data_digest"]
+        assert [d["lines"] for d in digest] == [2] and Path(digest[0]["path"]) == (out / "dialogues.jsonl").resolve()
+        assert main([*args, "--limit", "2"]) == 0  # the same data: v1 is kept
+        assert "alreadytrainedonthisdata" in "".join(capsys.readouterr().out.split())
+        assert main([*args, "--limit", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "2 lines" in err and "now holds 3 lines" in err and f"delete {out / 'v1'}" in err
+    assert len(err.strip().splitlines()) == 1
