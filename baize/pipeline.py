@@ -117,7 +117,25 @@ def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
                 limit_warning("--sdf-prompts", cfg.sdf_prompts, len(prompts),
                               f"{cfg.seeds} has {len(seeds)} seeds, {cfg.limit} for collection, so SDF prompts:"),
                 limit_warning("--eval-limit", cfg.eval_limit, len(questions), f"{cfg.eval_questions} has")]
+    _refuse(cfg, len(collected), prompts)
     return collected, prompts, questions[:cfg.eval_limit or None], [w for w in warnings if w]
+
+
+def _refuse(cfg: PipelineConfig, collected: int, prompts: list) -> None:
+    """What a stage would refuse after the earlier ones ran, refused before any work, and by --dry-run
+    alike: a plan of a run that cannot happen is no plan."""
+    if cfg.dpo and cfg.quantize:  # train/common.py refuses the merge only after v1 and v2 trained
+        raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
+                         f"cannot take; drop --quantize or --dpo")
+    if not prompts:
+        raise BaizeError(f"--limit {cfg.limit} takes every seed of {cfg.seeds} ({collected}): SDF has no prompt left; "
+                         f"lower --limit or give more seeds")
+    if cfg.n < 2:  # sdf.py's refusal, which would come after collect and v1
+        raise BaizeError(f"--n {cfg.n}: SDF needs at least 2 candidates per prompt to rank")
+    if cfg.quantize:  # train/common.py's refusal, which would come after collect
+        import torch
+        if not torch.cuda.is_available():
+            raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
 
 
 def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
@@ -401,19 +419,13 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     from rich.console import Console
 
     from .plan import print_plan, spent, warn
-    if cfg.dpo and cfg.quantize:  # fail now, not after v1 and v2 trained: train/common.py refuses the merge then
-        raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
-                         f"cannot take; drop --quantize or --dpo")
     console = Console()
     out = Path(cfg.out)
-    if cfg.dry_run:
+    if cfg.dry_run:  # plan() reads the inputs, and refuses what the run refuses (_refuse)
         print_plan(plan(cfg), console, max_cost=cfg.max_cost, max_tokens_total=cfg.max_tokens_total,
                    spent=spent(_summaries(out)))
         return {}
     collected, prompts, questions, warnings = _inputs(cfg)
-    if not prompts:
-        raise BaizeError(f"--limit {cfg.limit} takes every seed of {cfg.seeds} ({len(collected)}): SDF has no prompt "
-                         f"left; lower --limit or give more seeds")
     for w in warnings:
         warn(w)
     out.mkdir(parents=True, exist_ok=True)

@@ -175,3 +175,27 @@ def test_a_trained_stage_is_not_reused_on_other_data(tiny_model_dir, tmp_path, c
     err = capsys.readouterr().err
     assert "2 lines" in err and "now holds 3 lines" in err and f"delete {out / 'v1'}" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("flags", [["--limit", "300"], ["--n", "1"], ["--dpo", "--quantize", "4bit"],
+                                   pytest.param(["--quantize", "8bit"], marks=pytest.mark.skipif(
+                                       "_cuda()", reason="bitsandbytes runs on CUDA: nothing to refuse"))])
+def test_dry_run_refuses_what_the_run_refuses(tmp_path, capsys, flags):
+    """--limit 300 takes every quora seed (SDF would get none), --n 1 leaves SDF nothing to rank: the
+    plan once said "SDF prompts: 0" and exit 0 while the run refused (or refused after collect and v1).
+    Now both refuse alike, in the same line, before anything is written."""
+    from baize.cli import main
+    out = tmp_path / "demo"
+    args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", "http://127.0.0.1:9/v1",
+            *flags]
+    assert main([*args, "--dry-run"]) == 2
+    dry = capsys.readouterr()
+    assert main(args) == 2
+    real = capsys.readouterr()
+    assert dry.err == real.err and dry.err.startswith("baize: error: ") and len(dry.err.splitlines()) == 1
+    assert "SDF prompts" not in dry.out and not out.exists()
