@@ -315,7 +315,8 @@ def _collect_step(ctx: Context) -> Result:
     ccfg = _collect_cfg(cfg, out, len(ctx.collected), budget)
     summary = collect(ccfg)
     print_summary(summary, ccfg.out, ctx.console)
-    print_stats(stats(Path(ccfg.out)))
+    if Path(ccfg.out).stat().st_size:  # a budget spent before any dialogue finished leaves none to describe
+        print_stats(stats(Path(ccfg.out)))
     return _budget_stop(ctx, summary.stopped or "done") or Result.done(dialogues=Path(ccfg.out))
 
 

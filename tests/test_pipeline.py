@@ -199,3 +199,17 @@ def test_dry_run_refuses_what_the_run_refuses(tmp_path, capsys, flags):
     real = capsys.readouterr()
     assert dry.err == real.err and dry.err.startswith("baize: error: ") and len(dry.err.splitlines()) == 1
     assert "SDF prompts" not in dry.out and not out.exists()
+
+
+def test_a_budget_spent_inside_the_first_dialogue_stops_cleanly(tmp_path, capsys):
+    """No dialogue finished (the only one is held in dialogues.unfinished.jsonl for the rerun): the
+    pipeline says the budget is spent and stops with status 0, with no statistics of an empty file."""
+    from baize.cli import main
+    out = tmp_path / "demo"
+    with ServerThread(make_app()) as url:
+        assert main(["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url, "--limit", "2",
+                     "--concurrency", "1", "--teacher-price-in", "1", "--teacher-price-out", "1",
+                     "--max-cost", "0.05"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "budget spent" in said and "2/6 train v1" not in said
+    assert _lines(out / "dialogues.jsonl") == 0 and _lines(out / "dialogues.unfinished.jsonl") == 1
