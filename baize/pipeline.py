@@ -80,18 +80,35 @@ def _step(console, title: str):
 def _train_once(console, run: Path, cfg) -> None:
     from dataclasses import replace
 
-    from .llm.models import RUN_FILE
+    from .llm.models import read_run
     from .train.recipes import train
     # the run record, not the adapter, marks a trained stage: train() saves the adapter first and the
     # record last, and the next stage (--from, SDF's policy, eval) needs the record
-    if (run / RUN_FILE).exists():
-        console.print(f"{run} already trained; delete it to train again")
+    record = read_run(run)
+    if record is not None:
+        _check_trained_on(run, record.get("data_digest"), cfg.data_files())
+        console.print(f"{run} already trained on this data; delete it to train again")
         return
     # a kill before the record leaves an adapter train() refuses to overwrite without --resume; --resume
     # continues from the last checkpoint (Trainer saves one at the final step, so that costs no step) or,
     # with none, starts again from step 0
     half = (run / "checkpoints").is_dir() or (run / "adapter_model.safetensors").exists()
     train(replace(cfg, resume=half))
+
+
+def _check_trained_on(run: Path, recorded: list | None, paths: list[str]) -> None:
+    """A trained run is reused only on the data it was trained on: data that changed since (a larger
+    --limit, other --seeds, a hand edit) stops the pipeline rather than build on the wrong model.
+    Lines and hash, not paths, are compared: a moved --out is the same data."""
+    from .train.common import data_digest
+    if recorded is None:  # a record from before baize kept the data's digest: nothing to compare with
+        return
+    now = data_digest([p for p in paths if Path(p).is_file()])
+    if [(d["lines"], d["sha256"]) for d in recorded] == [(d["lines"], d["sha256"]) for d in now]:
+        return
+    said = lambda ds: "; ".join(f"{d['lines']} lines, sha256 {d['sha256'][:12]}" for d in ds) or "no file"  # noqa: E731
+    raise BaizeError(f"{run} was trained on {', '.join(paths)} when it held {said(recorded)}; it now holds "
+                     f"{said(now)}: delete {run} (and the stages after it) to train on this data, or restore the file")
 
 
 def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
@@ -107,7 +124,25 @@ def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
                 limit_warning("--sdf-prompts", cfg.sdf_prompts, len(prompts),
                               f"{cfg.seeds} has {len(seeds)} seeds, {cfg.limit} for collection, so SDF prompts:"),
                 limit_warning("--eval-limit", cfg.eval_limit, len(questions), f"{cfg.eval_questions} has")]
+    _refuse(cfg, len(collected), prompts)
     return collected, prompts, questions[:cfg.eval_limit or None], [w for w in warnings if w]
+
+
+def _refuse(cfg: PipelineConfig, collected: int, prompts: list) -> None:
+    """What a stage would refuse after the earlier ones ran, refused before any work, and by --dry-run
+    alike: a plan of a run that cannot happen is no plan."""
+    if cfg.dpo and cfg.quantize:  # train/common.py refuses the merge only after v1 and v2 trained
+        raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
+                         f"cannot take; drop --quantize or --dpo")
+    if not prompts:
+        raise BaizeError(f"--limit {cfg.limit} takes every seed of {cfg.seeds} ({collected}): SDF has no prompt left; "
+                         f"lower --limit or give more seeds")
+    if cfg.n < 2:  # sdf.py's refusal, which would come after collect and v1
+        raise BaizeError(f"--n {cfg.n}: SDF needs at least 2 candidates per prompt to rank")
+    if cfg.quantize:  # train/common.py's refusal, which would come after collect
+        import torch
+        if not torch.cuda.is_available():
+            raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
 
 
 def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
@@ -238,9 +273,38 @@ class Step:
     needs: tuple[str, ...] = ()      # earlier steps whose results this one reads
 
 
+def resume_command(cfg: PipelineConfig) -> str:
+    """The `baize pipeline` command line that goes on from here: every flag that differs from its default."""
+    import dataclasses
+    import shlex
+
+    from .config import _flag
+    words = ["baize", "pipeline"]
+    for f in dataclasses.fields(cfg):
+        value, flag = getattr(cfg, f.name), f.metadata.get("flags", (_flag(f.name),))[0]
+        if f.name == "dry_run" or f.metadata.get("secret") or value == f.default:
+            continue
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
+def _interrupted(ctx: Context) -> Result:
+    """Ctrl-C: the stage finished what was in flight (or a training stopped where it was); no later
+    stage may start on half an output, and the process exits 130 like any interrupted command."""
+    line = f"interrupted: everything written is kept; resume with: {resume_command(ctx.cfg)}"
+    ctx.console.print(line, style="bold yellow", soft_wrap=True)
+    return Result.stopped(line, exit_status=130)
+
+
 def _budget_stop(ctx: Context, stopped: str | None) -> Result | None:
     """A stopped Result (after the one line saying how to resume) when the budget ran out: before a
-    stage (stopped None: the caps are spent already) or in it (its summary's `stopped`)."""
+    stage (stopped None: the caps are spent already) or in it (its summary's `stopped`); Ctrl-C in it
+    stops too, with exit status 130."""
+    if stopped == "interrupted":
+        return _interrupted(ctx)
     if stopped is None or stopped in ("budget", "--max-cost", "--max-tokens-total"):
         line = _stop_line(ctx.cfg, ctx.out)
         ctx.console.print(line, style="bold yellow", soft_wrap=True)
@@ -264,7 +328,8 @@ def _collect_step(ctx: Context) -> Result:
     ccfg = _collect_cfg(cfg, out, len(ctx.collected), budget)
     summary = collect(ccfg)
     print_summary(summary, ccfg.out, ctx.console)
-    print_stats(stats(Path(ccfg.out)))
+    if Path(ccfg.out).stat().st_size:  # a budget spent before any dialogue finished leaves none to describe
+        print_stats(stats(Path(ccfg.out)))
     return _budget_stop(ctx, summary.stopped or "done") or Result.done(dialogues=Path(ccfg.out))
 
 
@@ -368,19 +433,13 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     from rich.console import Console
 
     from .plan import check_plan_out, dry_run, spent, warn
-    if cfg.dpo and cfg.quantize:  # fail now, not after v1 and v2 trained: train/common.py refuses the merge then
-        raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
-                         f"cannot take; drop --quantize or --dpo")
     console = Console()
     out = Path(cfg.out)
     check_plan_out(cfg)
-    if cfg.dry_run:
+    if cfg.dry_run:  # plan() reads the inputs, and refuses what the run refuses (_refuse)
         dry_run(plan(cfg), cfg, console, spent=spent(_summaries(out)))
         return {}
     collected, prompts, questions, warnings = _inputs(cfg)
-    if not prompts:
-        raise BaizeError(f"--limit {cfg.limit} takes every seed of {cfg.seeds} ({len(collected)}): SDF has no prompt "
-                         f"left; lower --limit or give more seeds")
     for w in warnings:
         warn(w)
     out.mkdir(parents=True, exist_ok=True)
@@ -390,7 +449,10 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     times: dict[str, float] = {}
     for step in STEPS:
         t = time.monotonic()
-        r = results[step.name] = step.run(ctx, *(results[n] for n in step.needs))
+        try:
+            r = results[step.name] = step.run(ctx, *(results[n] for n in step.needs))
+        except KeyboardInterrupt:  # outside run_items' loop (loading, training, a report): stop here too
+            r = results[step.name] = _interrupted(ctx)
         if r.status != "skipped":
             times[step.name] = time.monotonic() - t
         if r.status == "stopped" or (cfg.stop_after and cfg.stop_after == _STOP_AFTER.get(step.name)):

@@ -226,6 +226,15 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     return summary
 
 
+def stop_if_interrupted(summary: Summary) -> Summary:
+    """For a stage made of several runs (eval: answers per model, then verdicts): Ctrl-C in one,
+    which finished its items in flight, raises KeyboardInterrupt so that no later run starts on half
+    the items, as a one-run stage (collect, sdf) stops with summary.stopped."""
+    if summary.stopped == "interrupted":
+        raise KeyboardInterrupt
+    return summary
+
+
 def _failure(item, e: Exception, meta_of) -> dict:
     """The .failed.jsonl line: the error, the item's meta, and what a call that produced nothing
     still cost (EmptyReplyError's usage: a reasoning model bills the tokens it spent thinking)."""

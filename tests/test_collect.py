@@ -532,3 +532,28 @@ def test_kill9_then_resume(tmp_path):
     ids = [r["id"] for r in read_jsonl(out, validate=True)]
     assert len(ids) == len(set(ids)) == n
     assert set(ids) == {x.id for x in load_seeds("quora", limit=n)}
+
+
+def test_budget_stop_mid_dialogue_leaves_it_unfinished_and_the_rerun_finishes_it(tmp_path):
+    """Turns mode, the budget spent after the first exchange of a dialogue that has more: it is not kept
+    as a one-exchange dialogue (min_turns 1 would pass it, and every rerun would skip it); the rerun
+    goes on from that exchange, paying for no call twice, and ends with the uninterrupted dialogue."""
+    whole = cfg_for(tmp_path / "whole", mode="turns", max_turns=4, limit=1, concurrency=1)
+    collect(whole, FakeLLM())
+    expected = records(whole.out)[0]
+    assert len(expected["messages"]) == 4  # the fake human ends after two exchanges
+
+    cfg = cfg_for(tmp_path, mode="turns", max_turns=4, limit=1, concurrency=1, max_tokens_total=30)
+    s = collect(cfg, FakeLLM())  # 30 tokens a call: spent by the answer to the seed
+    assert s.stopped == "budget" and s.kept == 0 and s.rejected == {}
+    assert records(cfg.out) == [] and records(sidecar(cfg.out, "rejected")) == []
+    assert [len(r["messages"]) for r in records(sidecar(cfg.out, "unfinished"))] == [2]
+    assert not sidecar(whole.out, "unfinished").exists()  # no budget stop, no such file
+    cfg.max_tokens_total = None
+    llm = FakeLLM()
+    s2 = collect(cfg, llm)
+    got = records(cfg.out)
+    assert s2.kept == 1 and got[0]["messages"] == expected["messages"]
+    assert len(llm.calls) == expected["meta"]["usage"]["calls"] - 1  # the first answer was not asked again
+    assert got[0]["meta"]["usage"] == expected["meta"]["usage"]  # the dialogue's usage over both runs
+    assert collect(cfg, FakeLLM()).skipped == 1

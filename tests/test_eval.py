@@ -375,3 +375,21 @@ def test_fastchat_pair_files_keep_each_orders_own_verdict(tmp_path):
     assert ties == 6 and all(p["win"] == p["n"] == 2 for p in res["pairwise"])  # baize's: the longer wins
     single = [json.loads(x) for x in (Path(res["fastchat"]["single"])).read_text().splitlines()]
     assert single and all("[The Start of Assistant's Answer]" in s["user_prompt"] for s in single)
+
+
+def test_ctrl_c_in_one_models_answers_stops_eval_before_the_next_model(tmp_path, monkeypatch):
+    """Ctrl-C during model a's answers (run_items finishes those in flight and says "interrupted"):
+    eval stops there; b is never asked and no results are written from half the answers."""
+    import baize.eval.evaluate as ev
+    real = ev.run_items
+
+    def interrupted(*a, **kw):
+        s = real(*a, **kw)
+        s.stopped = "interrupted"
+        return s
+
+    monkeypatch.setattr(ev, "run_items", interrupted)
+    fakes, cfg = models_for(tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(cfg, llms=fakes, judge_llm=FakeLLM(name="judge"))
+    assert fakes["a"].calls and not fakes["b"].calls and not (tmp_path / "eval" / "results.json").exists()

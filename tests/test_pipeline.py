@@ -91,3 +91,125 @@ def test_pipeline_stops_after_a_stage(tiny_model_dir, tmp_path, capsys):
                      "--base", str(tiny_model_dir), "--limit", "2", "--stop-after", "collect"]) == 0
     assert len(list(read_jsonl(out / "dialogues.jsonl"))) == 2 and not (out / "v1").exists()
     assert "2/6 train v1" not in capsys.readouterr().out
+
+
+def _wait_for(pred, proc, seconds: float = 120) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and proc.poll() is None and not pred():
+        time.sleep(0.05)
+
+
+def _lines(path: Path) -> int:
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+def test_ctrl_c_in_collect_stops_the_pipeline_with_130_and_the_resume_command(tiny_model_dir, tmp_path):
+    """Ctrl-C (SIGINT, what a terminal sends) while collect runs: the dialogues in flight are finished,
+    v1 never starts on the partial data, the exit status is 130, and the command printed resumes."""
+    out = tmp_path / "demo"
+    with ServerThread(make_app(latency=0.3)) as url:  # slow enough that Ctrl-C lands mid-collection
+        args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url,
+                "--base", str(tiny_model_dir), "--limit", "6", "--concurrency", "2", "--stop-after", "v1"]
+        env = {**os.environ, "OPENAI_API_KEY": "x"}
+        proc = subprocess.Popen([sys.executable, "-m", "baize", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd=ROOT, env=env)
+        try:
+            _wait_for(lambda: _lines(out / "dialogues.jsonl") >= 1, proc)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=120)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, stderr[-3000:]
+        assert not (out / "v1").exists() and "2/6 train v1" not in stdout
+        dialogues = list(read_jsonl(out / "dialogues.jsonl", validate=True))  # whole lines: in-flight ones finished
+        assert 1 <= len(dialogues) < 6
+        resume = next(ln for ln in stdout.splitlines() if "resume with:" in ln).split("resume with: ", 1)[1]
+        assert resume.startswith("baize pipeline ") and f"--out {out}" in resume and "--limit 6" in resume
+        # the printed command goes on where it stopped (here up to collect only)
+        words = [w for w in resume.split()[1:] if w != "v1"]
+        words[words.index("--stop-after") + 1:words.index("--stop-after") + 1] = ["collect"]
+        p = subprocess.run([sys.executable, "-m", "baize", *words], capture_output=True, text=True, timeout=120,
+                           cwd=ROOT, env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+    ids = [r["id"] for r in read_jsonl(out / "dialogues.jsonl")]
+    assert len(ids) == len(set(ids)) == 6
+
+
+def test_no_step_starts_after_ctrl_c_in_one(tmp_path, monkeypatch, capsys):
+    """Ctrl-C outside the runner's loop (loading a model, training) stops the pipeline at that step too."""
+    import baize.pipeline as pl
+    ran = []
+
+    def step(name, interrupt=False):
+        def run(ctx, *needs):
+            ran.append(name)
+            if interrupt:
+                raise KeyboardInterrupt
+            return pl.Result.done()
+        return pl.Step(name, run)
+
+    monkeypatch.setattr(pl, "STEPS", (step("collect"), step("train_v1", interrupt=True), step("sdf"), step("eval")))
+    try:
+        results = pl.run(pl.PipelineConfig(out=str(tmp_path / "demo"), limit=3, max_steps=5))
+    except KeyboardInterrupt:
+        pytest.fail("Ctrl-C in a step escaped the pipeline: no resume line, no stopped result")
+    assert ran == ["collect", "train_v1"] and pl.exit_status(results) == 130
+    out = "".join(capsys.readouterr().out.split())
+    assert f"resumewith:baizepipeline--out{tmp_path / 'demo'}--limit3--max-steps5".replace(" ", "") in out
+
+
+def test_a_trained_stage_is_not_reused_on_other_data(tiny_model_dir, tmp_path, capsys):
+    """v1's record keeps its data's line count and hash; a rerun whose dialogues changed (here a larger
+    --limit collected more) stops with the fix in one line instead of reusing v1 trained on fewer."""
+    from baize.cli import main
+    out = tmp_path / "demo"
+    with ServerThread(make_app()) as url:
+        args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url,
+                "--base", str(tiny_model_dir), "--max-steps", "1", "--batch-size", "2", "--stop-after", "v1"]
+        assert main([*args, "--limit", "2"]) == 0
+        digest = json.loads((out / "v1" / "baize_run.json").read_text())["data_digest"]
+        assert [d["lines"] for d in digest] == [2] and Path(digest[0]["path"]) == (out / "dialogues.jsonl").resolve()
+        assert main([*args, "--limit", "2"]) == 0  # the same data: v1 is kept
+        assert "alreadytrainedonthisdata" in "".join(capsys.readouterr().out.split())
+        assert main([*args, "--limit", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "2 lines" in err and "now holds 3 lines" in err and f"delete {out / 'v1'}" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+@pytest.mark.parametrize("flags", [["--limit", "300"], ["--n", "1"], ["--dpo", "--quantize", "4bit"],
+                                   pytest.param(["--quantize", "8bit"], marks=pytest.mark.skipif(
+                                       "_cuda()", reason="bitsandbytes runs on CUDA: nothing to refuse"))])
+def test_dry_run_refuses_what_the_run_refuses(tmp_path, capsys, flags):
+    """--limit 300 takes every quora seed (SDF would get none), --n 1 leaves SDF nothing to rank: the
+    plan once said "SDF prompts: 0" and exit 0 while the run refused (or refused after collect and v1).
+    Now both refuse alike, in the same line, before anything is written."""
+    from baize.cli import main
+    out = tmp_path / "demo"
+    args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", "http://127.0.0.1:9/v1",
+            *flags]
+    assert main([*args, "--dry-run"]) == 2
+    dry = capsys.readouterr()
+    assert main(args) == 2
+    real = capsys.readouterr()
+    assert dry.err == real.err and dry.err.startswith("baize: error: ") and len(dry.err.splitlines()) == 1
+    assert "SDF prompts" not in dry.out and not out.exists()
+
+
+def test_a_budget_spent_inside_the_first_dialogue_stops_cleanly(tmp_path, capsys):
+    """No dialogue finished (the only one is held in dialogues.unfinished.jsonl for the rerun): the
+    pipeline says the budget is spent and stops with status 0, with no statistics of an empty file."""
+    from baize.cli import main
+    out = tmp_path / "demo"
+    with ServerThread(make_app()) as url:
+        assert main(["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url, "--limit", "2",
+                     "--concurrency", "1", "--teacher-price-in", "1", "--teacher-price-out", "1",
+                     "--max-cost", "0.05"]) == 0
+    said = " ".join(capsys.readouterr().out.split())
+    assert "budget spent" in said and "2/6 train v1" not in said
+    assert _lines(out / "dialogues.jsonl") == 0 and _lines(out / "dialogues.unfinished.jsonl") == 1

@@ -187,17 +187,18 @@ def test_a_capped_pipeline_stops_cleanly_and_resumes_with_a_higher_cap(tmp_path,
         args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", url, "--limit", "6",
                 "--stop-after", "collect", "--concurrency", "1", "--teacher-price-in", "1", "--teacher-price-out",
                 "1"]
-        assert main([*args, "--max-cost", "0.05"]) == 0
+        # a cap one dialogue fits in: $0.05 stops the first one mid-way, which is then held back, not kept
+        assert main([*args, "--max-cost", "0.25"]) == 0
         said = " ".join(capsys.readouterr().out.split())
         kept = list(read_jsonl(out / "dialogues.jsonl"))
         assert 1 <= len(kept) < 6  # stopped early, what was written is kept
         used = spent([out / "dialogues.summary.json"])
-        assert used["cost"] >= 0.05
-        assert "rerun the same command with --max-cost 0.1 (or higher) to continue" in said
+        assert used["cost"] >= 0.25
+        assert "rerun the same command with --max-cost 0.5 (or higher) to continue" in said
         # the same cap again: it is spent already (read from the summary on disk), so no call is made
         requests = app.state.requests
-        assert main([*args, "--max-cost", "0.05"]) == 0
-        assert app.state.requests == requests and "--max-cost 0.1" in " ".join(capsys.readouterr().out.split())
+        assert main([*args, "--max-cost", "0.25"]) == 0
+        assert app.state.requests == requests and "--max-cost 0.5" in " ".join(capsys.readouterr().out.split())
         assert main([*args, "--max-cost", "100"]) == 0
         total = json.loads((out / "dialogues.summary.json").read_text())["total"]
         assert total["kept"] + total["rejected"] == 6 and total["cost"] > used["cost"]

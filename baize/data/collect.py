@@ -14,6 +14,7 @@ from pathlib import Path
 from ..config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, effort_opt, opt
 from ..runner import Ledger, Summary, run_items
 from ..runner import print_summary as _print_summary
+from ..schema import JsonlAppender, read_jsonl, repair_torn_tail, sidecar
 from .filters import DialogueFilter, FilterConfig, check_config
 
 SELF_CHAT_TEMPLATE = (
@@ -158,16 +159,20 @@ def exchanges(cfg) -> list[tuple[str, ...]]:
             for turn in range(cfg.max_turns)]
 
 
-def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict], dict, str]:
-    """One dialogue: (messages, token usage, the teacher's raw one-shot text)."""
+def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger,
+              so_far: dict | None = None) -> tuple[list[dict], dict, str, bool]:
+    """One dialogue: (messages, token usage, the teacher's raw one-shot text, finished). Turns mode
+    goes on from `so_far` (the messages and usage of a dialogue the budget stopped); finished is
+    False when the budget stops it before its end, so that it is not kept as a short dialogue."""
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
     if cfg.mode == "oneshot":
         c = _ask(llm, ledger, usage, oneshot_messages(seed.text), cfg)
-        return parse_transcript(c.text, truncated=c.finish_reason == "length"), usage, c.text
-    msgs: list[dict] = []
-    for asks in exchanges(cfg):
+        return parse_transcript(c.text, truncated=c.finish_reason == "length"), usage, c.text, True
+    msgs: list[dict] = list((so_far or {}).get("messages") or [])
+    usage.update((so_far or {}).get("usage") or {})  # the dialogue's usage over every run that wrote it
+    for asks in exchanges(cfg)[len(msgs) // 2:]:
         if ledger.exhausted():
-            break  # keep the exchanges already written; overshoot stays within the calls in flight
+            return msgs, usage, "", False  # overshoot stays within the calls in flight
         if "human" not in asks:
             human = seed.text
         else:
@@ -184,7 +189,7 @@ def self_chat(llm, seed, cfg: CollectConfig, ledger: Ledger) -> tuple[list[dict]
         msgs.append({"role": "assistant", "content": answer})
         if a.finish_reason == "length":
             break  # the teacher ran out of room: end on the last full sentence
-    return msgs, usage, ""
+    return msgs, usage, "", True
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -209,10 +214,16 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
         return {"seed": seed.text, "source": seed.source, "teacher": llm.name, "mode": cfg.mode,
                 **({"seed_meta": seed.meta} if seed.meta else {})}
 
+    unfinished = _Unfinished(sidecar(out, "unfinished"))
+
     def work(seed) -> dict | None:
-        msgs, usage, raw = self_chat(llm, seed, cfg, ledger)
-        if not msgs and not usage["calls"]:
-            return None  # the budget was spent before this dialogue's first call
+        msgs, usage, raw, finished = self_chat(llm, seed, cfg, ledger, unfinished.get(seed.id))
+        if not finished or (not msgs and not usage["calls"]):
+            # the budget stopped it before its end (or before its first call): the runner records
+            # nothing, and the next run goes on from the exchanges kept here
+            if msgs:
+                unfinished.put(seed.id, msgs, usage)
+            return None
         rec = {"id": seed.id, "messages": msgs, "meta": {**meta_of(seed), "usage": usage}}
         if raw and not msgs:
             rec["meta"]["raw"] = raw  # kept so a template or parser problem can be diagnosed
@@ -225,6 +236,30 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
                          console=console)
     finally:
         filt.close()
+        unfinished.close()
+
+
+class _Unfinished:
+    """OUT.unfinished.jsonl: turns-mode dialogues the budget stopped mid-way, the last line per id
+    wins; a rerun continues them (their tokens were paid for) and the finished record goes to OUT."""
+
+    def __init__(self, path: Path):
+        import threading
+        self.path, self.lock, self.w = path, threading.Lock(), None
+        repair_torn_tail(path)  # a kill mid-write leaves half a line
+        self.held = {r["id"]: r for r in read_jsonl(path)} if path.exists() else {}
+
+    def get(self, id_: str) -> dict | None:
+        return self.held.get(id_)
+
+    def put(self, id_: str, messages: list[dict], usage: dict) -> None:
+        with self.lock:  # workers append from their threads; the file exists only once one is needed
+            self.w = self.w or JsonlAppender(self.path)
+            self.w.append({"id": id_, "messages": messages, "usage": usage})
+
+    def close(self) -> None:
+        if self.w:
+            self.w.close()
 
 
 def _seeds(cfg: CollectConfig):

@@ -34,7 +34,7 @@ from ..config import (
     public_dict,
     save_config,
 )
-from ..runner import Ledger, run_items
+from ..runner import Ledger, run_items, stop_if_interrupted
 from ..schema import read_jsonl
 from .nll import _NllCache, nll, reference_dialogues  # noqa: F401  (reference_dialogues: part of eval's API)
 from .questions import BUILTIN, Question, load_questions  # noqa: F401  (part of eval's API)
@@ -197,8 +197,9 @@ def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfi
                                                           "model": name, "spec": lazy.spec, "key": key, "usage": usage}}
 
     items = [_Item(f"{q.id}@{key}", q) for q in questions]
-    run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=f"answers {name}",
-              noun="questions", retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
+    stop_if_interrupted(run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency,
+                                  label=f"answers {name}", noun="questions", retry_failed=cfg.retry_failed,
+                                  progress=cfg.progress, console=console))
     got = {}
     for r in read_jsonl(path):
         if r["meta"].get("key") == key:  # answers of an older model or setting stay, unused
@@ -290,8 +291,9 @@ def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, conso
 
 
 def _judged(items, work, path: Path, cfg, ledger, label, console) -> list[dict]:
-    run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label, noun="verdicts",
-              retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
+    stop_if_interrupted(run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label,
+                                  noun="verdicts", retry_failed=cfg.retry_failed, progress=cfg.progress,
+                                  console=console))
     wanted = {it.id for it in items}
     return [r for r in read_jsonl(path) if r["id"] in wanted] if path.exists() else []
 

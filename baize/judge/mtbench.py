@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import BaizeError
-from ..runner import run_items
+from ..runner import run_items, stop_if_interrupted
 from ..schema import read_jsonl, read_jsonl_where
 
 NEED_REF_CATS = ("math", "reasoning", "coding")  # FastChat's common.NEED_REF_CATS
@@ -171,8 +171,9 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
     got = []
     for items, work, path, label in ((pitems, pair_work, out / "verdicts.jsonl", "judge pairs (MT-bench)"),
                                      (sitems, score_work, out / "scores.jsonl", "judge scores (MT-bench)")):
-        run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label, noun="verdicts",
-                  retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
+        stop_if_interrupted(run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label,
+                                      noun="verdicts", retry_failed=cfg.retry_failed, progress=cfg.progress,
+                                      console=console))
         wanted = {it.id for it in items}
         got.append([r for r in read_jsonl(path) if r["id"] in wanted] if items and path.exists() else [])
     return got[0], got[1]

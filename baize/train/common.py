@@ -109,6 +109,7 @@ class Run:
     device: str = "cpu"
     precision: str = "fp32"
     started: float = 0.0  # perf_counter when training began, for the summary's seconds
+    data_digest: list | None = None  # what the data files held when training read them (data_digest())
 
     @property
     def is_main(self) -> bool:
@@ -125,6 +126,21 @@ class Run:
     def log(self, msg: str) -> None:
         if self.is_main:
             print(f"[train] {msg}", flush=True)
+
+
+def data_digest(paths: list[str]) -> list[dict]:
+    """Each data file's resolved path, line count and sha256: the run record keeps them so that
+    `baize pipeline` never reuses a run trained on other data than the file now holds."""
+    import hashlib
+    digest = []
+    for p in paths:
+        h, lines = hashlib.sha256(), 0
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+                lines += chunk.count(b"\n")
+        digest.append({"path": str(Path(p).resolve()), "lines": lines, "sha256": h.hexdigest()})
+    return digest
 
 
 def start(cfg: TrainConfig, check=None) -> Run:
@@ -146,6 +162,8 @@ def start(cfg: TrainConfig, check=None) -> Run:
     if cfg.quantize and run.device != "cuda":
         raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
     run.precision = resolve_precision(cfg.precision, run.device)
+    # read before the recipe reads the data: the record says what this training saw
+    run.data_digest = data_digest([p for p in cfg.data_files() if Path(p).is_file()])
     return run
 
 
@@ -371,7 +389,7 @@ def write_record(run: Run, trainer, model, *, base: str, **extra) -> None:
     cfg = run.cfg
     models.write_run(run.dir, base=base, format=cfg.format, system=cfg.system, from_run=cfg.from_run,
                      data=[str(Path(p).resolve()) for p in cfg.data_files()], steps=trainer.state.global_step,
-                     lora=lora_record(model), **extra)
+                     lora=lora_record(model), data_digest=run.data_digest, **extra)
 
 
 def finish(run: Run, trainer, callback, **fields) -> Path:
