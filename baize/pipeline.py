@@ -111,9 +111,10 @@ def _check_trained_on(run: Path, recorded: list | None, paths: list[str]) -> Non
                      f"{said(now)}: delete {run} (and the stages after it) to train on this data, or restore the file")
 
 
-def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
+def _inputs(cfg: PipelineConfig, planning: bool = False) -> tuple[list, list, list, list[str]]:
     """The seeds to collect on, the SDF prompts (the seeds after those: SDF asks v1 questions it was not
-    trained on), the eval questions, and a line for each limit that asks for more than there is."""
+    trained on), the eval questions, and a line for each limit that asks for more than there is (and,
+    planning, for what this machine lacks)."""
     from .data.seeds import load_seeds
     from .eval.questions import load_questions
     from .plan import limit_warning
@@ -124,13 +125,14 @@ def _inputs(cfg: PipelineConfig) -> tuple[list, list, list, list[str]]:
                 limit_warning("--sdf-prompts", cfg.sdf_prompts, len(prompts),
                               f"{cfg.seeds} has {len(seeds)} seeds, {cfg.limit} for collection, so SDF prompts:"),
                 limit_warning("--eval-limit", cfg.eval_limit, len(questions), f"{cfg.eval_questions} has")]
-    _refuse(cfg, len(collected), prompts)
+    warnings += _refuse(cfg, len(collected), prompts, planning)
     return collected, prompts, questions[:cfg.eval_limit or None], [w for w in warnings if w]
 
 
-def _refuse(cfg: PipelineConfig, collected: int, prompts: list) -> None:
+def _refuse(cfg: PipelineConfig, collected: int, prompts: list, planning: bool = False) -> list[str]:
     """What a stage would refuse after the earlier ones ran, refused before any work, and by --dry-run
-    alike: a plan of a run that cannot happen is no plan."""
+    alike: a plan of a run that cannot happen is no plan. What this machine lacks (a GPU) is refused
+    by the run but only said by the plan: pricing a GPU run on a laptop first is a real use."""
     if cfg.dpo and cfg.quantize:  # train/common.py refuses the merge only after v1 and v2 trained
         raise BaizeError(f"--dpo with --quantize {cfg.quantize}: DPO merges v1 into its base, which a quantized base "
                          f"cannot take; drop --quantize or --dpo")
@@ -142,7 +144,11 @@ def _refuse(cfg: PipelineConfig, collected: int, prompts: list) -> None:
     if cfg.quantize:  # train/common.py's refusal, which would come after collect
         import torch
         if not torch.cuda.is_available():
-            raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
+            if not planning:
+                raise BaizeError(f"--quantize {cfg.quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
+            return [f"--quantize {cfg.quantize} needs a CUDA GPU, which this machine lacks: the run refuses here "
+                    f"(plan here, run where a GPU is)"]
+    return []
 
 
 def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
@@ -187,7 +193,7 @@ def plan(cfg: PipelineConfig):
     from .sdf import Prompt
     from .sdf import plan as sdf_plan
     out = Path(cfg.out)
-    collected, prompts, questions, warnings = _inputs(cfg)
+    collected, prompts, questions, warnings = _inputs(cfg, planning=True)
     p = collect_plan(_collect_cfg(cfg, out, len(collected), {}), collected)
     p.extend(sdf_plan(_sdf_cfg(cfg, out, {}), [Prompt(s.id, [{"role": "user", "content": s.text}], s.source)
                                                for s in prompts]))

@@ -182,9 +182,7 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-@pytest.mark.parametrize("flags", [["--limit", "300"], ["--n", "1"], ["--dpo", "--quantize", "4bit"],
-                                   pytest.param(["--quantize", "8bit"], marks=pytest.mark.skipif(
-                                       "_cuda()", reason="bitsandbytes runs on CUDA: nothing to refuse"))])
+@pytest.mark.parametrize("flags", [["--limit", "300"], ["--n", "1"], ["--dpo", "--quantize", "4bit"]])
 def test_dry_run_refuses_what_the_run_refuses(tmp_path, capsys, flags):
     """--limit 300 takes every quora seed (SDF would get none), --n 1 leaves SDF nothing to rank: the
     plan once said "SDF prompts: 0" and exit 0 while the run refused (or refused after collect and v1).
@@ -199,6 +197,22 @@ def test_dry_run_refuses_what_the_run_refuses(tmp_path, capsys, flags):
     real = capsys.readouterr()
     assert dry.err == real.err and dry.err.startswith("baize: error: ") and len(dry.err.splitlines()) == 1
     assert "SDF prompts" not in dry.out and not out.exists()
+
+
+@pytest.mark.skipif("_cuda()", reason="bitsandbytes runs on CUDA: nothing to refuse")
+def test_a_gpu_run_is_planned_on_a_cpu_and_refused_there(tmp_path, capsys):
+    """--quantize needs CUDA: the run refuses on this machine before any work, while the dry run prices
+    the GPU run anyway (planning on a laptop first is a real use) and says the run would refuse here."""
+    from baize.cli import main
+    out = tmp_path / "demo"
+    args = ["pipeline", "--out", str(out), "--teacher", "openai:fake-teacher", "--base-url", "http://127.0.0.1:9/v1",
+            "--quantize", "8bit"]
+    assert main([*args, "--dry-run"]) == 0
+    dry = capsys.readouterr()
+    said = " ".join(dry.out.split())
+    assert "│ sdf " in dry.out and "warning: --quantize 8bit needs a CUDA GPU, which this machine lacks" in said
+    assert main(args) == 2
+    assert capsys.readouterr().err.startswith("baize: error: --quantize 8bit needs a CUDA GPU") and not out.exists()
 
 
 def test_a_budget_spent_inside_the_first_dialogue_stops_cleanly(tmp_path, capsys):
