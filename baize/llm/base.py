@@ -12,7 +12,7 @@ engine, so the engine can use these value types without an import circle.
 Concurrency comes from the caller's threads: the HTTP backend is thread-safe, the local backends
 batch concurrent calls together. Retries (429, 5xx, timeouts, Retry-After) live in the HTTP
 backend alone, and so does adapting to what an endpoint accepts (endpoints.py: learned once per
-endpoint and model, logged once); 429s are counted in `rate_limits` for the runner's throttle. What a backend can do beyond
+endpoint and model, logged once); 429s are counted per endpoint in `rate_limits` for the runner's throttle. What a backend can do beyond
 chat/stream is declared on its class (the `can_*` flags of `LLM`, `honours_n`), never probed
 with hasattr.
 """
@@ -93,6 +93,7 @@ class LLM:
       streaming requests).
     """
     name: str = ""
+    where: str = ""  # the endpoint its calls go to ("" in process): 429s are counted per endpoint
     context_length: int | None = None  # prompt + answer tokens the model takes, where known
     can_stream: bool = True
     can_score_options: bool = False
@@ -115,20 +116,27 @@ class LLM:
 
 
 class RateLimits:
-    """How many 429s the HTTP backends met in this process: the runner (runner.py) narrows the
-    number of items in flight when they come in a streak, without knowing which backend it was."""
+    """How many 429s the HTTP backends met in this process, per endpoint (an LLM's `where`): the
+    runner (runner.py) narrows the number of items in flight when its own role's endpoint sends
+    them in a streak, so a judge's 429s do not narrow the policy's width."""
 
     def __init__(self):
-        self._count = 0
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def hit(self) -> None:
+    def hit(self, where: str = "") -> None:
         with self._lock:
-            self._count += 1
+            self._counts[where] = self._counts.get(where, 0) + 1
+
+    def of(self, *wheres: str) -> int:
+        """The 429s met by these endpoints so far."""
+        with self._lock:
+            return sum(self._counts.get(w, 0) for w in set(wheres))
 
     @property
     def count(self) -> int:
-        return self._count
+        with self._lock:
+            return sum(self._counts.values())
 
 
 rate_limits = RateLimits()
@@ -222,7 +230,7 @@ class OpenAILLM(LLM):
                     raise ValueError("reply has no choices")
                 return resp
             except openai.RateLimitError as e:
-                rate_limits.hit()
+                rate_limits.hit(self.where)
                 if _error_code(e) == "insufficient_quota":
                     raise LLMError(f"{self.where}: 429 insufficient_quota: the key has no credit left: add "
                                    f"credit or use another key") from None
