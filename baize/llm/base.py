@@ -12,9 +12,9 @@ engine, so the engine can use these value types without an import circle.
 Concurrency comes from the caller's threads: the HTTP backend is thread-safe, the local backends
 batch concurrent calls together. Retries (429, 5xx, timeouts, Retry-After) live in the HTTP
 backend alone, and so does adapting to what an endpoint accepts (endpoints.py: learned once per
-endpoint and model, logged once); 429s are counted per endpoint in `rate_limits` for the runner's throttle. What a backend can do beyond
-chat/stream is declared on its class (the `can_*` flags of `LLM`, `honours_n`), never probed
-with hasattr.
+endpoint and model, logged once); 429s are counted per endpoint in `rate_limits` for the
+runner's throttle. What a backend can do beyond chat/stream is declared on its class (the
+`can_*` flags of `LLM`, `honours_n`), never probed with hasattr.
 """
 from __future__ import annotations
 
