@@ -41,10 +41,16 @@ class TextPart(BaseModel):
     text: Text
 
 
-class Message(BaseModel):
+Content = Text | list[TextPart]
+# at most 4 non-empty stop strings (OpenAI's limit, checked again by n_and_stops)
+Stop = Annotated[Text, Field(min_length=1)] | Annotated[list[Annotated[Text, Field(min_length=1)]], Field(max_length=4)]
+# what the server refuses at run time stated in the schema too, so that a client (or a fuzzer) reading
+# it learns the truth: only false (or nothing) is served
+_ONLY_FALSE = {"enum": [False, None], "description": "not supported by this server: false or absent"}
+
+
+class _Message(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -52,14 +58,35 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]  # developer is OpenAI's newer name for system
+    content: Content
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: Content | None = None  # OpenAI's: an assistant turn may be empty
+
+
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+
+
 class StreamOptions(BaseModel):
     model_config = _STRICT
     include_usage: bool = False
 
 
+Seed = Annotated[int, Field(ge=-(2 ** 62), le=2 ** 62)]
+
+
 class ChatRequest(BaseModel):
     model_config = _REQUEST
-    model: str
+    model: Text  # a lone surrogate in the name is the client's 400, not an error writing the 404
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -68,26 +95,28 @@ class ChatRequest(BaseModel):
     top_p: float | None = Field(None, ge=0, le=1)
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(None, ge=-(2 ** 62), le=2 ** 62)
-    logprobs: bool | None = None
+    stop: Stop | None = None
+    seed: Seed | None = None
+    logprobs: bool | None = Field(None, json_schema_extra=_ONLY_FALSE)
 
 
 class CompletionRequest(BaseModel):
     """POST /v1/completions as lm-evaluation-harness's local-completions model sends it: a prompt
     (text, texts, token ids or lists of them), echo and logprobs to score the prompt itself."""
     model_config = _REQUEST
-    model: str
-    prompt: Text | list[Text] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=0)
+    model: Text
+    prompt: (Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+             | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)])
+    # None: `baize serve --max-tokens`, as chat's (OpenAI's own default here is 16)
+    max_tokens: int | None = Field(None, ge=0)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
     n: int = Field(1, ge=1, le=128)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(None, ge=-(2 ** 62), le=2 ** 62)
+    stop: Stop | None = None
+    seed: Seed | None = None
     logprobs: int | None = Field(None, ge=0, le=5)
     echo: bool = False
-    stream: bool = False
+    stream: bool = Field(False, json_schema_extra=_ONLY_FALSE)
 
 
 def _off(value) -> bool:
