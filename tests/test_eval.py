@@ -286,3 +286,24 @@ def test_bad_judge_prompts_file_names_the_line(tmp_path):
     bad.write_text(json.dumps({"name": "single-v1", "type": "single", "system_prompt": "s", "prompt_template": "t"}) + "\n")
     with pytest.raises(BaizeError, match=r"jp.jsonl:1: field 'output_format'"):
         load_judge_prompts(str(bad))
+
+
+@pytest.mark.parametrize("stage", ["eval", "judge-check"])
+def test_bootstrap_zero_is_refused_before_any_call(tmp_path, stage):
+    # today it crashed computing the intervals, after every answer and verdict had been paid for
+    judge = FakeLLM(name="judge")
+    if stage == "eval":
+        fakes, cfg = models_for(tmp_path)
+        cfg.bootstrap = 0
+        with pytest.raises(BaizeError, match=r"^--bootstrap 0: .*use --bootstrap 1000"):
+            evaluate(cfg, llms=fakes, judge_llm=judge)
+        assert not any(f.calls for f in fakes.values())
+    else:
+        from baize.judge.check import JudgeCheckConfig, check
+        pairs = tmp_path / "p.jsonl"
+        pairs.write_text("".join(json.dumps({"id": str(i), "context": [{"role": "user", "content": f"Q{i}?"}],
+                                             "chosen": "right", "rejected": "wrong answer"}) + "\n" for i in range(4)))
+        with pytest.raises(BaizeError, match=r"^--bootstrap 0: .*use --bootstrap 1000"):
+            check(JudgeCheckConfig(pairs=str(pairs), judge="openai:judge", out=str(tmp_path / "jc"), progress=False,
+                                   bootstrap=0), judge_llm=judge)
+    assert not judge.calls
