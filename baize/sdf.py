@@ -145,7 +145,7 @@ def sample(policy, context: list[dict], cfg: SDFConfig, seed: int) -> tuple[list
                               seed=s)
         except EmptyReplyError as e:  # one candidate lost to the token cap, not the whole prompt
             _count(usage, e.usage)
-            cut, errors[:] = cut + n, [e]
+            cut, errors[:] = cut + (e.choices or n), [e]  # an n-ignoring server cut one reply, not n
             return []
         for c in got:
             _count(usage, c.usage())

@@ -74,9 +74,11 @@ class EmptyReplyError(TransientLLMError):
     A failure, not a rejection: the item is retried on the next run, which a higher --max-tokens
     fixes; `usage` says what the call cost."""
 
-    def __init__(self, message: str, usage: dict | None = None):
+    def __init__(self, message: str, usage: dict | None = None, choices: int | None = None):
         super().__init__(message)
         self.usage = usage or {}
+        # how many replies came back cut: one from a server that ignores n, whatever n was asked
+        self.choices = choices
 
 
 class LLM:
@@ -311,7 +313,8 @@ class OpenAILLM(LLM):
             spent = f" ({rt} of {ct} tokens spent reasoning)" if rt else ""
             raise EmptyReplyError(f"{self.where}: the reply hit max_tokens={max_tokens} before any text{spent}: "
                                   f"raise --max-tokens", usage={"prompt_tokens": pt, "completion_tokens": ct,
-                                                                "reasoning_tokens": rt, "calls": 1})
+                                                                "reasoning_tokens": rt, "calls": 1},
+                                  choices=len(resp.choices))
         return out
 
     def stream(self, messages, *, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
