@@ -119,7 +119,6 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
     """eval's verdicts and scores, one per turn as FastChat's, with the --judge-prompts prompts."""
     prompts = load_judge_prompts(cfg.judge_prompts)
     jid = f"{judge.name}/{judge.mode}/{_h(prompts)}"
-    ledger = ledger.child()
     pitems, sitems = [], []
     for q in questions:
         for t in _turns(q):
@@ -137,10 +136,13 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
                         sitems.append(_Item(f"mt:{q.id}:{n}:t{t}:{_h(jid, answers[n][q.id])}", q,
                                             {"model": n, "turn": t, "prompt": p}))
 
+    # a ledger each: the scores' summary counts the score calls only, not the pair calls before them
+    pair_ledger, score_ledger = ledger.child(), ledger.child()
+
     def pair_work(it):
         x = it.extra
         v = mt_pair(judge, x["prompt"], it.q, answers[x["a"]][it.q.id], answers[x["b"]][it.q.id])
-        ledger.add(role="judge", usage=v["usage"])
+        pair_ledger.add(role="judge", usage=v["usage"])
         return {"id": it.id, "question_id": it.q.id, "category": it.q.category, "a": x["a"], "b": x["b"],
                 "turn": x["turn"], "prompt": x["prompt"]["name"], "mode": judge.mode,
                 **{k: v[k] for k in ("winner", "consistent", "verdicts", "margin", "raw")}, "meta": {"usage": v["usage"]}}
@@ -148,14 +150,15 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
     def score_work(it):
         x = it.extra
         sc = judge.score_messages(fill(x["prompt"], it.q, [answers[x["model"]][it.q.id]]))
-        ledger.add(role="judge", usage=sc.usage)
+        score_ledger.add(role="judge", usage=sc.usage)
         return {"id": it.id, "question_id": it.q.id, "category": it.q.category, "model": x["model"], "turn": x["turn"],
                 "prompt": x["prompt"]["name"], "value": sc.value, "raw": sc.raw, "meta": {"usage": sc.usage}}
 
     got = []
-    for items, work, path, label in ((pitems, pair_work, out / "verdicts.jsonl", "judge pairs (MT-bench)"),
-                                     (sitems, score_work, out / "scores.jsonl", "judge scores (MT-bench)")):
-        run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label, noun="verdicts",
+    for items, work, path, label, part in (
+            (pitems, pair_work, out / "verdicts.jsonl", "judge pairs (MT-bench)", pair_ledger),
+            (sitems, score_work, out / "scores.jsonl", "judge scores (MT-bench)", score_ledger)):
+        run_items(items, work, out=path, ledger=part, concurrency=cfg.concurrency, label=label, noun="verdicts",
                   retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
         wanted = {it.id for it in items}
         got.append([r for r in read_jsonl(path) if r["id"] in wanted] if items and path.exists() else [])
