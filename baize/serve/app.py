@@ -72,6 +72,20 @@ def _openapi(app: FastAPI, models: dict, cfg: ServeConfig) -> dict:
         for node in _nodes(props.get("prompt", {})):
             if vocab and node.get("type") == "integer":
                 node["maximum"] = vocab - 1
+    # the statuses the server answers, each with OpenAI's {"error": {...}} body; a validation error is a
+    # 400 there (openai clients raise BadRequestError on it), never FastAPI's 422
+    error = {"content": {"application/json": {"schema": {"type": "object", "required": ["error"]}}}}
+    for path, item in schema["paths"].items():
+        for op in item.values():
+            op["responses"].pop("422", None)
+            if path.startswith("/v1/"):
+                op["responses"].update({"400": {"description": "invalid request", **error},
+                                        "401": {"description": "the API key is missing or wrong", **error},
+                                        "404": {"description": "unknown model", **error}})
+                if "requestBody" in op:
+                    op["responses"]["413"] = {"description": "request body over 16 MiB", **error}
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
     app.openapi_schema = schema
     return schema
 

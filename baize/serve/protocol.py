@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from annotated_types import Ge, Le
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..llm.base import Completion
 
@@ -33,6 +34,19 @@ def _unicode(text: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_unicode)]
+
+
+def _integral(value):
+    # JSON Schema's "integer" includes 5.0 (a number with no fraction), which strict pydantic refuses:
+    # take it as 5, so a body the published schema allows is one the server takes; 5.5 and "5" stay refused
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(ge: int | None = None, le: int | None = None):
+    """An integer within [ge, le] that takes 5.0 as 5; the limits come before the validator, so the
+    schema states them as JSON Schema's minimum and maximum."""
+    limits = [x for x in (ge is not None and Ge(ge), le is not None and Le(le)) if x]
+    return Annotated[(int, *limits, BeforeValidator(_integral))]
 
 
 class TextPart(BaseModel):
@@ -81,7 +95,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-Seed = Annotated[int, Field(ge=-(2 ** 62), le=2 ** 62)]
+Seed = Int(-(2 ** 62), 2 ** 62)
 
 
 class ChatRequest(BaseModel):
@@ -90,11 +104,11 @@ class ChatRequest(BaseModel):
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128)
+    n: Int(1, 128) = 1
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_tokens: Int(1) | None = None
+    max_completion_tokens: Int(1) | None = None
     stop: Stop | None = None
     seed: Seed | None = None
     logprobs: bool | None = Field(None, json_schema_extra=_ONLY_FALSE)
@@ -105,16 +119,16 @@ class CompletionRequest(BaseModel):
     (text, texts, token ids or lists of them), echo and logprobs to score the prompt itself."""
     model_config = _REQUEST
     model: Text
-    prompt: (Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
-             | Annotated[list[Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]], Field(min_length=1)])
+    prompt: (Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[Int(0)], Field(min_length=1)]
+             | Annotated[list[Annotated[list[Int(0)], Field(min_length=1)]], Field(min_length=1)])
     # None: `baize serve --max-tokens`, as chat's (OpenAI's own default here is 16)
-    max_tokens: int | None = Field(None, ge=0)
+    max_tokens: Int(0) | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int = Field(1, ge=1, le=128)
+    n: Int(1, 128) = 1
     stop: Stop | None = None
     seed: Seed | None = None
-    logprobs: int | None = Field(None, ge=0, le=5)
+    logprobs: Int(0, 5) | None = None
     echo: bool = False
     stream: bool = Field(False, json_schema_extra=_ONLY_FALSE)
 
