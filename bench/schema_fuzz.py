@@ -25,6 +25,7 @@ import collections
 import json
 import os
 import platform
+import re
 import sys
 import tempfile
 import threading
@@ -65,9 +66,11 @@ class Tally:
         self.checks = collections.defaultdict(collections.Counter)
         self.server_errors: list[dict] = []
         self.skipped: dict[str, str] = {}  # (mode, operation) that cannot be generated, and why
+        self.refused = collections.defaultdict(collections.Counter)  # schema-valid cases' 4xx messages
+        self.slow: list[dict] = []  # no answer within the client's timeout
 
 
-def fuzz(url: str, seconds: float, engine, tally: Tally, round_size: int = 25) -> None:
+def fuzz(url: str, seconds: float, engine, tally: Tally, round_size: int = 25, timeout: float = 120.0) -> None:
     """Round-robin over (mode, operation), `round_size` cases a round, until `seconds` have passed."""
     import schemathesis
     from hypothesis import HealthCheck, Phase, given, settings
@@ -95,12 +98,22 @@ def fuzz(url: str, seconds: float, engine, tally: Tally, round_size: int = 25) -
             before = submits[0]
             tally.cases[key] += 1
             try:
-                response = case.call(base_url=url, timeout=60)
-            except Exception as e:  # a dropped connection is the server failing too
-                tally.status[key][f"error {type(e).__name__}"] += 1
-                tally.server_errors.append({"case": key, "error": repr(e)[:300], "body": _body(case)})
+                response = case.call(base_url=url, timeout=timeout)
+            except Exception as e:
+                kind = "timeout" if "timeout" in type(e).__name__.lower() else "dropped"
+                tally.status[key][kind] += 1
+                if kind == "dropped":  # a dropped connection is the server failing; a slow answer is not
+                    tally.server_errors.append({"case": key, "error": repr(e)[:300], "body": _body(case)})
+                else:
+                    tally.slow.append({"case": key, "body": _body(case)})
                 return
             tally.status[key][response.status_code] += 1
+            if 400 <= response.status_code < 500 and key.startswith("positive"):
+                try:  # why a request the schema allows was refused, its numbers left out so alike ones group
+                    why = re.sub(r"\d+", "N", response.json()["error"]["message"])[:120]
+                except (ValueError, KeyError, TypeError):
+                    why = response.text[:120]
+                tally.refused[key][why] += 1
             if submits[0] > before:
                 tally.generated[key] += 1
             if response.status_code >= 500:
@@ -129,11 +142,14 @@ def fuzz(url: str, seconds: float, engine, tally: Tally, round_size: int = 25) -
                 del kinds[key]
 
 
-def _body(case) -> str:
-    try:
-        return json.dumps(case.body, default=repr)[:300]
-    except (TypeError, ValueError):
-        return repr(case.body)[:300]
+def _body(case) -> dict | str:
+    """What decides a request's cost: the sampling fields, and the size of the rest."""
+    body = case.body
+    if not isinstance(body, dict):
+        return repr(body)[:200]
+    keep = {k: body[k] for k in ("model", "n", "max_tokens", "max_completion_tokens", "logprobs", "echo", "stream")
+            if k in body}
+    return {**keep, "json_chars": len(json.dumps(body, default=repr))}
 
 
 def _failed_checks(e: Exception) -> list[str]:
@@ -147,6 +163,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--context", type=int, default=128, help="the tiny model's context (bounds max_tokens)")
     ap.add_argument("--max-tokens", type=int, default=16, help="`baize serve --max-tokens`: a request without one")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds a case may take to answer")
     ap.add_argument("--out", default=str(HERE / "results" / "schema_fuzz.json"))
     args = ap.parse_args()
 
@@ -163,7 +180,7 @@ def main() -> int:
         tally = Tally()
         t0 = time.monotonic()
         with running(create_app(models, cfg)) as url:
-            fuzz(url, args.seconds, models["tiny"].engine, tally)
+            fuzz(url, args.seconds, models["tiny"].engine, tally, timeout=args.timeout)
         seconds = round(time.monotonic() - t0, 1)
 
     def share(mode: str, route: str | None = None) -> dict:
@@ -172,7 +189,8 @@ def main() -> int:
         cases, gen = sum(tally.cases[k] for k in keys), sum(tally.generated[k] for k in keys)
         return {"cases": cases, "reached_generation": gen, "share": round(gen / cases, 3) if cases else None}
 
-    five = sum(n for k in tally.status for s, n in tally.status[k].items() if not isinstance(s, int) or s >= 500)
+    five = sum(n for k in tally.status for s, n in tally.status[k].items() if s == "dropped" or
+               isinstance(s, int) and s >= 500)
     res = {
         "schemathesis": schemathesis.SCHEMATHESIS_VERSION, "python": platform.python_version(),
         "seconds": seconds, "context": args.context, "max_tokens": args.max_tokens,
@@ -183,9 +201,12 @@ def main() -> int:
         "negative_posts_reaching_generation": share("negative"),
         "status_by_case": {k: {str(s): n for s, n in sorted(v.items(), key=str)} for k, v in sorted(tally.status.items())},
         "failed_checks_by_case": {k: dict(v) for k, v in sorted(tally.checks.items())},
-        "server_errors": tally.server_errors[:20], "not_generated": tally.skipped,
+        "timeouts": len(tally.slow), "refused_schema_valid": {k: dict(v.most_common(8)) for k, v in
+                                                              sorted(tally.refused.items())},
+        "server_errors": tally.server_errors[:20], "slow": tally.slow[:20], "not_generated": tally.skipped,
     }
-    print(f"{res['cases']} cases in {seconds} s, {five} server errors (5xx)")
+    print(f"{res['cases']} cases in {seconds} s, {five} server errors (5xx or dropped), "
+          f"{res['timeouts']} without an answer within {args.timeout:.0f} s")
     for route, s in res["positive_posts_reaching_generation"].items():
         print(f"  schema-valid POSTs reaching generation ({route}): {s['reached_generation']}/{s['cases']}"
               f" = {s['share']}")
@@ -195,6 +216,8 @@ def main() -> int:
         print(f"  {k}: {v}")
     for k, v in res["failed_checks_by_case"].items():
         print(f"  checks failed, {k}: {v}")
+    for k, v in res["refused_schema_valid"].items():
+        print(f"  why schema-valid cases were refused, {k}: {v}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(res, indent=2) + "\n")
     print(f"wrote {args.out}")

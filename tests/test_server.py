@@ -549,8 +549,11 @@ def test_the_published_schema_states_what_the_server_checks(url, models):
     assert {b.get("maximum") for b in chat["max_tokens"]["anyOf"] if b.get("type") == "integer"} == \
         {llm.context_length - 1}
     # the statuses it answers: a bad body is OpenAI's 400, not FastAPI's 422
-    responses = httpx.get(url + "/openapi.json", timeout=30).json()["paths"]["/v1/chat/completions"]["post"]["responses"]
+    paths = httpx.get(url + "/openapi.json", timeout=30).json()["paths"]
+    responses = paths["/v1/chat/completions"]["post"]["responses"]
     assert {"200", "400", "404"} <= set(responses) and "422" not in responses
+    assert paths["/v1/models/{name}"]["get"]["parameters"][0]["schema"]["enum"] == ["tiny"]
+    assert {b.get("minLength") for b in comp["prompt"]["anyOf"] if b.get("type") == "string"} == {1}  # "" is a 400
 
 
 def test_integral_numbers_are_integers_as_the_schema_says(url):

@@ -61,6 +61,8 @@ def _openapi(app: FastAPI, models: dict, cfg: ServeConfig) -> dict:
     batch = min([m.engine.max_batch for m in local] + [cfg.max_batch])
     ctx = min((m.context_length for m in models.values() if m.context_length), default=None)
     vocab = min((len(m.tokenizer) for m in local), default=None)
+    for param in schema["paths"]["/v1/models/{name}"]["get"]["parameters"]:
+        param["schema"]["enum"] = list(models)
     for name in ("ChatRequest", "CompletionRequest"):
         props = schema["components"]["schemas"][name]["properties"]
         props["model"]["enum"] = list(models)

@@ -56,8 +56,9 @@ class TextPart(BaseModel):
 
 
 Content = Text | list[TextPart]
+NonEmpty = Annotated[Text, Field(min_length=1)]
 # at most 4 non-empty stop strings (OpenAI's limit, checked again by n_and_stops)
-Stop = Annotated[Text, Field(min_length=1)] | Annotated[list[Annotated[Text, Field(min_length=1)]], Field(max_length=4)]
+Stop = NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)]
 # what the server refuses at run time stated in the schema too, so that a client (or a fuzzer) reading
 # it learns the truth: only false (or nothing) is served
 _ONLY_FALSE = {"enum": [False, None], "description": "not supported by this server: false or absent"}
@@ -119,7 +120,7 @@ class CompletionRequest(BaseModel):
     (text, texts, token ids or lists of them), echo and logprobs to score the prompt itself."""
     model_config = _REQUEST
     model: Text
-    prompt: (Text | Annotated[list[Text], Field(min_length=1)] | Annotated[list[Int(0)], Field(min_length=1)]
+    prompt: (NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)] | Annotated[list[Int(0)], Field(min_length=1)]
              | Annotated[list[Annotated[list[Int(0)], Field(min_length=1)]], Field(min_length=1)])
     # None: `baize serve --max-tokens`, as chat's (OpenAI's own default here is 16)
     max_tokens: Int(0) | None = None
