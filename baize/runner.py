@@ -136,10 +136,8 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     TransientLLMError (the item fails and is retried on the next run); any other BaizeError (a bad
     key, a judge that only writes garbage) stops the run, keeping everything already written.
     accept(item, record) -> a reject reason or None runs on the calling thread in completion order,
-    for filters that keep state (near-duplicates); it may add to the record's meta.
-    throttle_on: the LLMs whose 429s narrow the width (the stage's own role: SDF's policy, not its
-    judge, whose calls back off on their own); None: every endpoint's."""
-    from .llm.base import TransientLLMError, rate_limits
+    for filters that keep state (near-duplicates); it may add to the record's meta. throttle_on: _rate_signal."""
+    from .llm.base import TransientLLMError
     out = Path(out)
     kept_w, rej_w = JsonlAppender(out), JsonlAppender(sidecar(out, "rejected"))
     failed_path = sidecar(out, "failed")
@@ -154,9 +152,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     summary = Summary(skipped=len(items) - len(todo))
     if config is not None:
         save_config(config, sidecar(out, "config.json"))  # secrets masked
-    wheres = None if throttle_on is None else [llm.where for llm in throttle_on]
-    throttle = Throttle(max(1, concurrency), (lambda: rate_limits.count) if wheres is None else
-                        (lambda: rate_limits.of(*wheres)))
+    throttle = Throttle(max(1, concurrency), _rate_signal(throttle_on))
     bar = Progress(label, len(todo), summary, ledger, enabled=progress, console=console, throttle=throttle)
     limit = max_failures_in_a_row or max(20, 2 * concurrency)
     start = time.monotonic()
@@ -228,6 +224,16 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
         summary.total = _totals(path, summary, len(kept_w.ids), len(rej_w.ids))
         atomic_write_text(path, json.dumps(summary.as_dict(), indent=2) + "\n")
     return summary
+
+
+def _rate_signal(throttle_on: Iterable | None) -> Callable[[], int]:
+    """The 429 count the throttle reads: those of the LLMs in `throttle_on` (the stage's own role: SDF's
+    policy, not its judge, whose calls back off on their own), or every endpoint's when None."""
+    from .llm.base import rate_limits
+    if throttle_on is None:
+        return lambda: rate_limits.count
+    wheres = [llm.where for llm in throttle_on]
+    return lambda: rate_limits.of(*wheres)
 
 
 def _failure(item, e: Exception, meta_of) -> dict:
