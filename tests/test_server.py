@@ -552,6 +552,7 @@ def test_the_published_schema_states_what_the_server_checks(url, models):
     paths = httpx.get(url + "/openapi.json", timeout=30).json()["paths"]
     responses = paths["/v1/chat/completions"]["post"]["responses"]
     assert {"200", "400", "404"} <= set(responses) and "422" not in responses
+    assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}  # "stream": true
     assert paths["/v1/models/{name}"]["get"]["parameters"][0]["schema"]["enum"] == ["tiny"]
     assert {b.get("minLength") for b in comp["prompt"]["anyOf"] if b.get("type") == "string"} == {1}  # "" is a 400
 

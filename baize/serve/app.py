@@ -86,6 +86,9 @@ def _openapi(app: FastAPI, models: dict, cfg: ServeConfig) -> dict:
                                         "404": {"description": "unknown model", **error}})
                 if "requestBody" in op:
                     op["responses"]["413"] = {"description": "request body over 16 MiB", **error}
+    # with "stream": true the answer is server-sent events
+    ok = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"].setdefault("content", {})
+    ok["text/event-stream"] = {"schema": {"type": "string"}}
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
     app.openapi_schema = schema
