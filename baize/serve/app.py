@@ -86,9 +86,9 @@ def _openapi(app: FastAPI, models: dict, cfg: ServeConfig) -> dict:
                                         "404": {"description": "unknown model", **error}})
                 if "requestBody" in op:
                     op["responses"]["413"] = {"description": "request body over 16 MiB", **error}
-    # with "stream": true the answer is server-sent events
+    # with "stream": true the answer is server-sent events: chat.completion.chunk objects, then "[DONE]"
     ok = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"].setdefault("content", {})
-    ok["text/event-stream"] = {"schema": {"type": "string"}}
+    ok["text/event-stream"] = {"schema": {}}
     schema["components"]["schemas"].pop("HTTPValidationError", None)
     schema["components"]["schemas"].pop("ValidationError", None)
     app.openapi_schema = schema
