@@ -17,6 +17,10 @@ stays short; the numbers measure the server, not the model.
     python bench/schema_fuzz.py [--seconds 120] [--context 128] [--max-tokens 16] [--out bench/results/schema_fuzz.json]
 
 `pip install schemathesis` first (it is in the dev extras). Prints the numbers and writes them as JSON.
+Before the schema stated the server's limits (commit 5d776a6, `BAIZE_SRC=DIR`), 0 of 1,325 schema-valid
+POSTs reached generation in 120 s (bench/results/schema_fuzz-5d776a6.json: unknown model names, 2.0 for
+an integer); with it, 66 of 79 (bench/results/schema_fuzz.json: the rest are prompts over the context,
+which a schema cannot state in tokens). 0 server errors in both.
 """
 from __future__ import annotations
 
@@ -36,7 +40,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
+# BAIZE_SRC: another checkout's baize (`git archive COMMIT baize | tar -x -C DIR`), for a before/after
+sys.path.insert(0, os.environ.get("BAIZE_SRC", str(HERE.parent)))
 
 
 def tiny_model(out: Path, context: int) -> Path:
