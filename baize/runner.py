@@ -128,7 +128,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
               concurrency: int = 8, label: str = "run", noun: str = "items", config=None,
               retry_failed: bool = True, accept: Callable[[object, dict], str | None] | None = None,
               meta_of: Callable[[object], dict] | None = None, progress: bool = True, console=None,
-              max_failures_in_a_row: int | None = None) -> Summary:
+              max_failures_in_a_row: int | None = None, throttle_on: Iterable | None = None) -> Summary:
     """Run (or resume) `work` over the items not yet done; returns this invocation's summary.
 
     work(item) -> a record to keep (one with meta.reject_reason set is rejected), or None when the
@@ -136,8 +136,8 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     TransientLLMError (the item fails and is retried on the next run); any other BaizeError (a bad
     key, a judge that only writes garbage) stops the run, keeping everything already written.
     accept(item, record) -> a reject reason or None runs on the calling thread in completion order,
-    for filters that keep state (near-duplicates); it may add to the record's meta."""
-    from .llm.base import TransientLLMError, rate_limits
+    for filters that keep state (near-duplicates); it may add to the record's meta. throttle_on: _rate_signal."""
+    from .llm.base import TransientLLMError
     out = Path(out)
     kept_w, rej_w = JsonlAppender(out), JsonlAppender(sidecar(out, "rejected"))
     failed_path = sidecar(out, "failed")
@@ -152,7 +152,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
     summary = Summary(skipped=len(items) - len(todo))
     if config is not None:
         save_config(config, sidecar(out, "config.json"))  # secrets masked
-    throttle = Throttle(max(1, concurrency), lambda: rate_limits.count)
+    throttle = Throttle(max(1, concurrency), _rate_signal(throttle_on))
     bar = Progress(label, len(todo), summary, ledger, enabled=progress, console=console, throttle=throttle)
     limit = max_failures_in_a_row or max(20, 2 * concurrency)
     start = time.monotonic()
@@ -235,6 +235,16 @@ def stop_if_interrupted(summary: Summary) -> Summary:
     return summary
 
 
+def _rate_signal(throttle_on: Iterable | None) -> Callable[[], int]:
+    """The 429 count the throttle reads: those of the LLMs in `throttle_on` (the stage's own role: SDF's
+    policy, not its judge, whose calls back off on their own), or every endpoint's when None."""
+    from .llm.base import rate_limits
+    if throttle_on is None:
+        return lambda: rate_limits.count
+    wheres = [llm.where for llm in throttle_on]
+    return lambda: rate_limits.of(*wheres)
+
+
 def _failure(item, e: Exception, meta_of) -> dict:
     """The .failed.jsonl line: the error, the item's meta, and what a call that produced nothing
     still cost (EmptyReplyError's usage: a reasoning model bills the tokens it spent thinking)."""
@@ -267,16 +277,17 @@ def _totals(path: Path, summary: Summary, kept: int, rejected: int) -> dict:
 class Throttle:
     """How many items may be in flight: AIMD on rate limits, as TCP does on loss. A streak of 429s
     (two or more with no item finished in between) halves the width, at most once per `cooldown`
-    seconds (the calls already in flight report the same streak); every item that finishes
-    `cooldown` seconds after the last 429 widens it by one, back up to `limit`. A 64-wide run on a
-    low-tier key then settles near what the key allows instead of burning every call's retries.
+    seconds (the calls already in flight report the same streak); each quiet `cooldown` interval
+    (no 429, some item finished) widens it by one, back up to `limit`: additive, not one per item,
+    which would double a width whose items all finish in a round. A 64-wide run on a low-tier key
+    then settles near what the key allows instead of burning every call's retries.
     `signal()` counts the 429s so far (llm.rate_limits); the runner knows nothing of HTTP."""
 
     def __init__(self, limit: int, signal: Callable[[], int] = lambda: 0, *, cooldown: float = 1.0, streak: int = 2):
         self.limit = self.width = self.lowest = max(1, limit)
         self.signal, self.cooldown, self.streak = signal, cooldown, streak
         self.seen, self.hits, self.cuts, self.raises, self.rate_limited = signal(), 0, 0, 0, 0
-        self.last_429 = self.last_cut = -float("inf")
+        self.last_429 = self.last_cut = self.last_raise = -float("inf")
 
     def update(self, finished: int) -> None:
         count = self.signal()
@@ -291,9 +302,9 @@ class Throttle:
                 self.lowest = min(self.lowest, self.width)
         elif finished:
             self.hits = 0  # an item got through: the 429s before it were not a streak
-            if now - self.last_429 >= self.cooldown and self.width < self.limit:
-                grow = min(finished, self.limit - self.width)
-                self.width, self.raises = self.width + grow, self.raises + grow
+            quiet = now - max(self.last_429, self.last_raise) >= self.cooldown
+            if quiet and self.width < self.limit:
+                self.width, self.raises, self.last_raise = self.width + 1, self.raises + 1, now
 
     def as_dict(self) -> dict:
         """{} when no 429 ever came; else the limit, the lowest width, the last, and how often it moved."""

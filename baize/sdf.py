@@ -159,7 +159,7 @@ def sample(policy, context: list[dict], cfg: SDFConfig, seed: int) -> tuple[list
                               seed=s)
         except EmptyReplyError as e:  # one candidate lost to the token cap, not the whole prompt
             _count(usage, e.usage)
-            cut, errors[:] = cut + n, [e]
+            cut, errors[:] = cut + (e.choices or n), [e]  # an n-ignoring server cut one reply, not n
             return []
         for c in got:
             _count(usage, c.usage())
@@ -333,7 +333,8 @@ def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):
         summary = run_items(prompts, lambda p: sdf_one(p, policy, judge, cfg, ledger), out=cfg.out, ledger=ledger,
                             concurrency=cfg.concurrency, label="sdf", noun="prompts", config=cfg,
                             retry_failed=cfg.retry_failed, progress=cfg.progress, console=console,
-                            meta_of=lambda p: {"source": p.source, "context": p.context})
+                            meta_of=lambda p: {"source": p.source, "context": p.context},
+                            throttle_on=[policy])  # the judge's 429s back off in its own calls
     finally:
         prefs = write_prefs(cfg.out)  # also after an error: what was written stays usable
     return summary, prefs

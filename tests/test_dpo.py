@@ -340,3 +340,23 @@ def test_quantize_needs_cuda_and_a_merged_v1(v1, prefs, tmp_path):
     cfg = resolve_run_settings(dpo_config(v1, prefs, tmp_path / "q", quantize="4bit"))
     with pytest.raises(BaizeError, match=re.escape(f"`baize merge {v1.resolve()} --out DIR` first")):
         load_for_training(policy_config(cfg), "cuda", print, adapter=False)
+
+
+@pytest.mark.parametrize("batching, warned", [("grouped", True), ("padded", True), ("packed", False)])
+def test_dpo_warns_that_batching_is_ignored(v1, prefs, tmp_path, capsys, batching, warned):
+    from transformers import TrainerCallback
+
+    from baize.train.recipes import train
+
+    class StopAtOnce(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            raise Interrupt()
+    with pytest.raises(Interrupt):
+        train(dpo_config(v1, prefs, tmp_path / "r", batching=batching), callbacks=[StopAtOnce()])
+    out = capsys.readouterr().out
+    said = [ln for ln in out.splitlines() if "--batching" in ln]
+    # TRL's preference collator pads each batch to its longest pair: --batching has no say in DPO
+    assert bool(said) == warned, out
+    if warned:
+        assert said[0] == f"[train] warning: --batching {batching} is ignored by DPO: TRL pads each batch's " \
+                          f"pairs to the longest one"

@@ -107,6 +107,10 @@ def test_throttle_halves_on_a_streak_and_widens_when_it_stops(monkeypatch):
     clock[0] += 1.5
     t.update(3)
     t.update(100)
+    assert t.width == 5  # one more per quiet interval, however many items finished in it
+    for _ in range(59):
+        clock[0] += 1.0
+        t.update(1)
     assert t.width == 64 and t.as_dict() == {"limit": 64, "lowest": 4, "last": 64, "halvings": 4, "raises": 60,
                                               "rate_limited": 18}
 

@@ -19,6 +19,7 @@ from baize.eval.evaluate import (
     reference_dialogues,
     win_rate,
 )
+from baize.schema import read_jsonl
 from baize.testing import FakeLLM
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -393,3 +394,41 @@ def test_ctrl_c_in_one_models_answers_stops_eval_before_the_next_model(tmp_path,
     with pytest.raises(KeyboardInterrupt):
         evaluate(cfg, llms=fakes, judge_llm=FakeLLM(name="judge"))
     assert fakes["a"].calls and not fakes["b"].calls and not (tmp_path / "eval" / "results.json").exists()
+
+
+@pytest.mark.parametrize("stage", ["eval", "judge-check"])
+def test_bootstrap_zero_is_refused_before_any_call(tmp_path, stage):
+    # today it crashed computing the intervals, after every answer and verdict had been paid for
+    judge = FakeLLM(name="judge")
+    if stage == "eval":
+        fakes, cfg = models_for(tmp_path)
+        cfg.bootstrap = 0
+        with pytest.raises(BaizeError, match=r"^--bootstrap 0: .*use --bootstrap 1000"):
+            evaluate(cfg, llms=fakes, judge_llm=judge)
+        assert not any(f.calls for f in fakes.values())
+    else:
+        from baize.judge.check import JudgeCheckConfig, check
+        pairs = tmp_path / "p.jsonl"
+        pairs.write_text("".join(json.dumps({"id": str(i), "context": [{"role": "user", "content": f"Q{i}?"}],
+                                             "chosen": "right", "rejected": "wrong answer"}) + "\n" for i in range(4)))
+        with pytest.raises(BaizeError, match=r"^--bootstrap 0: .*use --bootstrap 1000"):
+            check(JudgeCheckConfig(pairs=str(pairs), judge="openai:judge", out=str(tmp_path / "jc"), progress=False,
+                                   bootstrap=0), judge_llm=judge)
+    assert not judge.calls
+
+
+def test_mt_bench_scores_ledger_counts_only_the_score_calls(tmp_path):
+    fakes, cfg = models_for(tmp_path)
+    cfg.judge_prompts = str(fastchat_prompts(tmp_path / "judge_prompts.jsonl"))
+    judge = FakeLLM(mt_judge, name="judge")
+    res = evaluate(cfg, llms=fakes, judge_llm=judge)
+    out = Path(cfg.out)
+    part = {}
+    for name in ("verdicts", "scores"):
+        ledger = json.loads((out / f"{name}.summary.json").read_text())["ledger"]["judge"]
+        made = sum(r["meta"]["usage"]["calls"] for r in read_jsonl(out / f"{name}.jsonl"))
+        assert ledger["calls"] == made, name  # each part's summary counts its own calls, not the other's
+        part[name] = made
+    assert part["verdicts"] == 3 * 6 * 2 * 2  # pairs x questions x turns x orders
+    assert part["scores"] >= 3 * 6 * 2  # models x questions x turns, and a retry where a rating did not parse
+    assert res["ledger"]["judge"]["calls"] == part["scores"] + part["verdicts"] == len(judge.calls)

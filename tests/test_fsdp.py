@@ -83,9 +83,32 @@ def test_fsdp_trainer_is_the_trainer_itself_unless_fsdp_on_cpu_processes(launch_
 
     from baize.train.distributed import fsdp_trainer
     assert fsdp_trainer(Trainer, "cpu") is Trainer
-    launch_env(ACCELERATE_USE_FSDP="true", WORLD_SIZE=2)
+    launch_env(ACCELERATE_USE_FSDP="true", WORLD_SIZE=2, FSDP_VERSION=2)
     assert fsdp_trainer(Trainer, "cuda") is Trainer  # accelerate does it all on GPUs
     assert issubclass(fsdp_trainer(Trainer, "cpu"), Trainer) and fsdp_trainer(Trainer, "cpu") is not Trainer
+
+
+def test_fsdp_asked_for_but_not_enabled_is_an_error_naming_the_fix(launch_env):
+    from types import SimpleNamespace
+
+    from transformers import Trainer
+
+    from baize.train.distributed import describe, fsdp_trainer
+    launch_env(ACCELERATE_USE_FSDP="true", WORLD_SIZE=2, FSDP_VERSION=1)
+    with pytest.raises(BaizeError, match="fsdp_version: 2"):
+        fsdp_trainer(Trainer, "cpu")  # FSDP1 on CPU processes was never proven
+    launch_env(FSDP_VERSION=2)
+    # a Trainer whose accelerator did not turn the FSDP config on: it would train DDP, full copies
+    trainer = SimpleNamespace(is_deepspeed_enabled=False, is_fsdp_enabled=False,
+                              accelerator=SimpleNamespace(state=SimpleNamespace(distributed_type="DistributedType.NO")),
+                              args=SimpleNamespace(device=SimpleNamespace(type="cpu")))
+    with pytest.raises(BaizeError, match=r"set up NO, not FSDP: .*fsdp_cpu\.yaml"):
+        describe(trainer, SimpleNamespace(world=2))
+    trainer.args.device.type = "cuda"
+    with pytest.raises(BaizeError, match="distributed_type: FSDP"):
+        describe(trainer, SimpleNamespace(world=2))
+    launch_env(ACCELERATE_USE_FSDP="false")
+    assert describe(trainer, SimpleNamespace(world=2)).startswith("DDP: 2 processes")  # DDP asked for: fine
 
 
 def test_configs_cpu_and_gpu_twins():

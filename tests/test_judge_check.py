@@ -251,3 +251,17 @@ def test_judge_check_runs_on_the_shipped_human_pairs_by_default(tmp_path):
     res = check(JudgeCheckConfig(judge="openai:judge", out=str(tmp_path / "jc"), limit=6, progress=False,
                                  bootstrap=100), judge_llm=FakeLLM(name="judge"))
     assert res["n"] == 6 and res["pairs_file"].startswith("builtin")
+
+
+def test_a_handful_of_unanimous_verdicts_gets_too_few_pairs_not_a_tight_interval():
+    # 8 wins out of 8: resampling them refits the same data every time, an interval of width zero that
+    # claims a certainty 8 questions cannot give (the rule of three puts the bound near 0.63)
+    won = [{"a": "v2", "b": "v1", "y": 1.0, "len_a": 100 + 7 * i, "len_b": 50 + 11 * i} for i in range(8)]
+    mixed = [r for r in lc_rows(n=40) if r["a"] == "v1"]
+    out = length_controlled(won + mixed, [("v2", "v1"), ("v1", "base")], n_boot=100)
+    p = out["pairs"][("v2", "v1")]
+    assert p["lc_win_rate"] is None and p["lc_ci"] is None and p["lc_note"].startswith("too few pairs: all 8 ")
+    lo, hi = out["pairs"][("v1", "base")]["lc_ci"]  # a pair with verdicts that differ still gets its number
+    assert hi - lo > 0.05
+    many = [{**won[0], "len_a": 100 + i} for i in range(30)]
+    assert length_controlled(many, [("v2", "v1")], n_boot=50)["pairs"][("v2", "v1")]["lc_win_rate"] is not None

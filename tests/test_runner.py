@@ -148,3 +148,44 @@ def test_ledger_children_share_the_budget_and_count_their_own_part():
     b.add(usage={"prompt_tokens": 40, "completion_tokens": 10, "calls": 2}, role="judge")
     assert b.exhausted() and parent.calls == 3 and (a.calls, b.calls) == (1, 2)
     assert parent.as_dict()["judge"]["cost"] == pytest.approx(0.1)
+
+
+def test_the_throttle_grows_by_one_per_quiet_interval_not_by_one_per_item(monkeypatch):
+    # AIMD as TCP's congestion avoidance: +1 per round trip without loss; +1 per finished item would
+    # double a width whose items all finish within the interval, and be right back at the 429s
+    from baize.runner import Throttle
+    clock = [0.0]
+    monkeypatch.setattr("baize.runner.time.monotonic", lambda: clock[0])
+    hits = [0]
+    t = Throttle(64, lambda: hits[0], cooldown=1.0)
+    hits[0] = 2
+    t.update(0)
+    assert t.width == 32
+    widths = []
+    for _ in range(5):
+        clock[0] += 1.0
+        t.update(t.width)  # every item in flight finished in this interval
+        widths.append(t.width)
+    assert widths == [33, 34, 35, 36, 37]
+    t.update(37)
+    t.update(37)
+    assert t.width == 37  # within the same interval: no more growth
+
+
+def test_a_judges_429s_do_not_narrow_the_policys_width(tmp_path):
+    from baize.llm.base import LLM, rate_limits
+    policy, judge = LLM(), LLM()
+    policy.where, judge.where = "openai:policy at http://a/v1", "openai:judge at http://b/v1"
+    items = [Item(f"j{k}") for k in range(40)]
+
+    def work(it, where):
+        for _ in range(3):
+            rate_limits.hit(where)
+        return {"id": it.id}
+    s = run_items(items, lambda it: work(it, judge.where), out=tmp_path / "a.jsonl", ledger=Ledger(),
+                  progress=False, concurrency=8, throttle_on=[policy])
+    assert s.kept == 40 and s.width == {}  # the judge was rate limited: the policy's width never moved
+    assert rate_limits.of(judge.where) >= 120 and rate_limits.of(policy.where) == 0
+    s = run_items(items, lambda it: work(it, policy.where), out=tmp_path / "b.jsonl", ledger=Ledger(),
+                  progress=False, concurrency=8, throttle_on=[policy])
+    assert s.width["rate_limited"] == 120 and s.width["lowest"] < 8

@@ -331,3 +331,36 @@ def test_the_debiased_tie_band_means_the_same_for_pairs_and_rankings(tmp_path, g
         assert s.kept == 0 and s.rejected == {"tied_best": 3} and prefs["pairs"] == 0
         for r in read_jsonl(sidecar(cfg_for(tmp_path).out, "rejected")):
             assert sorted(c["rank"] for c in r["meta"]["candidates"]) == [1, 1, 2, 3]  # 0.08, 0.16, 0.24 below
+
+
+def test_one_cut_reply_on_an_n_ignoring_server_does_not_fail_the_prompt(tmp_path):
+    """llama-cpp-python's server ignores n and answers one choice (abetlen/llama-cpp-python#1906); a
+    reply that spends its max_tokens before any text comes back as OpenAI's finish_reason "length" with
+    empty content. The first request of a prompt (asking n=4) gets such a reply: that is one cut reply,
+    not four, so the prompt tops up with single calls instead of failing."""
+    from fastapi import FastAPI, Request
+    app, seen = FastAPI(), []
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        body = await request.json()
+        seen.append(body.get("n"))
+        msgs = body["messages"]
+        if "impartial judge" in msgs[0]["content"]:
+            text, finish = judge_reply(msgs), "stop"
+        elif len(seen) == 1:
+            text, finish = "", "length"
+        else:
+            text, finish = f"Answer number {len(seen)} about {msgs[-1]['content'][:20]}.", "stop"
+        return {"id": "x", "object": "chat.completion", "created": 0, "model": body["model"],
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}}
+
+    with ServerThread(app) as url:
+        s, _ = sdf(cfg_for(tmp_path, policy="openai:llama", judge="openai:llama", base_url=url, api_key="x", limit=1,
+                           concurrency=1))
+    rec = (list(read_jsonl(tmp_path / "sdf.jsonl")) + list(read_jsonl(sidecar(tmp_path / "sdf.jsonl", "rejected"))))
+    assert s.failed == 0 and len(rec) == 1, list(read_jsonl(sidecar(tmp_path / "sdf.jsonl", "failed")))
+    meta = rec[0]["meta"]
+    assert meta["sampling"] == "topped_up" and meta["dropped"]["cut_by_max_tokens"] == 1
+    assert len(meta["candidates"]) == 3 and seen[:4] == [4, None, None, None]

@@ -157,6 +157,9 @@ BAD = [  # (name, body: dict or raw str, status, error.code or error.param it na
      "messages.0.content"),
     ("lone surrogate in a part", '{"model": "tiny", "messages": [{"role": "user", "content": [{"type": "text", '
      '"text": "\\udfff"}]}]}', 400, "messages.0.content.0.text"),
+    ("lone surrogate in model", '{"model": "\\ud800", "messages": [{"role": "user", "content": "hi"}]}', 400, "model"),
+    ("user turn without content", {"model": "tiny", "messages": [{"role": "user"}]}, 400, None),
+    ("empty stop string", {"model": "tiny", "messages": MSG, "stop": ""}, 400, "stop"),
     ("lone surrogate in stop", '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "stop": '
      '"\\ud800"}', 400, "stop"),
     # what the server would otherwise silently ignore is refused by name
@@ -512,6 +515,57 @@ def test_completions_score_a_continuation_as_the_harness_asks(url, models):
     one = httpx.post(url + "/v1/completions", json=dict(payload, prompt=texts[0]), timeout=60).json()
     two = httpx.post(url + "/v1/completions", json=dict(payload, prompt=texts), timeout=60).json()
     assert one["choices"][0]["logprobs"] == two["choices"][0]["logprobs"] == out["choices"][0]["logprobs"]
+
+
+def test_completions_refuse_a_lone_surrogate_in_model_and_follow_serve_max_tokens(models):
+    with running(create_app(models, ServeConfig(max_tokens=3))) as u:
+        r = httpx.post(u + "/v1/completions", content='{"model": "\\ud800", "prompt": "Once"}',
+                       headers={"Content-Type": "application/json"}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "model", r.text
+        # no max_tokens: `baize serve --max-tokens`, as chat does, not OpenAI's fixed 16
+        r = httpx.post(u + "/v1/completions", json={"model": "tiny", "prompt": "Once upon a time", "temperature": 0,
+                                                   "seed": 1}, timeout=60)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["completion_tokens"] == 3 and r.json()["choices"][0]["finish_reason"] == "length"
+
+
+def test_the_published_schema_states_what_the_server_checks(url, models):
+    schemas = httpx.get(url + "/openapi.json", timeout=30).json()["components"]["schemas"]
+    chat, comp = schemas["ChatRequest"]["properties"], schemas["CompletionRequest"]["properties"]
+    llm = models["tiny"]
+    for props in (chat, comp):
+        assert props["model"]["enum"] == ["tiny"]  # any other name is a 404
+        assert props["n"]["maximum"] == llm.engine.max_batch
+        stop = {b.get("type"): b for b in props["stop"]["anyOf"]}
+        assert stop["string"]["minLength"] == 1 and stop["array"]["maxItems"] == 4
+        assert stop["array"]["items"]["minLength"] == 1
+    # each role's shape: a user or system turn needs content, an assistant turn may be empty
+    assert "content" in schemas["UserMessage"]["required"] and "content" in schemas["SystemMessage"]["required"]
+    assert "content" not in schemas["AssistantMessage"].get("required", [])
+    assert set(schemas["SystemMessage"]["properties"]["role"]["enum"]) == {"system", "developer"}
+    assert chat["logprobs"]["enum"] == [False, None] and comp["stream"]["enum"] == [False, None]
+    ints = [b for b in json.dumps(comp["prompt"]).split("{") if '"type": "integer"' in b]
+    assert ints and all('"minimum": 0' in b and f'"maximum": {len(llm.tokenizer) - 1}' in b for b in ints)
+    assert {b.get("maximum") for b in chat["max_tokens"]["anyOf"] if b.get("type") == "integer"} == \
+        {llm.context_length - 1}
+    # the statuses it answers: a bad body is OpenAI's 400, not FastAPI's 422
+    paths = httpx.get(url + "/openapi.json", timeout=30).json()["paths"]
+    responses = paths["/v1/chat/completions"]["post"]["responses"]
+    assert {"200", "400", "404"} <= set(responses) and "422" not in responses
+    assert set(responses["200"]["content"]) == {"application/json", "text/event-stream"}  # "stream": true
+    assert paths["/v1/models/{name}"]["get"]["parameters"][0]["schema"]["enum"] == ["tiny"]
+    assert {b.get("minLength") for b in comp["prompt"]["anyOf"] if b.get("type") == "string"} == {1}  # "" is a 400
+
+
+def test_integral_numbers_are_integers_as_the_schema_says(url):
+    # JSON Schema's "integer" takes 2.0 (a number with no fraction): the published schema allows it, so the
+    # server must take it (found by bench/schema_fuzz.py: strict pydantic refused it)
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "tiny", "messages": MSG, "n": 2.0, "max_tokens": 3.0,
+                                                       "seed": 7.0}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert len(r.json()["choices"]) == 2 and r.json()["usage"]["completion_tokens"] <= 6
+    r = httpx.post(url + "/v1/completions", json={"model": "tiny", "prompt": [1.0, 2.0], "max_tokens": 2.0}, timeout=60)
+    assert r.status_code == 200, r.text
 
 
 def test_completions_stop_when_the_client_goes(url, models, monkeypatch):

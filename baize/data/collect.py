@@ -233,7 +233,7 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
         return run_items(seeds, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="collect",
                          noun="seeds", config=cfg, retry_failed=cfg.retry_failed,
                          accept=lambda seed, rec: filt.accept(seed.id, rec), meta_of=meta_of, progress=cfg.progress,
-                         console=console)
+                         console=console, throttle_on=[llm])  # a judge filter's 429s back off in its own calls
     finally:
         filt.close()
         unfinished.close()

@@ -343,6 +343,9 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     """Answers, verdicts, scores, NLL -> OUT/results.json + report; `llms` maps names to LLM objects (tests)."""
     from ..judge.core import load_judge
     models = parse_models(cfg.models)
+    if cfg.bootstrap < 1:  # refused now, not after all the judging, when the intervals are computed
+        raise BaizeError(f"--bootstrap {cfg.bootstrap}: the 95% intervals need resamples; "
+                         f"use --bootstrap 1000 (the default)")
     if cfg.baseline and cfg.baseline not in models:
         raise BaizeError(f"--baseline {cfg.baseline}: not one of the models ({', '.join(models)}); use one of those names")
     for spec in models.values():

@@ -205,6 +205,9 @@ def _baseline(hits: list[int], n_boot: int) -> dict:
 def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
     """Judge the pairs (resuming), measure, write OUT/judge_check.json and OUT/judge_check.html."""
     from .core import load_judge
+    if cfg.bootstrap < 1:  # refused now, not after all the judging, when the interval is computed
+        raise BaizeError(f"--bootstrap {cfg.bootstrap}: the 95% interval needs resamples; "
+                         f"use --bootstrap 1000 (the default)")
     pairs = load_pairs(cfg.pairs, cfg.limit)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -153,10 +153,13 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
     ledger = ledger.child()
     pitems, sitems = mt_items(prompts, f"{judge.name}/{judge.mode}", cfg, pairs, names, questions, answers)
 
+    # a ledger each: the scores' summary counts the score calls only, not the pair calls before them
+    pair_ledger, score_ledger = ledger.child(), ledger.child()
+
     def pair_work(it):
         x = it.extra
         v = mt_pair(judge, x["prompt"], it.q, answers[x["a"]][it.q.id], answers[x["b"]][it.q.id])
-        ledger.add(role="judge", usage=v["usage"])
+        pair_ledger.add(role="judge", usage=v["usage"])
         return {"id": it.id, "question_id": it.q.id, "category": it.q.category, "a": x["a"], "b": x["b"],
                 "turn": x["turn"], "prompt": x["prompt"]["name"], "mode": judge.mode,
                 **{k: v[k] for k in ("winner", "consistent", "verdicts", "margin", "raw")}, "meta": {"usage": v["usage"]}}
@@ -164,14 +167,15 @@ def judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out: Path, co
     def score_work(it):
         x = it.extra
         sc = judge.score_messages(mt_score_prompt(it, answers))
-        ledger.add(role="judge", usage=sc.usage)
+        score_ledger.add(role="judge", usage=sc.usage)
         return {"id": it.id, "question_id": it.q.id, "category": it.q.category, "model": x["model"], "turn": x["turn"],
                 "prompt": x["prompt"]["name"], "value": sc.value, "raw": sc.raw, "meta": {"usage": sc.usage}}
 
     got = []
-    for items, work, path, label in ((pitems, pair_work, out / "verdicts.jsonl", "judge pairs (MT-bench)"),
-                                     (sitems, score_work, out / "scores.jsonl", "judge scores (MT-bench)")):
-        stop_if_interrupted(run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label,
+    for items, work, path, label, part in (
+            (pitems, pair_work, out / "verdicts.jsonl", "judge pairs (MT-bench)", pair_ledger),
+            (sitems, score_work, out / "scores.jsonl", "judge scores (MT-bench)", score_ledger)):
+        stop_if_interrupted(run_items(items, work, out=path, ledger=part, concurrency=cfg.concurrency, label=label,
                                       noun="verdicts", retry_failed=cfg.retry_failed, progress=cfg.progress,
                                       console=console))
         wanted = {it.id for it in items}

@@ -17,6 +17,9 @@ import math
 MIN_ROWS = 8        # verdicts over all pairs below this: too few to separate length from quality
 MIN_PER_PAIR = 3    # a pair with fewer verdicts gets no number
 L2 = 0.1            # penalty on every weight (logit units): keeps separated data finite
+# a pair whose verdicts all agree: resampling them gives the same fit every time, an interval of width
+# zero. Below this many, the rule of three (95% bound 3/n from unanimity) is wider than 0.1: no number
+MIN_UNANIMOUS = 30
 
 
 def _fit(x_len, pair_idx, y, n_pairs: int, l2: float = L2):
@@ -57,13 +60,19 @@ def length_controlled(rows: list[dict], pairs: list[tuple[str, str]], n_boot: in
     rows = [r for r in rows if r.get("y") is not None]
     out = {"pairs": {}, "slope": None, "n": len(rows), "note": None}
     counts = {p: sum(1 for r in rows if (r["a"], r["b"]) == p) for p in pairs}
-    fit_pairs = [p for p in pairs if p[0] != p[1] and counts[p] >= MIN_PER_PAIR]
+    unanimous = {p for p in pairs if len({r["y"] for r in rows if (r["a"], r["b"]) == p}) == 1
+                 and counts[p] < MIN_UNANIMOUS}
+    fit_pairs = [p for p in pairs if p[0] != p[1] and counts[p] >= MIN_PER_PAIR and p not in unanimous]
     for p in pairs:
         if p[0] == p[1]:
             out["pairs"][p] = {"lc_win_rate": 0.5, "lc_ci": [0.5, 0.5], "lc_note": None}
-        elif p not in fit_pairs:
+        elif counts[p] < MIN_PER_PAIR:
             out["pairs"][p] = {"lc_win_rate": None, "lc_ci": None,
                                "lc_note": f"too few verdicts ({counts[p]}; needs {MIN_PER_PAIR})"}
+        elif p in unanimous:
+            out["pairs"][p] = {"lc_win_rate": None, "lc_ci": None,
+                               "lc_note": f"too few pairs: all {counts[p]} verdicts agree, which resampling cannot "
+                                          f"bound (needs {MIN_UNANIMOUS}, or verdicts that differ)"}
     used = [r for r in rows if (r["a"], r["b"]) in fit_pairs]
     if not fit_pairs:
         return out

@@ -12,9 +12,9 @@ engine, so the engine can use these value types without an import circle.
 Concurrency comes from the caller's threads: the HTTP backend is thread-safe, the local backends
 batch concurrent calls together. Retries (429, 5xx, timeouts, Retry-After) live in the HTTP
 backend alone, and so does adapting to what an endpoint accepts (endpoints.py: learned once per
-endpoint and model, logged once); 429s are counted in `rate_limits` for the runner's throttle. What a backend can do beyond
-chat/stream is declared on its class (the `can_*` flags of `LLM`, `honours_n`), never probed
-with hasattr.
+endpoint and model, logged once); 429s are counted per endpoint in `rate_limits` for the
+runner's throttle. What a backend can do beyond chat/stream is declared on its class (the
+`can_*` flags of `LLM`, `honours_n`), never probed with hasattr.
 """
 from __future__ import annotations
 
@@ -74,9 +74,11 @@ class EmptyReplyError(TransientLLMError):
     A failure, not a rejection: the item is retried on the next run, which a higher --max-tokens
     fixes; `usage` says what the call cost."""
 
-    def __init__(self, message: str, usage: dict | None = None):
+    def __init__(self, message: str, usage: dict | None = None, choices: int | None = None):
         super().__init__(message)
         self.usage = usage or {}
+        # how many replies came back cut: one from a server that ignores n, whatever n was asked
+        self.choices = choices
 
 
 class LLM:
@@ -93,6 +95,7 @@ class LLM:
       streaming requests).
     """
     name: str = ""
+    where: str = ""  # the endpoint its calls go to ("" in process): 429s are counted per endpoint
     context_length: int | None = None  # prompt + answer tokens the model takes, where known
     can_stream: bool = True
     can_score_options: bool = False
@@ -115,20 +118,27 @@ class LLM:
 
 
 class RateLimits:
-    """How many 429s the HTTP backends met in this process: the runner (runner.py) narrows the
-    number of items in flight when they come in a streak, without knowing which backend it was."""
+    """How many 429s the HTTP backends met in this process, per endpoint (an LLM's `where`): the
+    runner (runner.py) narrows the number of items in flight when its own role's endpoint sends
+    them in a streak, so a judge's 429s do not narrow the policy's width."""
 
     def __init__(self):
-        self._count = 0
+        self._counts: dict[str, int] = {}
         self._lock = threading.Lock()
 
-    def hit(self) -> None:
+    def hit(self, where: str = "") -> None:
         with self._lock:
-            self._count += 1
+            self._counts[where] = self._counts.get(where, 0) + 1
+
+    def of(self, *wheres: str) -> int:
+        """The 429s met by these endpoints so far."""
+        with self._lock:
+            return sum(self._counts.get(w, 0) for w in set(wheres))
 
     @property
     def count(self) -> int:
-        return self._count
+        with self._lock:
+            return sum(self._counts.values())
 
 
 rate_limits = RateLimits()
@@ -226,7 +236,7 @@ class OpenAILLM(LLM):
                     raise ValueError("reply has no choices")
                 return resp
             except openai.RateLimitError as e:
-                rate_limits.hit()
+                rate_limits.hit(self.where)
                 if _error_code(e) == "insufficient_quota":
                     raise LLMError(f"{self.where}: 429 insufficient_quota: the key has no credit left: add "
                                    f"credit or use another key") from None
@@ -301,7 +311,8 @@ class OpenAILLM(LLM):
             spent = f" ({rt:,} of {ct:,} tokens spent reasoning{', in two tries' if attempt == 2 else ''})" if rt else ""
             fix = f"raise {self.flags[0]}" + (f" or lower {self.flags[1]}" if self.quirks.reasons else "")
             raise EmptyReplyError(f"{self.where}: the reply hit its cap of {cap:,} completion tokens before any "
-                                  f"text{spent}: {fix}", usage={**billed, "calls": 1})
+                                  f"text{spent}: {fix}", usage={**billed, "calls": 1},
+                                  choices=len(resp.choices))
         first = out[0]  # the request's usage rides on its first completion: summing counts it once
         first.prompt_tokens, first.completion_tokens, first.reasoning_tokens = (
             billed["prompt_tokens"], billed["completion_tokens"], billed["reasoning_tokens"])

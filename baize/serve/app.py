@@ -36,6 +36,7 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
     app.state.chat = ChatCompletions(models, cfg)
     app.state.completions = Completions(models, cfg)
     _add_error_handlers(app)
+    app.openapi = lambda: _openapi(app, models, cfg)
     app.add_middleware(Guard, api_key=cfg.api_key)
     app.include_router(router)
     if ui if ui is not None else cfg.ui:
@@ -46,6 +47,63 @@ def create_app(models: dict[str, object], cfg: ServeConfig | None = None, *, ui:
         async def root():
             return RedirectResponse("/ui/")
     return app
+
+
+def _openapi(app: FastAPI, models: dict, cfg: ServeConfig) -> dict:
+    """The published schema, with the limits that depend on the models served stated too (the names, n
+    up to the batch, max_tokens and token ids within the context and the vocabulary), so that a request
+    the schema allows is one the server takes."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    local = [m for m in models.values() if m.is_local]
+    batch = min([m.engine.max_batch for m in local] + [cfg.max_batch])
+    ctx = min((m.context_length for m in models.values() if m.context_length), default=None)
+    vocab = min((len(m.tokenizer) for m in local), default=None)
+    for param in schema["paths"]["/v1/models/{name}"]["get"]["parameters"]:
+        param["schema"]["enum"] = list(models)
+    for name in ("ChatRequest", "CompletionRequest"):
+        props = schema["components"]["schemas"][name]["properties"]
+        props["model"]["enum"] = list(models)
+        props["n"]["maximum"] = batch
+        for key in ("max_tokens", "max_completion_tokens"):
+            for branch in props.get(key, {}).get("anyOf", []):
+                if ctx and branch.get("type") == "integer":
+                    branch["maximum"] = ctx - 1  # the prompt takes one token at least
+        for node in _nodes(props.get("prompt", {})):
+            if vocab and node.get("type") == "integer":
+                node["maximum"] = vocab - 1
+    # the statuses the server answers, each with OpenAI's {"error": {...}} body; a validation error is a
+    # 400 there (openai clients raise BadRequestError on it), never FastAPI's 422
+    error = {"content": {"application/json": {"schema": {"type": "object", "required": ["error"]}}}}
+    for path, item in schema["paths"].items():
+        for op in item.values():
+            op["responses"].pop("422", None)
+            if path.startswith("/v1/"):
+                op["responses"].update({"400": {"description": "invalid request", **error},
+                                        "401": {"description": "the API key is missing or wrong", **error},
+                                        "404": {"description": "unknown model", **error}})
+                if "requestBody" in op:
+                    op["responses"]["413"] = {"description": "request body over 16 MiB", **error}
+    # with "stream": true the answer is server-sent events: chat.completion.chunk objects, then "[DONE]"
+    ok = schema["paths"]["/v1/chat/completions"]["post"]["responses"]["200"].setdefault("content", {})
+    ok["text/event-stream"] = {"schema": {}}
+    schema["components"]["schemas"].pop("HTTPValidationError", None)
+    schema["components"]["schemas"].pop("ValidationError", None)
+    app.openapi_schema = schema
+    return schema
+
+
+def _nodes(node):
+    """Every dict inside a JSON schema node, itself included."""
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _nodes(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _nodes(v)
 
 
 # -- routes ------------------------------------------------------------------------------------------
@@ -216,9 +274,14 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 def _where(loc) -> str:
     """A pydantic error location as the request's own path (messages.0.content), without the names
-    pydantic gives a union's branches and validators (str, function-after[...])."""
+    pydantic gives a union's branches and validators (str, function-after[...]) and a message's role
+    (the tag of its discriminated union: messages.0.user.content)."""
+    loc = [x for i, x in enumerate(loc) if not (i and isinstance(loc[i - 1], int) and x in ROLES)]
     return ".".join(str(x) for x in loc if x != "body" and not any(c in str(x) for c in "[(")
                     and x not in ("str", "int", "float", "bool", "list", "dict"))
+
+
+ROLES = ("system", "developer", "user", "assistant")
 
 
 class Guard:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from annotated_types import Ge, Le
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
 
 from ..llm.base import Completion
 
@@ -35,16 +36,36 @@ def _unicode(text: str) -> str:
 Text = Annotated[str, AfterValidator(_unicode)]
 
 
+def _integral(value):
+    # JSON Schema's "integer" includes 5.0 (a number with no fraction), which strict pydantic refuses:
+    # take it as 5, so a body the published schema allows is one the server takes; 5.5 and "5" stay refused
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def Int(ge: int | None = None, le: int | None = None):
+    """An integer within [ge, le] that takes 5.0 as 5; the limits come before the validator, so the
+    schema states them as JSON Schema's minimum and maximum."""
+    limits = [x for x in (ge is not None and Ge(ge), le is not None and Le(le)) if x]
+    return Annotated[(int, *limits, BeforeValidator(_integral))]
+
+
 class TextPart(BaseModel):
     model_config = _STRICT
     type: Literal["text"]
     text: Text
 
 
-class Message(BaseModel):
+Content = Text | list[TextPart]
+NonEmpty = Annotated[Text, Field(min_length=1)]
+# at most 4 non-empty stop strings (OpenAI's limit, checked again by n_and_stops)
+Stop = NonEmpty | Annotated[list[NonEmpty], Field(max_length=4)]
+# what the server refuses at run time stated in the schema too, so that a client (or a fuzzer) reading
+# it learns the truth: only false (or nothing) is served
+_ONLY_FALSE = {"enum": [False, None], "description": "not supported by this server: false or absent"}
+
+
+class _Message(BaseModel):
     model_config = _STRICT
-    role: Literal["system", "developer", "user", "assistant"]
-    content: Text | list[TextPart] | None = None
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -52,42 +73,65 @@ class Message(BaseModel):
         return self.content or ""
 
 
+class SystemMessage(_Message):
+    role: Literal["system", "developer"]  # developer is OpenAI's newer name for system
+    content: Content
+
+
+class UserMessage(_Message):
+    role: Literal["user"]
+    content: Content
+
+
+class AssistantMessage(_Message):
+    role: Literal["assistant"]
+    content: Content | None = None  # OpenAI's: an assistant turn may be empty
+
+
+Message = Annotated[SystemMessage | UserMessage | AssistantMessage, Field(discriminator="role")]
+
+
 class StreamOptions(BaseModel):
     model_config = _STRICT
     include_usage: bool = False
 
 
+Seed = Int(-(2 ** 62), 2 ** 62)
+
+
 class ChatRequest(BaseModel):
     model_config = _REQUEST
-    model: str
+    model: Text  # a lone surrogate in the name is the client's 400, not an error writing the 404
     messages: list[Message] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(1, ge=1, le=128)
+    n: Int(1, 128) = 1
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(None, ge=-(2 ** 62), le=2 ** 62)
-    logprobs: bool | None = None
+    max_tokens: Int(1) | None = None
+    max_completion_tokens: Int(1) | None = None
+    stop: Stop | None = None
+    seed: Seed | None = None
+    logprobs: bool | None = Field(None, json_schema_extra=_ONLY_FALSE)
 
 
 class CompletionRequest(BaseModel):
     """POST /v1/completions as lm-evaluation-harness's local-completions model sends it: a prompt
     (text, texts, token ids or lists of them), echo and logprobs to score the prompt itself."""
     model_config = _REQUEST
-    model: str
-    prompt: Text | list[Text] | list[int] | list[list[int]]
-    max_tokens: int | None = Field(16, ge=0)
+    model: Text
+    prompt: (NonEmpty | Annotated[list[NonEmpty], Field(min_length=1)] | Annotated[list[Int(0)], Field(min_length=1)]
+             | Annotated[list[Annotated[list[Int(0)], Field(min_length=1)]], Field(min_length=1)])
+    # None: `baize serve --max-tokens`, as chat's (OpenAI's own default here is 16)
+    max_tokens: Int(0) | None = None
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, ge=0, le=1)
-    n: int = Field(1, ge=1, le=128)
-    stop: Text | list[Text] | None = None
-    seed: int | None = Field(None, ge=-(2 ** 62), le=2 ** 62)
-    logprobs: int | None = Field(None, ge=0, le=5)
+    n: Int(1, 128) = 1
+    stop: Stop | None = None
+    seed: Seed | None = None
+    logprobs: Int(0, 5) | None = None
     echo: bool = False
-    stream: bool = False
+    stream: bool = Field(False, json_schema_extra=_ONLY_FALSE)
 
 
 def _off(value) -> bool:

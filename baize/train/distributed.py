@@ -64,6 +64,11 @@ def fsdp_trainer(trainer_class, device: str):
     returned unchanged: accelerate does it all there."""
     if device != "cpu" or not fsdp_requested() or world_size() < 2:
         return trainer_class
+    if fsdp_version() == 1:
+        from ..config import BaizeError
+        # only FSDP2 (fully_shard) is proven on CPU processes (docs/fsdp.md); FSDP1 would train unproven
+        raise BaizeError("FSDP1 on CPU processes is not supported (only FSDP2 is proven there): set "
+                         "fsdp_version: 2 in the accelerate config (as examples/accelerate/fsdp_cpu.yaml does)")
 
     class CPUFSDP(trainer_class):
         def create_accelerator_and_postprocess(self):
@@ -71,7 +76,7 @@ def fsdp_trainer(trainer_class, device: str):
             from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
             state = self.accelerator.state
             if state.distributed_type != DistributedType.MULTI_CPU:
-                return
+                raise not_enabled(str(state.distributed_type), "cpu")
             from accelerate.state import PartialState
             state.fsdp_plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* variables of accelerate launch
             # in both shared states, as accelerate does on GPUs: a later AcceleratorState() copies PartialState's
@@ -101,8 +106,9 @@ def describe(trainer, run) -> str | None:
         ds = trainer.accelerator.state.deepspeed_plugin
         return f"DeepSpeed ZeRO-{ds.zero_stage}: {run.world} processes"
     if not trainer.is_fsdp_enabled:
-        return (f"DDP: {run.world} processes, each a full copy of the model"
-                + (" (an FSDP config was given, but accelerate did not enable it)" if fsdp_requested() else ""))
+        if fsdp_requested():
+            raise not_enabled(str(trainer.accelerator.state.distributed_type), trainer.args.device.type)
+        return f"DDP: {run.world} processes, each a full copy of the model"
     p = trainer.accelerator.state.fsdp_plugin
     wrap = str(p.auto_wrap_policy or "").lower()  # a name until accelerate prepares the model, then a function
     layers = ", ".join(sorted(p.transformer_cls_names_to_wrap or getattr(_inner(trainer.model), "_no_split_modules",
@@ -118,6 +124,18 @@ def describe(trainer, run) -> str | None:
             f"and optimizer state sharded {run.world} ways, {units} "
             f"({how}); {state} on save{', parameters offloaded to CPU' if offload else ''}"
             f"{', activation checkpointing' if p.activation_checkpointing else ''}")
+
+
+def not_enabled(distributed_type: str, device: str):
+    """The error for an FSDP config that accelerate did not turn on: training on would give DDP, each
+    process a full copy of the model, which is not what was asked for and may not fit."""
+    from ..config import BaizeError
+    kind = distributed_type.rsplit(".", 1)[-1]
+    fix = ("launch plain CPU processes (accelerate's MULTI_CPU: `accelerate launch --config_file "
+           "examples/accelerate/fsdp_cpu.yaml`)" if device == "cpu" else
+           "set distributed_type: FSDP in the accelerate config (as examples/accelerate/fsdp_8gpu.yaml does)")
+    return BaizeError(f"an FSDP config was given, but accelerate set up {kind}, not FSDP: {fix}, or drop the "
+                      f"FSDP config to train DDP on purpose")
 
 
 def _inner(model):

@@ -231,6 +231,8 @@ def dpo(cfg: TrainConfig, *, callbacks: list | tuple = ()) -> Path:
     from ..llm.chat_format import get_format
     run = start(cfg, check=check)  # --from's base, format and system; an --out that holds a run needs --resume
     cfg, log = run.cfg, run.log
+    if cfg.batching != "packed":  # not the default: the user asked for it, and would get something else
+        log(f"warning: --batching {cfg.batching} is ignored by DPO: TRL pads each batch's pairs to the longest one")
     items = read_prefs(cfg.data_files())  # a bad row fails here, before minutes of model loading
     set_seed(cfg.seed)
     model, tok = load_for_training(policy_config(cfg), run.device, log, adapter=False)
