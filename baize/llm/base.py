@@ -301,8 +301,9 @@ class OpenAILLM(LLM):
             out, usage, cut = _read_reply(resp, messages, self.count_tokens)
             for k in billed:  # a reply cut inside its reasoning is billed all the same: counted with its retry
                 billed[k] += usage[k]
-            # a reply cut before any text spent its whole cap unseen, whatever its usage calls it
-            spent = usage["reasoning_tokens"] or (usage["completion_tokens"] if cut else 0)
+            # a reasoning model's reply cut before any text spent its whole cap unseen, whatever its usage
+            # calls it; a server not known to reason (llama.cpp, vLLM) that cuts a reply is no such sign
+            spent = usage["reasoning_tokens"] or (usage["completion_tokens"] if cut and self.quirks.reasons else 0)
             self.quirks.saw_reasoning(-(-spent // len(resp.choices)), cap, bool(cut) and not out)
             if out or not cut or attempt == 2 or self.quirks.cap(max_tokens, self.reasoning_effort) <= cap:
                 break  # asked once more only when the cut has grown the room for reasoning
