@@ -1,0 +1,293 @@
+"""OpenAI's Batch API behind the LLM interface: the same stages, half the price, within 24 hours.
+
+A stage runs as it does synchronously, through a `BatchLLM` in place of its OpenAILLM. Its chat()
+answers from the run's result store, keyed by a `custom_id` that hashes the request body (so a
+replay of the same item asks the same ids); on a miss it records the request and raises
+`BatchPending`, which the runner counts as neither done nor failed. `Batches` then writes the
+recorded requests into JSONL files (one model per file, split at 50,000 lines and 200 MB), uploads
+them with purpose "batch", creates the batches with a 24h window, polls them, and stores what the
+output and the error files say; the runner replays the items (runner.run_rounds), the answered
+calls come from the store and the next call goes pending, round after round. A turns-mode dialogue
+thus advances one exchange per round.
+
+Everything lives in OUT.batch/ beside the output: state.json (each batch: its custom_ids, written
+before the upload, then its file and batch ids as they come), the request files as sent (what
+`vllm run-batch -i` reads), results.jsonl (every answered line, as OpenAI's output file has it).
+A rerun polls the batches it already has instead of sending their lines again; an expired or
+failed line goes into a new batch, at most `tries` times per run, then fails its item with the
+reason. Facts about the API: /work/shared/REFERENCE.md "OpenAI Batch API".
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+
+from ..config import BaizeError
+from .base import LLM, EmptyReplyError, TransientLLMError, _read_reply
+
+MAX_LINES = 50_000  # OpenAI's Batch guide: at most 50,000 requests per batch ...
+MAX_BYTES = 200 * 1024 * 1024  # ... and at most 200 MB per input file
+ENDPOINT = "/v1/chat/completions"
+ENDED = ("completed", "expired", "failed", "cancelled")
+NO_FILES_API = ("no Files/Batch API here (404 on /v1/files): drop --batch-api, or run the request files in "
+                "{folder} elsewhere (vllm run-batch -i FILE -o RESULTS) and `baize batches {out} --import RESULTS`")
+
+
+class BatchPending(Exception):
+    """The call's request waits for a batch: the item is neither done nor failed this round."""
+
+
+def custom_id(body: dict) -> str:
+    """Stable across reruns (the same request hashes the same), unique per distinct request."""
+    return "baize-" + hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:32]
+
+
+def split(lines: list[dict], max_lines: int, max_bytes: int):
+    """Files of at most `max_lines` lines and `max_bytes` bytes, whichever comes first."""
+    chunk, size = [], 0
+    for line in lines:
+        data = len(json.dumps(line, ensure_ascii=False).encode()) + 1
+        if chunk and (len(chunk) >= max_lines or size + data > max_bytes):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(line)
+        size += data
+    if chunk:
+        yield chunk
+
+
+class Batches:
+    """The run's batches: what was sent, what came back, what is still to send."""
+
+    def __init__(self, out: str | Path, *, poll: float = 60.0, tries: int = 3, max_lines: int | None = None,
+                 max_bytes: int | None = None, say=None, sleep=time.sleep):
+        self.out = Path(out)
+        self.folder = self.out.with_name(self.out.name.removesuffix(".jsonl") + ".batch")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.poll, self.tries, self.sleep = poll, tries, sleep
+        self.max_lines, self.max_bytes = max_lines or MAX_LINES, max_bytes or MAX_BYTES
+        self.say = say or (lambda msg: print(msg, flush=True))
+        self.lock = threading.Lock()
+        self.state_path, self.results_path = self.folder / "state.json", self.folder / "results.jsonl"
+        self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"batches": []}
+        self.results: dict[str, dict] = {}
+        if self.results_path.exists():
+            for line in self.results_path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(line)
+                    self.results[r["custom_id"]] = r
+                except (ValueError, KeyError, TypeError):
+                    pass  # a run killed mid-write leaves half a line: that request is asked again
+        self.wanted: dict[str, dict] = {}  # custom_id -> request line, this round
+        self.costs: dict[str, float] = {}  # custom_id -> its most cost at the batch price (for --max-cost)
+        self.failures: dict[str, list[str]] = {}  # custom_id -> why each try came back unanswered, this run
+        self.clients: dict[str, object] = {}  # model -> the openai client that sends it
+
+    # --- the LLM side -----------------------------------------------------------------------------
+
+    def wrap(self, llm, price: tuple[float, float] = (0.0, 0.0)) -> BatchLLM:
+        from .base import OpenAILLM
+        if not isinstance(llm, OpenAILLM):
+            raise BaizeError(f"--batch-api needs openai: models; {llm.name} runs in-process: drop --batch-api")
+        self.clients.setdefault(llm.model, llm)
+        return BatchLLM(llm, self, price)
+
+    def live_ids(self) -> set[str]:
+        return {c for b in self.state["batches"] if b.get("status") not in ENDED for c in b["custom_ids"]}
+
+    def answer(self, cid: str) -> dict | None:
+        """The stored output line; raises when this run gave the line up."""
+        if cid in self.results:
+            return self.results[cid]
+        reasons = self.failures.get(cid, [])
+        if len(reasons) >= self.tries:
+            raise TransientLLMError(f"batch line {cid} unanswered after {len(reasons)} tries: {reasons[-1]}")
+        return None
+
+    def want(self, line: dict, cost: float) -> None:
+        with self.lock:
+            self.wanted[line["custom_id"]] = line
+            self.costs[line["custom_id"]] = cost
+
+    # --- sending ----------------------------------------------------------------------------------
+
+    def to_send(self) -> list[dict]:
+        live = self.live_ids()  # a line whose batch is alive is never sent again
+        return [line for cid, line in self.wanted.items() if cid not in live and cid not in self.results]
+
+    def cost_to_send(self) -> float:
+        return sum(self.costs.get(line["custom_id"], 0.0) for line in self.to_send())
+
+    def pending(self) -> bool:
+        return bool(self.to_send() or self.live_ids())
+
+    def submit(self) -> list[str]:
+        """Send what the last round asked for, in files of one model, split at the limits; each
+        batch's custom_ids are in state.json before its upload, its ids as soon as they exist."""
+        lines, self.wanted = self.to_send(), {}
+        by_model: dict[str, list[dict]] = {}
+        for line in lines:
+            by_model.setdefault(line["body"]["model"], []).append(line)
+        sent = []
+        for model, group in by_model.items():
+            for chunk in split(group, self.max_lines, self.max_bytes):
+                sent.append(self._send(model, chunk))
+        return sent
+
+    def _send(self, model: str, lines: list[dict]) -> str:
+        import openai
+        llm = self.clients[model]
+        n = len(self.state["batches"]) + 1
+        path = self.folder / f"requests-{n:04d}.jsonl"
+        path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
+        entry = {"n": n, "model": model, "file": path.name, "custom_ids": [x["custom_id"] for x in lines],
+                 "status": "uploading", "created": time.time()}
+        self.state["batches"].append(entry)
+        self._save()
+        try:
+            f = llm.client.files.create(file=(path.name, path.read_bytes()), purpose="batch")
+            entry["input_file_id"] = f.id
+            self._save()
+            b = llm.client.batches.create(input_file_id=f.id, endpoint=ENDPOINT, completion_window="24h",
+                                          metadata={"baize_run": str(self.out.name), "baize_file": path.name})
+        except openai.NotFoundError:
+            entry["status"] = "not_sent"
+            self._save()
+            raise BaizeError(f"{llm.where}: " + NO_FILES_API.format(folder=self.folder, out=self.out)) from None
+        except openai.APIStatusError as e:
+            entry["status"] = "not_sent"
+            self._save()
+            raise BaizeError(f"{llm.where}: batch not created: HTTP {e.status_code}: {e.message}") from None
+        entry.update(id=b.id, status=b.status)
+        self._save()
+        self.say(f"batch {b.id}: {len(lines):,} requests to {model} sent ({path.name})")
+        return b.id
+
+    def _save(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
+        tmp.replace(self.state_path)  # atomic: a kill leaves the old state or the new one
+
+    # --- waiting ----------------------------------------------------------------------------------
+
+    def adopt(self) -> None:
+        """A batch created just before a kill, its id never written: found by its input file."""
+        for entry in self.state["batches"]:
+            if entry.get("status") == "uploading":
+                found = None
+                if entry.get("input_file_id") and entry["model"] in self.clients:
+                    client = self.clients[entry["model"]].client
+                    found = next((b for b in client.batches.list(limit=100)
+                                  if b.input_file_id == entry["input_file_id"]), None)
+                entry.update(id=found.id, status=found.status) if found else entry.update(status="not_sent")
+        self._save()
+
+    def wait(self) -> bool:
+        """Poll every live batch until each has ended, storing its results; False on Ctrl-C (the
+        batches keep running; the rerun of the same command picks them up)."""
+        self.adopt()
+        start = time.monotonic()
+        try:
+            while True:
+                live = [b for b in self.state["batches"] if b.get("status") not in ENDED and b.get("id")]
+                if not live:
+                    return True
+                for entry in live:
+                    self._poll(entry, start)
+                if any(b.get("status") not in ENDED for b in live):
+                    self.sleep(self.poll)
+        except KeyboardInterrupt:
+            ids = ", ".join(b["id"] for b in self.state["batches"] if b.get("status") not in ENDED and b.get("id"))
+            self.say(f"stopped waiting; the batches keep running on the server ({ids}). Rerun the same command to "
+                     f"pick up their results (nothing is sent twice); `baize batches {self.out}` lists them")
+            return False
+
+    def _poll(self, entry: dict, start: float) -> None:
+        b = self.clients[entry["model"]].client.batches.retrieve(entry["id"])
+        counts = b.request_counts
+        done, failed, total = (counts.completed, counts.failed, counts.total) if counts else (0, 0, 0)
+        elapsed = int(time.monotonic() - start)
+        self.say(f"batch {b.id}: {b.status}, {done:,}/{total or len(entry['custom_ids']):,} completed, "
+                 f"{failed:,} failed, {elapsed // 60}:{elapsed % 60:02d} elapsed")
+        if b.status not in ENDED:
+            entry["status"] = b.status
+            self._save()
+            return
+        if b.status == "failed" and b.errors and b.errors.data:
+            e = b.errors.data[0]
+            entry["status"] = "failed"
+            self._save()
+            raise BaizeError(f"batch {b.id} failed validation: {e.code} at line {e.line} of "
+                             f"{self.folder / entry['file']}: {e.message}")
+        client = self.clients[entry["model"]].client
+        got = {}
+        for file_id in (b.output_file_id, b.error_file_id):  # "completed" may come with no output file
+            if file_id:
+                for raw in client.files.content(file_id).text.splitlines():
+                    if raw.strip():
+                        line = json.loads(raw)
+                        got[line["custom_id"]] = line
+        self.store(entry["custom_ids"], got, b.status)
+        entry["status"] = b.status
+        self._save()
+
+    def store(self, cids: list[str], got: dict[str, dict], status: str) -> None:
+        """Keep the answered lines; count the others as one try each, with the reason."""
+        with self.results_path.open("a", encoding="utf-8") as f:
+            for cid in cids:
+                line = got.get(cid)
+                if line and line.get("response") and not line.get("error"):
+                    self.results[cid] = line
+                    f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                else:
+                    err = (line or {}).get("error") or {}
+                    why = f"{err.get('code')}: {err.get('message')}" if err else f"no result line (batch {status})"
+                    self.failures.setdefault(cid, []).append(why)
+
+    def close(self) -> None:
+        self._save()
+
+
+class BatchLLM(LLM):
+    """An OpenAI model whose calls go through the run's batches (see the module's docstring)."""
+    can_stream = False
+
+    def __init__(self, inner, batches: Batches, price: tuple[float, float] = (0.0, 0.0)):
+        self.inner, self.batches, self.price = inner, batches, price
+        self.name, self.model, self.where = inner.name, inner.model, inner.where + " (Batch API)"
+        self.honours_n = True  # OpenAI's chat completions honour n, in a batch as synchronously
+
+    def body(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None) -> dict:
+        """The request, the same on every replay of the item (so its custom_id is), as OpenAILLM
+        would shape it with what is known of the endpoint now."""
+        wish = dict(messages=messages, n=n, temperature=temperature, top_p=top_p, stop=list(stop or [])[:4] or None,
+                    seed=seed, reasoning_effort=self.inner.reasoning_effort, max_tokens=max_tokens)
+        return {"model": self.model, **self.inner.quirks.shape(wish)}
+
+    def chat(self, messages, *, n=1, temperature=1.0, top_p=0.95, max_tokens=512, stop=None, seed=None):
+        from openai.types.chat import ChatCompletion
+        body = self.body(messages, n=n, temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop,
+                         seed=seed)
+        cid = custom_id(body)
+        line = self.batches.answer(cid)
+        if line is None:
+            prompt = sum(len(str(m.get("content") or "")) for m in messages) / 4  # ~4 characters a token
+            cost = (prompt * self.price[0] + n * max_tokens * self.price[1]) / 1000
+            self.batches.want({"custom_id": cid, "method": "POST", "url": ENDPOINT, "body": body}, cost)
+            raise BatchPending(cid)
+        resp = line["response"]
+        if resp.get("status_code", 200) != 200:
+            err = (resp.get("body") or {}).get("error") or {}
+            # the item fails with the reason, as a synchronous call's would, and the run goes on
+            raise TransientLLMError(
+                f"{self.where}: HTTP {resp.get('status_code')} in batch line {cid}: {err.get('message')}")
+        out, usage, _ = _read_reply(ChatCompletion.model_validate(resp["body"]), messages, self.inner.count_tokens)
+        if not out:
+            raise EmptyReplyError(f"{self.where}: the reply hit its cap of {max_tokens:,} completion tokens before "
+                                  f"any text: raise {self.inner.flags[0]}", usage={**usage, "calls": 1})
+        out[0].prompt_tokens, out[0].completion_tokens, out[0].reasoning_tokens = (
+            usage["prompt_tokens"], usage["completion_tokens"], usage["reasoning_tokens"])
+        return out

@@ -1,0 +1,148 @@
+"""--batch-api against a fake Files + Batch server built from OpenAI's Batch guide and API reference
+(baize.testing.add_batch_api cites them): statuses, request_counts, shuffled output and error files,
+batch_expired lines, validation failures; the run's state in OUT.batch/."""
+import json
+
+import pytest
+
+from baize.config import BaizeError
+from baize.data.collect import CollectConfig, collect
+from baize.llm import batch as B
+from baize.schema import read_jsonl, sidecar
+from baize.testing import ServerThread, add_batch_api, make_app
+
+PRICES = dict(price_in=0.001, price_out=0.002)
+
+
+def _cfg(tmp_path, url, name="d.jsonl", **kw):
+    base = dict(seeds="quora", limit=30, teacher="openai:fake-teacher", base_url=url, api_key="x",
+                out=str(tmp_path / name), concurrency=8, progress=False, batch_api=True, batch_poll=0.0, **PRICES)
+    return CollectConfig(**{**base, **kw})
+
+
+def _state(cfg) -> dict:
+    return json.loads((tmp_path_of(cfg) / "state.json").read_text())
+
+
+def tmp_path_of(cfg):
+    return B.Batches(cfg.out).folder
+
+
+def _ctrl_c_on_poll(monkeypatch, which: int):
+    """Ctrl-C at the `which`-th poll of a batch's status (the first poll finds it validating)."""
+    real, polls = B.Batches._poll, []
+
+    def poll(self, entry, start):
+        polls.append(entry["id"])
+        if len(polls) == which:
+            raise KeyboardInterrupt
+        return real(self, entry, start)
+    monkeypatch.setattr(B.Batches, "_poll", poll)
+
+
+def test_collect_30_seeds_killed_while_waiting_then_rerun(tmp_path, monkeypatch, capsys):
+    """The issue's "Done when": every 11th line expires, Ctrl-C while waiting, the rerun resumes."""
+    app = add_batch_api(make_app(), expire_every=11)
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url)
+        _ctrl_c_on_poll(monkeypatch, 2)
+        s = collect(cfg)
+        assert s.stopped == "interrupted" and s.pending == 30
+        st = _state(cfg)
+        assert [b["status"] for b in st["batches"]] == ["in_progress"] and len(st["batches"][0]["custom_ids"]) == 30
+        said = capsys.readouterr().out
+        assert "keep running on the server (batch_1)" in said and "Rerun the same command" in said
+        assert json.loads(sidecar(cfg.out, "summary.json").read_text())["stopped"] == "interrupted"
+        monkeypatch.undo()
+
+        s = collect(cfg)  # the same command again
+        sync = collect(CollectConfig(**{**vars(cfg), "out": str(tmp_path / "sync.jsonl"), "batch_api": False}))
+    st, fake = _state(cfg), app.state.batch
+    kept, rejected = list(read_jsonl(cfg.out)), list(read_jsonl(sidecar(cfg.out, "rejected")))
+    assert len(kept) + len(rejected) == 30 and len({r["id"] for r in kept + rejected}) == 30
+    assert not sidecar(cfg.out, "failed").exists() or not list(read_jsonl(sidecar(cfg.out, "failed")))
+    # the first batch was polled, not sent again; its two expired lines went into a second batch
+    assert [len(b["custom_ids"]) for b in st["batches"]] == [30, 2]
+    assert [b["status"] for b in st["batches"]] == ["expired", "completed"]
+    assert len(fake.batches) == 2 and len(fake.answered) == 30 and set(fake.answered.values()) == {1}
+    assert app.state.requests == 30  # the synchronous run's 30 calls only: the batch run made none
+    total = json.loads(sidecar(cfg.out, "summary.json").read_text())["total"]
+    assert total["prompt_tokens"] == sync.prompt_tokens and total["completion_tokens"] == sync.completion_tokens
+    assert total["ledger"]["teacher"]["calls"] == 30
+    assert total["cost"] == pytest.approx(sync.cost / 2, abs=1e-6) and sync.cost > 0
+
+
+def test_turns_mode_advances_one_exchange_per_round(tmp_path):
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=4, mode="turns", max_turns=2, first_turn="generate")
+        s = collect(cfg)
+    st = _state(cfg)
+    # human, assistant, human, assistant: each call waits for the one before it
+    assert len(st["batches"]) == 4 and all(len(b["custom_ids"]) == 4 for b in st["batches"])
+    assert s.kept + sum(s.rejected.values()) == 4
+    rec = next(iter(read_jsonl(cfg.out)))
+    assert [m["role"] for m in rec["messages"]] == ["user", "assistant", "user", "assistant"]
+    assert rec["meta"]["usage"]["calls"] == 4  # the replayed calls count once, in the record and the ledger
+    assert json.loads(sidecar(cfg.out, "summary.json").read_text())["total"]["ledger"]["teacher"]["calls"] == 16
+
+
+def test_lines_expiring_every_time_fail_their_item_with_the_reason(tmp_path):
+    app = add_batch_api(make_app(), expire_every=1)
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=2, batch_tries=2)
+        s = collect(cfg)
+    failed = list(read_jsonl(sidecar(cfg.out, "failed")))
+    assert s.failed == 2 and len(failed) == 2 and len(app.state.batch.batches) == 2
+    assert "unanswered after 2 tries: batch_expired: This request could not be executed" in failed[0]["error"]
+
+
+def test_split_at_the_line_limit_one_model_per_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(B, "MAX_LINES", 4)
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=10)
+        s = collect(cfg)
+    st = _state(cfg)
+    assert [len(b["custom_ids"]) for b in st["batches"]] == [4, 4, 2] and s.kept + sum(s.rejected.values()) == 10
+    sent = [json.loads(x) for b in st["batches"] for x in (B.Batches(cfg.out).folder / b["file"]).read_text().splitlines()]
+    assert len({x["custom_id"] for x in sent}) == 10
+    assert {(x["method"], x["url"], x["body"]["model"]) for x in sent} == {("POST", "/v1/chat/completions",
+                                                                            "fake-teacher")}
+
+
+def test_split_at_the_size_limit(tmp_path):
+    lines = [{"custom_id": f"c{i}", "method": "POST", "url": B.ENDPOINT,
+              "body": {"model": "m", "messages": [{"role": "user", "content": "x" * 1000}]}} for i in range(5)]
+    assert [len(c) for c in B.split(lines, 50_000, 3000)] == [2, 2, 1]
+    assert [len(c) for c in B.split(lines, 2, 10 ** 6)] == [2, 2, 1]
+
+
+def test_a_validation_failure_is_one_line_with_code_line_and_message(tmp_path):
+    from baize.llm.base import OpenAILLM
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        b = B.Batches(tmp_path / "d.jsonl", poll=0)
+        b.wrap(OpenAILLM("fake-teacher", base_url=url, api_key="x"))
+        line = {"custom_id": "same", "method": "POST", "url": B.ENDPOINT,
+                "body": {"model": "fake-teacher", "messages": [{"role": "user", "content": "hi"}]}}
+        b._send("fake-teacher", [line, line])
+        with pytest.raises(BaizeError) as e:
+            b.wait()
+    msg = str(e.value)
+    assert "\n" not in msg and "failed validation: duplicate_custom_id at line 2 of" in msg
+    assert "requests-0001.jsonl" in msg and "must be unique" in msg
+
+
+def test_an_endpoint_without_the_files_api_is_a_clear_error(tmp_path):
+    with ServerThread(make_app()) as url:  # a chat-only server: /v1/files is a 404
+        with pytest.raises(BaizeError) as e:
+            collect(_cfg(tmp_path, url, limit=2))
+    assert "no Files/Batch API here (404 on /v1/files)" in str(e.value) and "--import" in str(e.value)
+
+
+def test_max_cost_is_checked_before_a_batch_is_sent(tmp_path):
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        s = collect(_cfg(tmp_path, url, limit=4, max_cost=0.001))
+    assert s.stopped == "budget" and not app.state.batch.batches
