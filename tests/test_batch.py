@@ -146,3 +146,54 @@ def test_max_cost_is_checked_before_a_batch_is_sent(tmp_path):
     with ServerThread(app) as url:
         s = collect(_cfg(tmp_path, url, limit=4, max_cost=0.001))
     assert s.stopped == "budget" and not app.state.batch.batches
+
+
+def test_vllm_run_batch_results_imported(tmp_path, capsys):
+    """No Files API: the request file is written all the same; results made elsewhere, in the output
+    format `vllm run-batch -o` writes (input order, OpenAI's line shape: vllm/entrypoints/openai/
+    run_batch.py), are imported by `baize batches OUT --import`, and the rerun uses them."""
+    from baize.cli import main
+    from baize.testing import chat_completion, default_reply
+    app = make_app()
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=3)
+        with pytest.raises(BaizeError):
+            collect(cfg)
+        requests = B.Batches(cfg.out).folder / "requests-0001.jsonl"
+        lines = [json.loads(x) for x in requests.read_text().splitlines()]
+        assert len(lines) == 3 and all(x["url"] == "/v1/chat/completions" for x in lines)
+        results = tmp_path / "results.jsonl"
+        results.write_text("".join(json.dumps({"id": f"vllm-{i}", "custom_id": x["custom_id"], "error": None,
+                                               "response": {"status_code": 200, "request_id": f"vllm-{i}",
+                                                            "body": chat_completion(x["body"], default_reply, i)}})
+                                   + "\n" for i, x in enumerate(lines)))
+        assert main(["batches", cfg.out, "--import", str(results)]) == 0
+        assert "imported 3 results" in capsys.readouterr().out
+        s = collect(cfg)
+    assert s.kept + sum(s.rejected.values()) == 3 and app.state.requests == 0
+    assert json.loads(sidecar(cfg.out, "summary.json").read_text())["total"]["ledger"]["teacher"]["calls"] == 3
+    bad = tmp_path / "other.jsonl"
+    bad.write_text(json.dumps({"custom_id": "baize-elsewhere", "response": None, "error": None}) + "\n")
+    assert main(["batches", cfg.out, "--import", str(bad)]) == 2
+    assert "other.jsonl:1: custom_id baize-elsewhere is in none of" in capsys.readouterr().err
+
+
+def test_batches_lists_and_cancels(tmp_path, monkeypatch, capsys):
+    from baize.cli import main
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=3)
+        _ctrl_c_on_poll(monkeypatch, 1)
+        assert collect(cfg).stopped == "interrupted"
+        capsys.readouterr()
+        monkeypatch.setenv("OPENAI_API_KEY", "x")
+        assert main(["batches", cfg.out]) == 0
+        listed = capsys.readouterr().out
+        assert "batch_1" in listed and "in_progress" in listed and "3 requests" in listed
+        assert main(["batches", cfg.out, "--cancel"]) == 0
+        assert "cancelling" in capsys.readouterr().out
+        assert app.state.batch.batches["batch_1"]["status"] == "cancelling"
+        monkeypatch.undo()
+        s = collect(cfg)  # the cancelled batch's lines go into a new one
+    assert s.kept + sum(s.rejected.values()) == 3
+    assert [b["status"] for b in _state(cfg)["batches"]] == ["cancelled", "completed"]

@@ -31,7 +31,8 @@ from .base import LLM, EmptyReplyError, TransientLLMError, _read_reply
 MAX_LINES = 50_000  # OpenAI's Batch guide: at most 50,000 requests per batch ...
 MAX_BYTES = 200 * 1024 * 1024  # ... and at most 200 MB per input file
 ENDPOINT = "/v1/chat/completions"
-ENDED = ("completed", "expired", "failed", "cancelled")
+# a batch's ends, and ours: never sent (no Files API), answered by `baize batches --import`
+ENDED = ("completed", "expired", "failed", "cancelled", "not_sent", "imported")
 NO_FILES_API = ("no Files/Batch API here (404 on /v1/files): drop --batch-api, or run the request files in "
                 "{folder} elsewhere (vllm run-batch -i FILE -o RESULTS) and `baize batches {out} --import RESULTS`")
 
@@ -143,8 +144,8 @@ class Batches:
         n = len(self.state["batches"]) + 1
         path = self.folder / f"requests-{n:04d}.jsonl"
         path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines), encoding="utf-8")
-        entry = {"n": n, "model": model, "file": path.name, "custom_ids": [x["custom_id"] for x in lines],
-                 "status": "uploading", "created": time.time()}
+        entry = {"n": n, "model": model, "base_url": llm.base_url, "file": path.name,
+                 "custom_ids": [x["custom_id"] for x in lines], "status": "uploading", "created": time.time()}
         self.state["batches"].append(entry)
         self._save()
         try:
@@ -153,7 +154,7 @@ class Batches:
             self._save()
             b = llm.client.batches.create(input_file_id=f.id, endpoint=ENDPOINT, completion_window="24h",
                                           metadata={"baize_run": str(self.out.name), "baize_file": path.name})
-        except openai.NotFoundError:
+        except (openai.NotFoundError, openai.APIConnectionError):
             entry["status"] = "not_sent"
             self._save()
             raise BaizeError(f"{llm.where}: " + NO_FILES_API.format(folder=self.folder, out=self.out)) from None
@@ -291,3 +292,74 @@ class BatchLLM(LLM):
         out[0].prompt_tokens, out[0].completion_tokens, out[0].reasoning_tokens = (
             usage["prompt_tokens"], usage["completion_tokens"], usage["reasoning_tokens"])
         return out
+
+
+# --- `baize batches OUT` ----------------------------------------------------------------------------
+
+def add_cli(sub) -> None:
+    p = sub.add_parser("batches", help="a --batch-api run's batches: list them, cancel them, or import results "
+                                       "made elsewhere (vllm run-batch)")
+    p.add_argument("out", metavar="OUT", help="the stage's output file (its batches are in OUT.batch/)")
+    p.add_argument("--cancel", action="store_true", help="cancel the batches still running")
+    p.add_argument("--import", dest="import_", metavar="RESULTS", help="a results JSONL in OpenAI's output format "
+                   "(what `vllm run-batch -o` writes) for the run's request files; rerun the stage to use them")
+    p.add_argument("--api-key", help="API key of the batches' endpoint (or OPENAI_API_KEY); never saved")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    b = Batches(args.out)
+    if not b.state["batches"]:
+        raise BaizeError(f"{args.out}: no batches in {b.folder}: run the stage with --batch-api first")
+    if args.import_:
+        n, left = import_results(b, args.import_)
+        print(f"imported {n:,} results into {b.results_path}; {left:,} requests still without one. Rerun the stage "
+              f"(same command) to use them")
+        return 0
+    for entry in b.state["batches"]:
+        live = entry.get("id") and entry.get("status") not in ENDED
+        if live:
+            entry["status"] = _remote(b, entry, args.api_key, cancel=args.cancel)
+        print(f"{entry.get('id') or '-':<24} {entry['status']:<12} {len(entry['custom_ids']):>7,} requests  "
+              f"{entry['model']}  {entry['file']}")
+    b.close()
+    return 0
+
+
+def _remote(b: Batches, entry: dict, api_key: str | None, *, cancel: bool) -> str:
+    """The batch's status now (after a cancel, when asked), or the last seen one when unreachable."""
+    import openai
+
+    from .base import OpenAILLM
+    try:
+        client = OpenAILLM(entry["model"], base_url=entry.get("base_url"), api_key=api_key).client
+        got = client.batches.cancel(entry["id"]) if cancel else client.batches.retrieve(entry["id"])
+        return got.status
+    except (openai.APIError, BaizeError) as e:
+        b.say(f"{entry['id']}: cannot reach the endpoint ({type(e).__name__}): showing the last status seen")
+        return entry["status"]
+
+
+def import_results(b: Batches, path: str) -> tuple[int, int]:
+    """Store a results file's answered lines for the run's requests: (imported, requests still unanswered)."""
+    asked = {cid for e in b.state["batches"] for cid in e["custom_ids"]}
+    got = {}
+    for i, raw in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not raw.strip():
+            continue
+        try:
+            line = json.loads(raw)
+            cid = line["custom_id"]
+        except (ValueError, KeyError, TypeError):
+            raise BaizeError(f"{path}:{i}: not a batch output line (JSON with custom_id, response, error)") from None
+        if cid not in asked:
+            raise BaizeError(f"{path}:{i}: custom_id {cid} is in none of {b.folder}'s request files: results of "
+                             f"another run?")
+        got[cid] = line
+    new = [cid for cid in got if cid not in b.results]
+    b.store(new, got, "imported")
+    for entry in b.state["batches"]:
+        if entry["status"] == "not_sent" and all(c in b.results for c in entry["custom_ids"]):
+            entry["status"] = "imported"
+    b.close()
+    return sum(c in b.results for c in new), len(asked - set(b.results))
