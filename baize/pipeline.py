@@ -66,6 +66,10 @@ class PipelineConfig:
                                        "together; stops cleanly when spent")
     max_tokens_total: int | None = opt(None, "tokens (in+out) the whole pipeline may spend, every stage and every "
                                              "resumed run together")
+    batch_api: bool = opt(False, "collect through OpenAI's Batch API (an openai: teacher; half the price, within "
+                                 "24h; a rerun polls the batches already sent); see `baize collect --help`")
+    batch_poll: float = opt(60.0, "--batch-api: seconds between polls of a batch's status")
+    batch_discount: float = opt(0.5, "--batch-api: the batch price as a share of the synchronous one")
     dry_run: bool = opt(False, "print the plan of every stage (calls, tokens and cost per role, an upper bound) and "
                                "stop: nothing is loaded, called or written")
     plan_out: str | None = opt(None, "with --dry-run: also write the plan as JSON to this file, one row per stage and "
@@ -151,7 +155,8 @@ def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
                          mode=cfg.mode, limit=n, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
                          temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency,
                          reasoning_effort=cfg.reasoning_effort, price_in=cfg.teacher_price_in,
-                         price_out=cfg.teacher_price_out, **budget)
+                         price_out=cfg.teacher_price_out, batch_api=cfg.batch_api, batch_poll=cfg.batch_poll,
+                         batch_discount=cfg.batch_discount, **budget)
 
 
 def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = None):

@@ -197,3 +197,29 @@ def test_batches_lists_and_cancels(tmp_path, monkeypatch, capsys):
         s = collect(cfg)  # the cancelled batch's lines go into a new one
     assert s.kept + sum(s.rejected.values()) == 3
     assert [b["status"] for b in _state(cfg)["batches"]] == ["cancelled", "completed"]
+
+
+def test_dry_run_shows_both_prices(tmp_path, capsys):
+    from baize.cli import main
+    plan = tmp_path / "plan.json"
+    args = ["--seeds", "quora", "--limit", "30", "--price-in", "0.001", "--price-out", "0.002",
+            "--dry-run", "--plan-out", str(plan), "--out", str(tmp_path / "d.jsonl")]
+    assert main(["collect", "--teacher", "openai:gpt-4o-mini", "--batch-api", "--batch-discount", "0.5", *args]) == 0
+    said = capsys.readouterr().out
+    row = json.loads(plan.read_text())[0]
+    assert row["batch_cost"] == pytest.approx(row["cost"] / 2, abs=1e-6) and row["cost"] > 0
+    assert f"${row['batch_cost']:.2f} instead of ${row['cost']:.2f}" in said
+    main(["collect", "--teacher", "openai:gpt-4o-mini", *args])
+    assert "batch_cost" not in json.loads(plan.read_text())[0] and "--batch-api" not in capsys.readouterr().out
+
+
+def test_pipeline_passes_batch_api_to_collect(tmp_path, capsys):
+    from baize.pipeline import PipelineConfig, _collect_cfg
+    from baize.pipeline import plan as pipeline_plan
+    cfg = PipelineConfig(out=str(tmp_path), teacher="openai:gpt-4o-mini", judge="openai:gpt-4o-mini", batch_api=True,
+                         batch_poll=5, batch_discount=0.4, teacher_price_in=0.001, judge_price_in=0.001)
+    c = _collect_cfg(cfg, tmp_path, 3, {})
+    assert (c.batch_api, c.batch_poll, c.batch_discount) == (True, 5, 0.4)
+    p = pipeline_plan(cfg)
+    assert {r.stage: r.discount for r in p.rows if r.role in ("teacher", "judge")} == {"collect": 0.4, "sdf": None,
+                                                                                      "eval": None}

@@ -316,6 +316,8 @@ def plan(cfg: CollectConfig, seeds=None):
         if judge is not None:
             add_prompts(judge, [agg.score_prompt(ctx, answer) for ctx, answer in judged_turns(msgs)],
                         judge_completion(cfg, agg))
+    if cfg.batch_api:
+        p.batch_api("collect", cfg.batch_discount)
     return add_reasoning(p, {"teacher": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort})
 
 
