@@ -267,8 +267,10 @@ def run_rounds(run_round: Callable[[], Summary], batches, ledger: Ledger, *, out
         s = run_round()  # its totals: the runs before this one's, plus the ledger of every round so far
         if s.stopped or not batches.pending():
             return s
-        cap = ledger.max_cost
-        if cap is not None and ledger.cost + batches.cost_to_send() > cap:
+        root = ledger
+        while root.parent is not None:  # a part's ledger (eval's answers of one model) shares the stage's cap
+            root = root.parent
+        if root.max_cost is not None and root.cost + batches.cost_to_send() > root.max_cost:
             s.stopped = "budget"
         elif batches.submit() is not None and batches.wait():
             if before is None:  # the ledger is the whole invocation's: the next round's totals add it once

@@ -223,3 +223,29 @@ def test_pipeline_passes_batch_api_to_collect(tmp_path, capsys):
     p = pipeline_plan(cfg)
     assert {r.stage: r.discount for r in p.rows if r.role in ("teacher", "judge")} == {"collect": 0.4, "sdf": None,
                                                                                       "eval": None}
+
+
+def test_eval_answers_and_judges_through_batches(tmp_path):
+    from baize.eval.evaluate import EvalConfig, evaluate
+    from baize.testing import default_reply
+    longer = {"model-b": lambda msgs: default_reply(msgs) + " And one more detail, with its reason."}
+    app = add_batch_api(make_app(), reply=longer, expire_every=7)
+    with ServerThread(app) as url:
+        cfg = EvalConfig(models=["a=openai:model-a", "b=openai:model-b"], judge="openai:judge", base_url=url,
+                         api_key="x", out=str(tmp_path / "eval"), limit=3, progress=False, batch_api=True,
+                         batch_poll=0.0, judge_price_in=0.001, judge_price_out=0.002)
+        res = evaluate(cfg)
+    st = json.loads((tmp_path / "eval" / "batch" / "state.json").read_text())
+    sent = [json.loads(x) for b in st["batches"]
+            for x in (tmp_path / "eval" / "batch" / b["file"]).read_text().splitlines()]
+    assert app.state.requests == 0 and set(app.state.batch.answered.values()) == {1}
+    assert {x["body"]["model"] for x in sent} == {"model-a", "model-b", "judge"}
+    assert all(len({x["body"]["model"] for x in sent if x["custom_id"] in b["custom_ids"]}) == 1 for b in st["batches"])
+    verdicts = list(read_jsonl(tmp_path / "eval" / "verdicts.jsonl"))
+    scores = list(read_jsonl(tmp_path / "eval" / "scores.jsonl"))
+    assert len(verdicts) == 3 and {v["winner"] for v in verdicts} == {"a" if verdicts[0]["a"] == "b" else "b"}
+    assert all(len(v["raw"]) == 2 and v["consistent"] for v in verdicts) and len(scores) == 6
+    # both orders of a pair went into the same batch, not one round each
+    first_judge = next(b for b in st["batches"] if b["model"] == "judge")
+    assert len(first_judge["custom_ids"]) == 3 * 2  # the scores come after, in run_items of their own
+    assert res["ledger"]["judge"]["calls"] == 12 and res["ledger"]["judge"]["cost"] > 0

@@ -66,7 +66,9 @@ class Batches:
     def __init__(self, out: str | Path, *, poll: float = 60.0, tries: int = 3, max_lines: int | None = None,
                  max_bytes: int | None = None, say=None, sleep=time.sleep):
         self.out = Path(out)
-        self.folder = self.out.with_name(self.out.name.removesuffix(".jsonl") + ".batch")
+        # OUT.jsonl's batches in OUT.batch/; an output folder's (eval's) in OUT/batch/
+        self.folder = self.out / "batch" if self.out.is_dir() else self.out.with_name(
+            self.out.name.removesuffix(".jsonl") + ".batch")
         self.folder.mkdir(parents=True, exist_ok=True)
         self.poll, self.tries, self.sleep = poll, tries, sleep
         self.max_lines, self.max_bytes = max_lines or MAX_LINES, max_bytes or MAX_BYTES
@@ -255,6 +257,7 @@ class Batches:
 class BatchLLM(LLM):
     """An OpenAI model whose calls go through the run's batches (see the module's docstring)."""
     can_stream = False
+    keeps_replies = True  # a replay of an item asks again and is answered (and counted) from the store
 
     def __init__(self, inner, batches: Batches, price: tuple[float, float] = (0.0, 0.0)):
         self.inner, self.batches, self.price = inner, batches, price
@@ -299,7 +302,8 @@ class BatchLLM(LLM):
 def add_cli(sub) -> None:
     p = sub.add_parser("batches", help="a --batch-api run's batches: list them, cancel them, or import results "
                                        "made elsewhere (vllm run-batch)")
-    p.add_argument("out", metavar="OUT", help="the stage's output file (its batches are in OUT.batch/)")
+    p.add_argument("out", metavar="OUT", help="the stage's output file (its batches are in OUT.batch/) or folder "
+                                              "(eval's: OUT/batch/)")
     p.add_argument("--cancel", action="store_true", help="cancel the batches still running")
     p.add_argument("--import", dest="import_", metavar="RESULTS", help="a results JSONL in OpenAI's output format "
                    "(what `vllm run-batch -o` writes) for the run's request files; rerun the stage to use them")
