@@ -249,3 +249,15 @@ def test_eval_answers_and_judges_through_batches(tmp_path):
     first_judge = next(b for b in st["batches"] if b["model"] == "judge")
     assert len(first_judge["custom_ids"]) == 3 * 2  # the scores come after, in run_items of their own
     assert res["ledger"]["judge"]["calls"] == 12 and res["ledger"]["judge"]["cost"] > 0
+
+
+def test_collect_with_an_openai_judge_scores_every_turn_in_one_batch(tmp_path):
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=3, judge="openai:judge", min_score=1, judge_price_in=0.001)
+        s = collect(cfg)
+    st = _state(cfg)
+    assert [(b["model"], len(b["custom_ids"])) for b in st["batches"]] == [("fake-teacher", 3), ("judge", 6)]
+    recs = list(read_jsonl(cfg.out)) + list(read_jsonl(sidecar(cfg.out, "rejected")))
+    assert len(recs) == 3 and all(len(r["meta"]["judge_scores"]) == 2 for r in recs)
+    assert app.state.requests == 0 and s.ledger["judge"]["calls"] == 6

@@ -73,7 +73,7 @@ class Score:
 
 # --- arithmetic over presentations --------------------------------------------------------------------
 
-class _Waits:
+class Waits:
     """--batch-api: every presentation is asked before one that waits for a batch stops the verdict,
     so both orders (all of a ranking's) go into the same batch instead of one round each."""
 
@@ -249,7 +249,7 @@ class TextMode:
     def pair_messages(self, ab: list[dict], ba: list[dict], parse=parse_pair) -> Verdict:
         """A pair from the caller's prompts in both orders (ab shows the first argument as A)."""
         usage, raw, verdicts, lps = new_usage(), [], [], []
-        waits = _Waits()
+        waits = Waits()
         for msgs, swap in ((ab, False), (ba, True)):
             with waits:
                 v = self._ask("pair", msgs, parse, PAIR_REMINDER, usage, raw)
@@ -293,7 +293,7 @@ class TextMode:
         example = " > ".join(f"[[{x}]]" for x in labels[1:] + labels[:1])
         reminder = RANK_REMINDER.format(k=k, example=example)
         usage, raw, orders, presented = new_usage(), [], [], []
-        waits = _Waits()
+        waits = Waits()
         for perm, msgs in self.rank_prompts(context, answers):
             with waits:
                 pos = self._ask("rank", msgs, lambda t: parse_ranking(t, k, labels), reminder, usage, raw, k)
