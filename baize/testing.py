@@ -502,11 +502,11 @@ def _run_batch(st, b: dict, lines: list[dict], reply, expire_every: int | None) 
 
 
 def chat_completion(body: dict, reply, n: int) -> dict:
-    """The chat completion make_app answers (a word a token), for a batch line's response body; `reply`
-    may be a dict of them by model name (the default_reply for the others)."""
+    """The chat completion make_app answers (a word a token), for a batch line's response body, each
+    of n choices its own draw by seed (`_vary`); `reply` may be a dict of them by model name."""
     if isinstance(reply, dict):
         reply = reply.get(body.get("model"), default_reply)
-    texts = [reply(body["messages"]) for _ in range(int(body.get("n") or 1))]
+    texts = [_vary(reply(body["messages"]), body["messages"], body.get("seed"), i) for i in range(int(body.get("n") or 1))]
     pt, ct = sum(len(m["content"].split()) for m in body["messages"]), sum(len(t.split()) for t in texts)
     return {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model"),

@@ -213,16 +213,17 @@ def test_dry_run_shows_both_prices(tmp_path, capsys):
     assert "batch_cost" not in json.loads(plan.read_text())[0] and "--batch-api" not in capsys.readouterr().out
 
 
-def test_pipeline_passes_batch_api_to_collect(tmp_path, capsys):
-    from baize.pipeline import PipelineConfig, _collect_cfg
+def test_pipeline_passes_batch_api_to_every_stage(tmp_path, capsys):
+    from baize.pipeline import PipelineConfig, _collect_cfg, _eval_cfg, _sdf_cfg
     from baize.pipeline import plan as pipeline_plan
     cfg = PipelineConfig(out=str(tmp_path), teacher="openai:gpt-4o-mini", judge="openai:gpt-4o-mini", batch_api=True,
                          batch_poll=5, batch_discount=0.4, teacher_price_in=0.001, judge_price_in=0.001)
-    c = _collect_cfg(cfg, tmp_path, 3, {})
-    assert (c.batch_api, c.batch_poll, c.batch_discount) == (True, 5, 0.4)
+    for c in (_collect_cfg(cfg, tmp_path, 3, {}), _sdf_cfg(cfg, tmp_path, {}), _eval_cfg(cfg, tmp_path, {}, 3, {})):
+        assert (c.batch_api, c.batch_poll, c.batch_discount) == (True, 5, 0.4)
     p = pipeline_plan(cfg)
-    assert {r.stage: r.discount for r in p.rows if r.role in ("teacher", "judge")} == {"collect": 0.4, "sdf": None,
-                                                                                      "eval": None}
+    assert {r.stage: r.discount for r in p.rows if r.role in ("teacher", "judge")} == {"collect": 0.4, "sdf": 0.4,
+                                                                                      "eval": 0.4}
+    assert {r.discount for r in p.rows if r.role == "policy"} == {None}  # local models run in-process
 
 
 def test_eval_answers_and_judges_through_batches(tmp_path):
@@ -261,3 +262,47 @@ def test_collect_with_an_openai_judge_scores_every_turn_in_one_batch(tmp_path):
     recs = list(read_jsonl(cfg.out)) + list(read_jsonl(sidecar(cfg.out, "rejected")))
     assert len(recs) == 3 and all(len(r["meta"]["judge_scores"]) == 2 for r in recs)
     assert app.state.requests == 0 and s.ledger["judge"]["calls"] == 6
+
+
+def test_sdf_samples_then_ranks_through_batches(tmp_path):
+    from baize.sdf import SDFConfig, sdf
+    app = add_batch_api(make_app(), expire_every=5)
+    with ServerThread(app) as url:
+        cfg = SDFConfig(policy="openai:policy", judge="openai:judge", base_url=url, api_key="x", prompts="quora",
+                        limit=3, n=4, out=str(tmp_path / "sdf.jsonl"), progress=False, batch_api=True, batch_poll=0.0,
+                        price_in=0.001, judge_price_in=0.001)
+        s, _ = sdf(cfg)
+    st = _state(cfg)
+    sent = [json.loads(x) for b in st["batches"] for x in (B.Batches(cfg.out).folder / b["file"]).read_text().splitlines()]
+    assert app.state.requests == 0 and set(app.state.batch.answered.values()) == {1}
+    assert {x["body"]["n"] for x in sent if x["body"]["model"] == "policy"} == {4}
+    first_judge = next(b for b in st["batches"] if b["model"] == "judge")
+    assert [len(b["custom_ids"]) for b in st["batches"]] == [3, 6, 1, 1]  # the 5th and 10th lines expired
+    assert first_judge["n"] == 2  # both orders of each ranking at once
+    recs = list(read_jsonl(cfg.out)) + list(read_jsonl(sidecar(cfg.out, "rejected")))
+    assert len(recs) == 3 and all(len(r["meta"]["orders"]) == 2 for r in recs)
+    assert s.ledger["policy"]["calls"] == 3 and s.ledger["judge"]["calls"] == 6
+
+
+def test_a_local_teacher_is_not_resampled_while_its_judge_waits(tmp_path):
+    """A local teacher's dialogues are kept, so the batched judge is asked about the same text on every
+    replay (a fresh sample would be a new request, sent and paid again)."""
+    import itertools
+
+    from baize.testing import FakeLLM, default_reply
+    draws = itertools.count()
+
+    def sampled(msgs):  # a sampling model: another draw, another text
+        return default_reply(msgs).replace("main facts", f"main facts (draw {next(draws)})")
+    teacher = FakeLLM(sampled)
+    app = add_batch_api(make_app(), expire_every=4)
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=3, teacher="default", judge="openai:judge", min_score=1)
+        collect(cfg, llm=teacher)
+        with pytest.raises(BaizeError, match="none of this stage's models is an openai: model"):
+            collect(CollectConfig(**{**vars(cfg), "judge": None, "min_score": None}), llm=FakeLLM())
+    assert len(teacher.calls) == 3  # once per seed, over every round
+    st = _state(cfg)
+    assert [len(b["custom_ids"]) for b in st["batches"]] == [6, 1]  # the 4th line expired, asked again
+    recs = list(read_jsonl(cfg.out)) + list(read_jsonl(sidecar(cfg.out, "rejected")))
+    assert len(recs) == 3 and all(len(r["meta"]["judge_scores"]) == 2 for r in recs)

@@ -218,6 +218,7 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
         if (cfg.judge or "").startswith("openai:"):
             from ..llm.models import load_endpoint as _load
             judge_llm = batches.wrap(judge_llm or _load(cfg.judge, cfg, judge=True), prices["judge"])
+        batches.check()
     filt = DialogueFilter(cfg, out, ledger, judge_llm=judge_llm)
 
     def meta_of(seed) -> dict:

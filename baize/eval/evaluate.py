@@ -361,7 +361,7 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     save_config(cfg, out / "eval.config.json")
     judged = cfg.judge and cfg.judge.lower() != "none" and (cfg.pairwise or cfg.single)
     # an unreachable judge fails now, before minutes of answers
-    batches = _batches(cfg, out) if cfg.batch_api else None
+    batches = _batches(cfg, out, models) if cfg.batch_api else None
     prices = _prices(cfg, models, cfg.batch_discount if cfg.batch_api else 1.0)
     if batches and judged and cfg.judge.startswith("openai:"):
         from ..llm.models import load_endpoint
@@ -512,8 +512,10 @@ def _prices(cfg: EvalConfig, models: dict[str, str], d: float = 1.0) -> dict:
             **{n: (cfg.price_in * d, cfg.price_out * d) for n, spec in models.items() if spec.startswith("openai:")}}
 
 
-def _batches(cfg: EvalConfig, out: Path):
+def _batches(cfg: EvalConfig, out: Path, models: dict[str, str]):
     from ..llm.batch import Batches
+    if not any(spec.startswith("openai:") for spec in [*models.values(), cfg.judge or ""]):
+        raise BaizeError("--batch-api: none of eval's models nor its judge is an openai: model: drop --batch-api")
     if cfg.judge_prompts:
         raise BaizeError("--batch-api with --judge-prompts (MT-bench's per-turn judging) is not supported yet: "
                          "drop one of them")

@@ -91,12 +91,18 @@ class Batches:
 
     # --- the LLM side -----------------------------------------------------------------------------
 
-    def wrap(self, llm, price: tuple[float, float] = (0.0, 0.0)) -> BatchLLM:
+    def wrap(self, llm, price: tuple[float, float] = (0.0, 0.0)) -> LLM:
+        """An openai: model's calls into batches; any other model's replies kept (KeptLLM)."""
         from .base import OpenAILLM
         if not isinstance(llm, OpenAILLM):
-            raise BaizeError(f"--batch-api needs openai: models; {llm.name} runs in-process: drop --batch-api")
+            return KeptLLM(llm, self.folder / "local.jsonl")
         self.clients.setdefault(llm.model, llm)
         return BatchLLM(llm, self, price)
+
+    def check(self) -> None:
+        if not self.clients:
+            raise BaizeError("--batch-api: none of this stage's models is an openai: model (local ones run "
+                             "in-process): drop --batch-api")
 
     def live_ids(self) -> set[str]:
         return {c for b in self.state["batches"] if b.get("status") not in ENDED for c in b["custom_ids"]}
@@ -367,3 +373,38 @@ def import_results(b: Batches, path: str) -> tuple[int, int]:
             entry["status"] = "imported"
     b.close()
     return sum(c in b.results for c in new), len(asked - set(b.results))
+
+
+class KeptLLM(LLM):
+    """A model that runs here, in a --batch-api stage: its replies are kept (OUT.batch/local.jsonl),
+    so the replay of an item that waited for a batch gets the same text, and the batched judge the
+    same prompt (a new sample would be a new request, sent and paid again)."""
+    keeps_replies = True
+
+    def __init__(self, inner, path: Path):
+        self.inner, self.path, self.lock = inner, path, threading.Lock()
+        self.name, self.honours_n, self.context_length = inner.name, inner.honours_n, inner.context_length
+        self.kept: dict[str, list[dict]] = {}
+        if path.exists():
+            for raw in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    r = json.loads(raw)
+                    self.kept[r["key"]] = r["replies"]
+                except (ValueError, KeyError, TypeError):
+                    pass  # half a line from a kill: that call runs again
+
+    def chat(self, messages, **kw):
+        from dataclasses import asdict
+
+        from .base import Completion
+        key = custom_id({"model": self.name, "messages": messages, **kw})
+        if key not in self.kept:
+            replies = [asdict(c) for c in self.inner.chat(messages, **kw)]
+            with self.lock:
+                self.kept[key] = replies
+                with self.path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"key": key, "replies": replies}, ensure_ascii=False) + "\n")
+        return [Completion(**c) for c in self.kept[key]]
+
+    def close(self) -> None:
+        self.inner.close()
