@@ -306,3 +306,16 @@ def test_a_local_teacher_is_not_resampled_while_its_judge_waits(tmp_path):
     assert [len(b["custom_ids"]) for b in st["batches"]] == [6, 1]  # the 4th line expired, asked again
     recs = list(read_jsonl(cfg.out)) + list(read_jsonl(sidecar(cfg.out, "rejected")))
     assert len(recs) == 3 and all(len(r["meta"]["judge_scores"]) == 2 for r in recs)
+
+
+def test_judge_check_judges_through_batches(tmp_path):
+    from baize.judge.check import JudgeCheckConfig, check
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        cfg = JudgeCheckConfig(judge="openai:judge", base_url=url, api_key="x", limit=4, out=str(tmp_path / "jc"),
+                               progress=False, batch_api=True, batch_poll=0.0, judge_price_in=0.001)
+        res = check(cfg)
+    st = json.loads((tmp_path / "jc" / "batch" / "state.json").read_text())
+    assert [len(b["custom_ids"]) for b in st["batches"]] == [8] and app.state.requests == 0
+    assert res["n"] == 4 and res["usage"]["calls"] == 8
+    assert res["cost"] == pytest.approx(res["usage"]["prompt_tokens"] * 0.001 / 1000 / 2, abs=1e-6)
