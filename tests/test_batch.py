@@ -319,3 +319,25 @@ def test_judge_check_judges_through_batches(tmp_path):
     assert [len(b["custom_ids"]) for b in st["batches"]] == [8] and app.state.requests == 0
     assert res["n"] == 4 and res["usage"]["calls"] == 8
     assert res["cost"] == pytest.approx(res["usage"]["prompt_tokens"] * 0.001 / 1000 / 2, abs=1e-6)
+
+
+def test_waiting_says_a_line_when_something_changes(tmp_path, monkeypatch):
+    """Polled every minute for a day, a batch would print 1,440 lines: a line when its status or counts
+    change, else one every SAY_EVERY seconds."""
+    from types import SimpleNamespace as NS
+    statuses = ["validating", "in_progress", "in_progress", "in_progress", "in_progress", "completed"]
+    counts = [0, 0, 0, 1, 1, 2]
+    client = NS(batches=NS(retrieve=lambda i: NS(id=i, status=statuses.pop(0), errors=None, output_file_id=None,
+                                                  error_file_id=None, request_counts=NS(total=2, completed=counts.pop(0),
+                                                                                        failed=0))))
+    said = []
+    b = B.Batches(tmp_path / "d.jsonl", poll=0, say=said.append)
+    b.clients["m"] = NS(client=client)
+    b.state["batches"].append({"n": 1, "id": "batch_x", "model": "m", "file": "f", "custom_ids": ["a", "b"],
+                               "status": "validating"})
+    assert b.wait()
+    assert [line.split(",")[0:2] for line in said] == [["batch batch_x: validating", " 0/2 completed"],
+                                                       ["batch batch_x: in_progress", " 0/2 completed"],
+                                                       ["batch batch_x: in_progress", " 1/2 completed"],
+                                                       ["batch batch_x: completed", " 2/2 completed"]]
+    assert said[0].endswith("0:00:00 elapsed")

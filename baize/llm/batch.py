@@ -26,11 +26,13 @@ import time
 from pathlib import Path
 
 from ..config import BaizeError
+from ..schema import atomic_write_text
 from .base import LLM, EmptyReplyError, TransientLLMError, _read_reply
 
 MAX_LINES = 50_000  # OpenAI's Batch guide: at most 50,000 requests per batch ...
 MAX_BYTES = 200 * 1024 * 1024  # ... and at most 200 MB per input file
 ENDPOINT = "/v1/chat/completions"
+SAY_EVERY = 600.0  # seconds between progress lines of a batch whose status and counts stay the same
 # a batch's ends, and ours: never sent (no Files API), answered by `baize batches --import`
 ENDED = ("completed", "expired", "failed", "cancelled", "not_sent", "imported")
 NO_FILES_API = ("no Files/Batch API here (404 on /v1/files): drop --batch-api, or run the request files in "
@@ -88,6 +90,7 @@ class Batches:
         self.costs: dict[str, float] = {}  # custom_id -> its most cost at the batch price (for --max-cost)
         self.failures: dict[str, list[str]] = {}  # custom_id -> why each try came back unanswered, this run
         self.clients: dict[str, object] = {}  # model -> the openai client that sends it
+        self.shown: dict[str, tuple] = {}  # batch id -> (status and counts last said, when)
 
     # --- the LLM side -----------------------------------------------------------------------------
 
@@ -176,9 +179,7 @@ class Batches:
         return b.id
 
     def _save(self) -> None:
-        tmp = self.state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.state, indent=1) + "\n")
-        tmp.replace(self.state_path)  # atomic: a kill leaves the old state or the new one
+        atomic_write_text(self.state_path, json.dumps(self.state, indent=1) + "\n")  # a kill: old or new
 
     # --- waiting ----------------------------------------------------------------------------------
 
@@ -189,7 +190,7 @@ class Batches:
                 found = None
                 if entry.get("input_file_id") and entry["model"] in self.clients:
                     client = self.clients[entry["model"]].client
-                    found = next((b for b in client.batches.list(limit=100)
+                    found = next((b for b in client.batches.list(limit=100).data  # the newest: it was just made
                                   if b.input_file_id == entry["input_file_id"]), None)
                 entry.update(id=found.id, status=found.status) if found else entry.update(status="not_sent")
         self._save()
@@ -218,9 +219,13 @@ class Batches:
         b = self.clients[entry["model"]].client.batches.retrieve(entry["id"])
         counts = b.request_counts
         done, failed, total = (counts.completed, counts.failed, counts.total) if counts else (0, 0, 0)
-        elapsed = int(time.monotonic() - start)
-        self.say(f"batch {b.id}: {b.status}, {done:,}/{total or len(entry['custom_ids']):,} completed, "
-                 f"{failed:,} failed, {elapsed // 60}:{elapsed % 60:02d} elapsed")
+        now, seen = time.monotonic(), (b.status, done, failed)
+        last = self.shown.get(b.id)
+        if last is None or last[0] != seen or now - last[1] >= SAY_EVERY:  # a day of polls is not a day of lines
+            self.shown[b.id] = (seen, now)
+            elapsed = int(now - start)
+            self.say(f"batch {b.id}: {b.status}, {done:,}/{total or len(entry['custom_ids']):,} completed, "
+                     f"{failed:,} failed, {elapsed // 3600}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d} elapsed")
         if b.status not in ENDED:
             entry["status"] = b.status
             self._save()
@@ -255,9 +260,6 @@ class Batches:
                     err = (line or {}).get("error") or {}
                     why = f"{err.get('code')}: {err.get('message')}" if err else f"no result line (batch {status})"
                     self.failures.setdefault(cid, []).append(why)
-
-    def close(self) -> None:
-        self._save()
 
 
 class BatchLLM(LLM):
@@ -332,7 +334,7 @@ def _main(args) -> int:
             entry["status"] = _remote(b, entry, args.api_key, cancel=args.cancel)
         print(f"{entry.get('id') or '-':<24} {entry['status']:<12} {len(entry['custom_ids']):>7,} requests  "
               f"{entry['model']}  {entry['file']}")
-    b.close()
+    b._save()
     return 0
 
 
@@ -371,7 +373,7 @@ def import_results(b: Batches, path: str) -> tuple[int, int]:
     for entry in b.state["batches"]:
         if entry["status"] == "not_sent" and all(c in b.results for c in entry["custom_ids"]):
             entry["status"] = "imported"
-    b.close()
+    b._save()
     return sum(c in b.results for c in new), len(asked - set(b.results))
 
 
