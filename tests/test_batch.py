@@ -341,3 +341,27 @@ def test_waiting_says_a_line_when_something_changes(tmp_path, monkeypatch):
                                                        ["batch batch_x: in_progress", " 1/2 completed"],
                                                        ["batch batch_x: completed", " 2/2 completed"]]
     assert said[0].endswith("0:00:00 elapsed")
+
+
+def test_killed_between_creating_a_batch_and_writing_its_id(tmp_path, monkeypatch):
+    """state.json has the lines and the uploaded file before the batch exists; a kill right after
+    batches.create, before its id is written, is found again by the input file: nothing sent twice."""
+    app = add_batch_api(make_app())
+    real, saves = B.Batches._save, []
+
+    def save(self):
+        saves.append(1)
+        if len(saves) == 3:  # 1: the lines, 2: the input file id, 3: the batch id
+            raise KeyboardInterrupt  # as a kill -9 would, before the write
+        real(self)
+    with ServerThread(app) as url:
+        cfg = _cfg(tmp_path, url, limit=3)
+        monkeypatch.setattr(B.Batches, "_save", save)
+        with pytest.raises(KeyboardInterrupt):
+            collect(cfg)
+        monkeypatch.undo()
+        assert [(b["status"], "id" in b, "input_file_id" in b) for b in _state(cfg)["batches"]] == [
+            ("uploading", False, True)]
+        s = collect(cfg)
+    assert len(app.state.batch.batches) == 1 and s.kept + sum(s.rejected.values()) == 3
+    assert [(b["id"], b["status"]) for b in _state(cfg)["batches"]] == [("batch_1", "completed")]
