@@ -118,20 +118,30 @@ def test_split_at_the_size_limit(tmp_path):
     assert [len(c) for c in B.split(lines, 2, 10 ** 6)] == [2, 2, 1]
 
 
-def test_a_validation_failure_is_one_line_with_code_line_and_message(tmp_path):
+@pytest.mark.parametrize("code", ["duplicate_custom_id", "mismatched_model"])
+def test_a_validation_failure_is_one_line_with_code_line_and_message(tmp_path, code):
+    """Files baize writes cannot fail so (one model per file, one line per custom_id); a file that
+    does, in the fake as in OpenAI's errors.data, stops the run with the code, the line, the message."""
     from baize.llm.base import OpenAILLM
     app = add_batch_api(make_app())
     with ServerThread(app) as url:
         b = B.Batches(tmp_path / "d.jsonl", poll=0)
         b.wrap(OpenAILLM("fake-teacher", base_url=url, api_key="x"))
-        line = {"custom_id": "same", "method": "POST", "url": B.ENDPOINT,
+        line = {"custom_id": "one", "method": "POST", "url": B.ENDPOINT,
                 "body": {"model": "fake-teacher", "messages": [{"role": "user", "content": "hi"}]}}
-        b._send("fake-teacher", [line, line])
+        other = {**line, "custom_id": "one" if code == "duplicate_custom_id" else "two",
+                 "body": {**line["body"], "model": "fake-teacher" if code == "duplicate_custom_id" else "other"}}
+        b._send("fake-teacher", [line, other])
         with pytest.raises(BaizeError) as e:
             b.wait()
     msg = str(e.value)
-    assert "\n" not in msg and "failed validation: duplicate_custom_id at line 2 of" in msg
-    assert "requests-0001.jsonl" in msg and "must be unique" in msg
+    assert "\n" not in msg and f"failed validation: {code} at line 2 of" in msg and "requests-0001.jsonl" in msg
+    assert ("must be unique" if code == "duplicate_custom_id" else "single model") in msg
+    assert _state_at(tmp_path)["batches"][0]["status"] == "failed"
+
+
+def _state_at(tmp_path) -> dict:
+    return json.loads((tmp_path / "d.batch" / "state.json").read_text())
 
 
 def test_an_endpoint_without_the_files_api_is_a_clear_error(tmp_path):
