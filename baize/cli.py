@@ -1,4 +1,4 @@
-"""`baize collect | data | sdf | train | eval | merge | chat | serve | ui | pipeline`.
+"""`baize collect | data | sdf | train | eval | judge-check | batches | merge | chat | serve | ui | pipeline`.
 
 Each stage module adds its own subcommand (`add_cli`) and keeps torch/fastapi imports inside the
 functions that need them, so `baize --help` is instant.

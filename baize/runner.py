@@ -272,14 +272,15 @@ def run_rounds(run_round: Callable[[], Summary], batches, ledger: Ledger, *, out
             root = root.parent
         if root.max_cost is not None and root.cost + batches.cost_to_send() > root.max_cost:
             s.stopped = "budget"
-        elif batches.submit() is not None and batches.wait():
-            if before is None:  # the ledger is the whole invocation's: the next round's totals add it once
-                path.unlink()
-            else:
-                atomic_write_text(path, before)
-            continue
         else:
-            s.stopped = "interrupted"
+            batches.submit()
+            if batches.wait():
+                if before is None:  # the ledger is the whole invocation's: the next round's totals add it once
+                    path.unlink()
+                else:
+                    atomic_write_text(path, before)
+                continue
+            s.stopped = "interrupted"  # Ctrl-C while waiting: the batches run on
         # the round's summary said nothing of the stop
         atomic_write_text(path, json.dumps({**json.loads(path.read_text()), "stopped": s.stopped}, indent=2) + "\n")
         return s
