@@ -385,6 +385,7 @@ def add_batch_api(app, *, reply=default_reply, expire_every: int | None = None, 
 
     st = app.state.batch = type("BatchState", (), {})()
     st.files, st.batches, st.answered, st.lines, st.rng = {}, {}, Counter(), 0, random.Random(seed)
+    st.hold = False  # True: batches stay in_progress (the 24 hours a real one may take), for a kill while waiting
 
     def error(status, message, param=None, code=None):
         return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
@@ -429,7 +430,7 @@ def add_batch_api(app, *, reply=default_reply, expire_every: int | None = None, 
             b["status"] = "failed" if errors else "in_progress"
             b["errors"] = {"object": "list", "data": errors} if errors else None
             b["request_counts"]["total"] = len(lines)
-        elif b["status"] == "in_progress":
+        elif b["status"] == "in_progress" and not st.hold:
             _run_batch(st, b, lines, reply, expire_every)  # ends "expired" at once when lines ran out of time, else "finalizing"
         elif b["status"] == "finalizing":
             b["status"] = "completed"

@@ -375,3 +375,39 @@ def test_killed_between_creating_a_batch_and_writing_its_id(tmp_path, monkeypatc
         s = collect(cfg)
     assert len(app.state.batch.batches) == 1 and s.kept + sum(s.rejected.values()) == 3
     assert [(b["id"], b["status"]) for b in _state(cfg)["batches"]] == [("batch_1", "completed")]
+
+
+def test_kill_9_while_waiting_then_rerun(tmp_path):
+    """The issue's "killed once while waiting", as a kill: `baize collect --batch-api` in a process of
+    its own, SIGKILLed while its batch is in progress; the same command again polls that batch."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    app = add_batch_api(make_app(), expire_every=11)
+    app.state.batch.hold = True
+    out = tmp_path / "d.jsonl"
+    with ServerThread(app) as url:
+        args = [sys.executable, "-m", "baize", "collect", "--seeds", "quora", "--limit", "30", "--teacher",
+                "openai:fake-teacher", "--base-url", url, "--api-key", "x", "--out", str(out), "--batch-api",
+                "--batch-poll", "0.05", "--no-progress"]
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+        deadline = time.monotonic() + 60
+        while proc.poll() is None and time.monotonic() < deadline and not any(
+                b["status"] == "in_progress" for b in app.state.batch.batches.values()):
+            time.sleep(0.05)
+        time.sleep(0.3)  # a few polls of a batch in progress
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert [b["status"] for b in _state(CollectConfig(out=str(out)))["batches"]] == ["in_progress"]
+        app.state.batch.hold = False
+        rerun = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    recs = list(read_jsonl(out)) + list(read_jsonl(sidecar(out, "rejected")))
+    assert len(recs) == 30 and len({r["id"] for r in recs}) == 30
+    assert len(app.state.batch.batches) == 2 and set(app.state.batch.answered.values()) == {1}
+    assert app.state.requests == 0
+    assert "batch batch_1: expired, 28/30 completed, 2 failed" in rerun.stdout
