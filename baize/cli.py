@@ -1,4 +1,4 @@
-"""`baize collect | data | sdf | train | eval | merge | chat | serve | ui | pipeline`.
+"""`baize collect | data | sdf | train | eval | judge-check | batches | merge | chat | serve | ui | pipeline`.
 
 Each stage module adds its own subcommand (`add_cli`) and keeps torch/fastapi imports inside the
 functions that need them, so `baize --help` is instant.
@@ -19,6 +19,7 @@ STAGES = [
     "baize.train.export",   # export (one GGUF file for llama.cpp / Ollama, + a Modelfile)
     "baize.eval.evaluate",  # eval (judged win rates, scores, NLL, report)
     "baize.judge.check",    # judge-check (agreement with human preference pairs)
+    "baize.llm.batch",      # batches (a --batch-api run's batches: list, cancel, import results)
     "baize.serve.chat",     # chat
     "baize.serve.cli",      # serve, ui
     "baize.pipeline",       # pipeline (the README's main job)

@@ -85,6 +85,17 @@ class RunFields:
 
 
 @dataclasses.dataclass
+class BatchFields:
+    """OpenAI's Batch API for a stage's openai: models (llm/batch.py)."""
+    batch_api: bool = opt(False, "send the openai: models' calls as Batch API files (half the price, within 24h); "
+                                 "a rerun polls the batches already sent. State in OUT.batch/")
+    batch_poll: float = opt(60.0, "--batch-api: seconds between polls of a batch's status")
+    batch_discount: float = opt(0.5, "--batch-api: the batch price as a share of the synchronous one (ledger, "
+                                     "--max-cost, --dry-run)")
+    batch_tries: int = opt(3, "--batch-api: sends of an expired or failed line before its item fails")
+
+
+@dataclasses.dataclass
 class PlanFields:
     """For the stages whose calls baize/plan.py can count before they are made."""
     dry_run: bool = opt(False, "print the plan (calls, tokens and cost per role, an upper bound) and stop: "

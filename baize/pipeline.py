@@ -66,6 +66,10 @@ class PipelineConfig:
                                        "together; stops cleanly when spent")
     max_tokens_total: int | None = opt(None, "tokens (in+out) the whole pipeline may spend, every stage and every "
                                              "resumed run together")
+    batch_api: bool = opt(False, "every stage's openai: models (teacher, judge, an openai: --sdf-policy) through "
+                                 "OpenAI's Batch API: half the price, within 24h; a rerun polls the batches sent")
+    batch_poll: float = opt(60.0, "--batch-api: seconds between polls of a batch's status")
+    batch_discount: float = opt(0.5, "--batch-api: the batch price as a share of the synchronous one")
     dry_run: bool = opt(False, "print the plan of every stage (calls, tokens and cost per role, an upper bound) and "
                                "stop: nothing is loaded, called or written")
     plan_out: str | None = opt(None, "with --dry-run: also write the plan as JSON to this file, one row per stage and "
@@ -157,7 +161,12 @@ def _collect_cfg(cfg: PipelineConfig, out: Path, n: int, budget: dict):
                          mode=cfg.mode, limit=n, max_turns=cfg.max_turns, max_tokens=cfg.max_tokens,
                          temperature=cfg.temperature, top_p=0.95, concurrency=cfg.concurrency,
                          reasoning_effort=cfg.reasoning_effort, price_in=cfg.teacher_price_in,
-                         price_out=cfg.teacher_price_out, **budget)
+                         price_out=cfg.teacher_price_out, **_batch(cfg), **budget)
+
+
+def _batch(cfg: PipelineConfig) -> dict:
+    """--batch-api's fields, the same for every stage (each batches its openai: models' calls)."""
+    return {"batch_api": cfg.batch_api, "batch_poll": cfg.batch_poll, "batch_discount": cfg.batch_discount}
 
 
 def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = None):
@@ -168,7 +177,8 @@ def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = 
                      judge_base_url=cfg.base_url, system=system, price_in=cfg.policy_price_in,
                      price_out=cfg.policy_price_out, judge_price_in=cfg.judge_price_in,
                      judge_price_out=cfg.judge_price_out, reasoning_effort=cfg.reasoning_effort,
-                     judge_max_tokens=cfg.judge_max_tokens, judge_reasoning_effort=cfg.judge_reasoning_effort, **budget)
+                     judge_max_tokens=cfg.judge_max_tokens, judge_reasoning_effort=cfg.judge_reasoning_effort,
+                     **_batch(cfg), **budget)
 
 
 def _eval_cfg(cfg: PipelineConfig, out: Path, compared: dict, n: int, budget: dict):
@@ -178,7 +188,7 @@ def _eval_cfg(cfg: PipelineConfig, out: Path, compared: dict, n: int, budget: di
                       max_tokens=cfg.eval_max_tokens, concurrency=cfg.concurrency, price_in=cfg.policy_price_in,
                       price_out=cfg.policy_price_out, judge_price_in=cfg.judge_price_in,
                       judge_price_out=cfg.judge_price_out, judge_max_tokens=cfg.judge_max_tokens,
-                      judge_reasoning_effort=cfg.judge_reasoning_effort, **budget)
+                      judge_reasoning_effort=cfg.judge_reasoning_effort, **_batch(cfg), **budget)
 
 
 def _compared(cfg: PipelineConfig, out: Path) -> dict:

@@ -67,6 +67,7 @@ class Row:
     calls_max: int | None = None
     reasoning_tokens: int = 0  # a reasoning model's hidden tokens: an estimate, billed as completion tokens
     effort: str | None = None  # the reasoning effort that estimate is for
+    discount: float | None = None  # --batch-api: billed at this share of the price (--batch-discount)
 
     def add(self, calls: int, prompt: int, completion: int, *, calls_max: int | None = None) -> None:
         if calls_max is not None or self.calls_max is not None:
@@ -100,6 +101,20 @@ class Plan:
     # role -> the flags that price it (a stage's own; the pipeline names each role's)
     price_flags: dict[str, str] = field(default_factory=lambda: {"judge": "--judge-price-in/--judge-price-out"})
 
+    def batch_cost(self, rows: list[Row] | None = None) -> float:
+        """The rows' cost as billed: a --batch-api stage's endpoint rows at its --batch-discount."""
+        return sum(r.cost * (r.discount or 1.0) for r in (self.rows if rows is None else rows))
+
+    @property
+    def discounts(self) -> list[float]:
+        return sorted({r.discount for r in self.rows if r.discount is not None})
+
+    def batch_api(self, stage: str, discount: float) -> None:
+        """A --batch-api stage: its endpoint rows are billed at `discount` of their price."""
+        for r in self.rows:
+            if r.stage == stage and not is_local(r.model):
+                r.discount = discount
+
     def row(self, stage: str, role: str, model: str, prices: tuple[float, float] = (0.0, 0.0)) -> Row:
         r = Row(stage, role, model, price_in=prices[0], price_out=prices[1])
         self.rows.append(r)
@@ -119,7 +134,9 @@ class Plan:
         """--plan-out: the rows as JSON, for a script or a budget check to read."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps([r.as_json() for r in self.rows], indent=2) + "\n")
+        rows = [r.as_json() | ({} if r.discount is None else {"batch_cost": round(self.batch_cost([r]), 6)})
+                for r in self.rows]
+        path.write_text(json.dumps(rows, indent=2) + "\n")
         return path
 
     @property
@@ -222,7 +239,9 @@ def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_t
     cols = [("stage", "left"), ("role", "left"), ("model", "left"), ("calls", "right"), ("prompt tokens", "right"),
             ("completion tokens (at most)", "right")]
     cols += [("reasoning tokens (estimate)", "right")] if reasoning else []
-    for col, just in cols + [("cost", "right")]:
+    batch = bool(plan.discounts)  # both prices side by side
+    shares = "/".join(f"x{d:g}" for d in plan.discounts)
+    for col, just in cols + [("cost", "right")] + ([(f"--batch-api cost ({shares})", "right")] if batch else []):
         t.add_column(col, justify=just)
 
     def cells(rows: list[Row]) -> list[str]:
@@ -230,17 +249,22 @@ def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_t
                f"{sum(r.completion_tokens for r in rows):,}"]
         guess = sum(r.reasoning_tokens for r in rows)
         return out + ([f"~{guess:,}" if guess else ""] if reasoning else [])
+
+    def prices(rows: list[Row], local: bool) -> list[str]:
+        if local:
+            return ["local"] * (1 + batch)
+        return [_money(sum(r.cost for r in rows))] + ([_money(plan.batch_cost(rows))] if batch else [])
     for r in plan.rows:
         local = is_local(r.model) and not r.price_in and not r.price_out
-        t.add_row(r.stage, r.role, r.model, *cells([r]), "local" if local else _money(r.cost))
+        t.add_row(r.stage, r.role, r.model, *cells([r]), *prices([r], local))
     roles: dict[str, list[Row]] = {}
     for r in plan.rows:
         roles.setdefault(r.role, []).append(r)
     t.add_section()
     for role, rows in roles.items():
         local = all(is_local(r.model) and not r.price_in and not r.price_out for r in rows)
-        t.add_row("all", role, "", *cells(rows), "local" if local else _money(sum(r.cost for r in rows)))
-    t.add_row("all", "total", "", *cells(plan.rows), _money(plan.cost))
+        t.add_row("all", role, "", *cells(rows), *prices(rows, local))
+    t.add_row("all", "total", "", *cells(plan.rows), *prices(plan.rows, False))
     console.print(t)
     console.print("runs over: " + "; ".join(f"{k} {v}" for k, v in plan.items.items()), soft_wrap=True)
     for note in NOTES + _reasoning_notes(reasoning):
@@ -253,7 +277,11 @@ def print_plan(plan: Plan, console=None, *, max_cost: float | None = None, max_t
     if spent and (spent["cost"] or spent["tokens"]):
         console.print(f"already spent in earlier runs: {spent['tokens']:,} tokens, {_money(spent['cost'])} "
                       f"(finished work is skipped on a rerun)", soft_wrap=True)
-    for flag, cap, need, shown in (("--max-cost", max_cost, plan.cost, _money(plan.cost)),
+    cost = plan.batch_cost()  # what the run will be billed: with --batch-api, at the discount
+    if batch:
+        console.print(f"--batch-api: endpoint calls at {shares.replace('x', '')} of the price, within 24 hours: "
+                      f"{_money(cost)} instead of {_money(plan.cost)}", soft_wrap=True)
+    for flag, cap, need, shown in (("--max-cost", max_cost, cost, _money(cost)),
                                    ("--max-tokens-total", max_tokens_total, plan.total_tokens,
                                     f"{plan.total_tokens:,} tokens")):
         if cap is not None:

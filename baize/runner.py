@@ -23,6 +23,10 @@ from typing import Callable, Iterable
 from .config import BaizeError, save_config
 from .schema import JsonlAppender, atomic_write_text, read_jsonl, repair_torn_tail, sidecar
 
+# the ledger entries of the item this thread works on, so an item that waits for a batch can take
+# back what its replayed calls counted (they count once, in the round that finishes the item)
+_journal = threading.local()
+
 
 class Ledger:
     """Tokens, calls and cost per role, shared by the workers; decides when the budget is spent.
@@ -43,7 +47,7 @@ class Ledger:
         that part's summary, and every call in this one too, whose budget it shares."""
         return Ledger(prices=self.prices, parent=self)
 
-    def add(self, completion=None, role: str = "teacher", *, usage: dict | None = None) -> None:
+    def add(self, completion=None, role: str = "teacher", *, usage: dict | None = None, _undo: bool = True) -> None:
         """Count one Completion, or a usage dict {prompt_tokens, completion_tokens, calls} (and, where an
         endpoint reported them, reasoning_tokens, already inside completion_tokens, and
         estimated_tokens, counted locally because the server sent no usage)."""
@@ -54,8 +58,10 @@ class Ledger:
             for k in ("prompt_tokens", "completion_tokens", "calls", "reasoning_tokens", "estimated_tokens"):
                 if k in r or usage.get(k):
                     r[k] = r.get(k, 0) + int(usage.get(k, 0))
+        if _undo and getattr(_journal, "log", None) is not None:
+            _journal.log.append((self, role, usage))
         if self.parent is not None:
-            self.parent.add(role=role, usage=usage)
+            self.parent.add(role=role, usage=usage, _undo=False)
 
     def _sum(self, key: str) -> int:
         return sum(r[key] for r in list(self.roles.values()))
@@ -110,6 +116,7 @@ class Summary:
     stopped: str = ""
     ledger: dict = field(default_factory=dict)
     total: dict = field(default_factory=dict)  # the output so far, over every resumed run
+    pending: int = 0  # --batch-api: items waiting for a batch's results (neither done nor failed)
     width: dict = field(default_factory=dict)  # the throttle's story when 429s narrowed it (Throttle.as_dict)
 
     @property
@@ -120,6 +127,8 @@ class Summary:
         d = dict(vars(self))
         if not d["width"]:
             d.pop("width")
+        if not d["pending"]:
+            d.pop("pending")
         d["items_per_s"] = d["dialogues_per_s"] = round(self.done / self.seconds, 3) if self.seconds else 0.0
         return d
 
@@ -170,7 +179,7 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
                 item = next(it, None)
                 if item is None:
                     break
-                pending[pool.submit(work, item)] = item
+                pending[pool.submit(_attempt, work, item)] = item
             if not pending:
                 break
             try:
@@ -194,9 +203,10 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
                         raise BaizeError(f"{failures_in_a_row} {noun} failed in a row, last: {e}") from None
                     continue
                 failures_in_a_row = 0
-                if rec is None:
-                    # the budget ran out between submitting this item and its first call: record
-                    # nothing, so the next run (with more budget) does it instead of skipping it forever
+                if rec is WAITING:
+                    summary.pending += 1  # written once its batch is back (run_rounds)
+                    continue
+                if rec is None:  # the budget ran out before its first call: the next run does it
                     summary.stopped = summary.stopped or "budget"
                     continue
                 meta = rec.setdefault("meta", {})
@@ -220,10 +230,60 @@ def run_items(items: Iterable, work: Callable[[object], dict | None], *, out: st
         summary.ledger = ledger.as_dict()
         summary.width = throttle.as_dict()
         bar.close()
-        path = sidecar(out, "summary.json")
-        summary.total = _totals(path, summary, len(kept_w.ids), len(rej_w.ids))
-        atomic_write_text(path, json.dumps(summary.as_dict(), indent=2) + "\n")
+        _write_summary(sidecar(out, "summary.json"), summary, len(kept_w.ids), len(rej_w.ids))
     return summary
+
+
+def _write_summary(path: Path, summary: Summary, kept: int, rejected: int) -> None:
+    summary.total = _totals(path, summary, kept, rejected)
+    atomic_write_text(path, json.dumps(summary.as_dict(), indent=2) + "\n")
+
+
+WAITING = object()  # what an item that waits for a batch gives the runner
+
+
+def _attempt(work, item):
+    """work(item), or WAITING when one of its calls waits for a batch: then it takes back what its
+    calls counted this time (they count in the round that finishes the item)."""
+    from .llm.batch import BatchPending
+    _journal.log = []
+    try:
+        return work(item)
+    except BatchPending:
+        for ledger, role, usage in reversed(_journal.log):
+            ledger.add(role=role, usage={k: -v for k, v in usage.items()}, _undo=False)
+        return WAITING
+    finally:
+        _journal.log = None
+
+
+def run_rounds(run_round: Callable[[], Summary], batches, ledger: Ledger, *, out: str | Path) -> Summary:
+    """--batch-api: run the items (their calls go pending), send the batches, wait, run again;
+    until no item waits. Each round's run_items adds its ledger to OUT.summary.json's totals.
+    --max-cost is checked before each submission: a batch that could pass the cap is not sent."""
+    path = sidecar(out, "summary.json")
+    before = path.read_text() if path.exists() else None
+    while True:
+        s = run_round()  # its totals: the runs before this one's, plus the ledger of every round so far
+        if s.stopped or not batches.pending():
+            return s
+        root = ledger
+        while root.parent is not None:  # a part's ledger (eval's answers of one model) shares the stage's cap
+            root = root.parent
+        if root.max_cost is not None and root.cost + batches.cost_to_send() > root.max_cost:
+            s.stopped = "budget"
+        else:
+            batches.submit()
+            if batches.wait():
+                if before is None:  # the ledger is the whole invocation's: the next round's totals add it once
+                    path.unlink()
+                else:
+                    atomic_write_text(path, before)
+                continue
+            s.stopped = "interrupted"  # Ctrl-C while waiting: the batches run on
+        # the round's summary said nothing of the stop
+        atomic_write_text(path, json.dumps({**json.loads(path.read_text()), "stopped": s.stopped}, indent=2) + "\n")
+        return s
 
 
 def stop_if_interrupted(summary: Summary) -> Summary:

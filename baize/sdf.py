@@ -21,6 +21,7 @@ from pathlib import Path
 
 from .config import (
     BaizeError,
+    BatchFields,
     EndpointFields,
     JudgeFields,
     PlanFields,
@@ -30,7 +31,7 @@ from .config import (
     effort_opt,
     opt,
 )
-from .runner import Ledger, print_summary, run_items
+from .runner import Ledger, print_summary, run_items, run_rounds
 from .schema import atomic_write_text, read_jsonl, repair_torn_tail, sidecar
 
 
@@ -63,7 +64,7 @@ class _SDFFields:
 
 
 @dataclass
-class SDFConfig(PlanFields, RunFields, JudgeFields, EndpointFields, _SDFFields):
+class SDFConfig(PlanFields, BatchFields, RunFields, JudgeFields, EndpointFields, _SDFFields):
     """SDF's own fields, then the endpoint's (the policy's), the judge's and the run's (config.py)."""
 
 
@@ -306,7 +307,7 @@ def refuse_debiased_flags(cfg: SDFConfig, mode: str) -> None:
                          f"or use --judge-mode text")
 
 
-def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
+def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None, batches=None, prices: dict | None = None):
     from .judge.core import load_judge
     from .llm.models import load_endpoint
     refuse_debiased_flags(cfg, cfg.judge_mode)  # before loading anything, when the mode is given
@@ -314,6 +315,11 @@ def load_policy_and_judge(cfg: SDFConfig, policy=None, judge_llm=None):
         policy = load_endpoint(cfg.policy, cfg, max_batch=min(64, cfg.concurrency * cfg.n))
     if judge_llm is None and cfg.judge == cfg.policy and not cfg.judge.startswith("openai:"):
         judge_llm = policy  # one copy of a local model in memory
+    if batches is not None:  # --batch-api: the openai: models' calls go into batches, local ones run here
+        if cfg.judge.startswith("openai:"):
+            judge_llm = batches.wrap(judge_llm or load_endpoint(cfg.judge, cfg, judge=True), prices["judge"])
+        policy = batches.wrap(policy, prices["policy"])  # a local policy's samples kept for the replays
+        batches.check()
     out = Path(cfg.out)
     stem = out.name[:-len(".jsonl")] if out.name.endswith(".jsonl") else out.name
     judge = load_judge(cfg, out.with_name(stem + ".judge_cache"), judge_llm, orders=cfg.judge_orders or 2)
@@ -326,15 +332,25 @@ def sdf(cfg: SDFConfig, policy=None, judge_llm=None, *, console=None):
     if cfg.n < 2:
         raise BaizeError(f"--n {cfg.n}: SDF needs at least 2 candidates per prompt to rank")
     prompts = _prompts(cfg)
-    policy, judge = load_policy_and_judge(cfg, policy, judge_llm)
-    ledger = Ledger(cfg.max_tokens_total, {"policy": (cfg.price_in, cfg.price_out),
-                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)}, max_cost=cfg.max_cost)
+    prices = {"policy": (cfg.price_in, cfg.price_out), "judge": (cfg.judge_price_in, cfg.judge_price_out)}
+    batches = None
+    if cfg.batch_api:
+        from .llm.batch import Batches
+        batches = Batches(cfg.out, poll=cfg.batch_poll, tries=cfg.batch_tries)
+        spec = {"policy": cfg.policy, "judge": cfg.judge}
+        prices = {r: tuple(x * cfg.batch_discount for x in p) if spec[r].startswith("openai:") else p
+                  for r, p in prices.items()}  # batch calls are billed at the discount
+    policy, judge = load_policy_and_judge(cfg, policy, judge_llm, batches, prices)
+    ledger = Ledger(cfg.max_tokens_total, prices, max_cost=cfg.max_cost)
+
+    def one_round():
+        return run_items(prompts, lambda p: sdf_one(p, policy, judge, cfg, ledger), out=cfg.out, ledger=ledger,
+                         concurrency=cfg.concurrency, label="sdf", noun="prompts", config=cfg,
+                         retry_failed=cfg.retry_failed, progress=cfg.progress, console=console,
+                         meta_of=lambda p: {"source": p.source, "context": p.context},
+                         throttle_on=[policy])  # the judge's 429s back off in its own calls
     try:
-        summary = run_items(prompts, lambda p: sdf_one(p, policy, judge, cfg, ledger), out=cfg.out, ledger=ledger,
-                            concurrency=cfg.concurrency, label="sdf", noun="prompts", config=cfg,
-                            retry_failed=cfg.retry_failed, progress=cfg.progress, console=console,
-                            meta_of=lambda p: {"source": p.source, "context": p.context},
-                            throttle_on=[policy])  # the judge's 429s back off in its own calls
+        summary = run_rounds(one_round, batches, ledger, out=cfg.out) if batches else one_round()
     finally:
         prefs = write_prefs(cfg.out)  # also after an error: what was written stays usable
     return summary, prefs
@@ -381,6 +397,8 @@ def plan(cfg: SDFConfig, prompts: list[Prompt] | None = None):
                 calls_max=None if most == 1 else most)
         add_prompts(judge, [msgs for _, msgs in agg.rank_prompts(prompt.context, [bound(cfg.max_tokens)] * cfg.n)],
                     judge_completion(cfg, agg))
+    if cfg.batch_api:
+        p.batch_api("sdf", cfg.batch_discount)
     return add_reasoning(p, {"policy": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort}, {"policy": cfg.n})
 
 

@@ -6,6 +6,7 @@ OpenAI-compatible HTTP server with scripted latency and injected faults.
 
 import argparse
 import itertools
+import json
 import re
 import string
 import threading
@@ -364,6 +365,155 @@ def _completion(body: dict, model: str, msgs: list[dict], reply, spend: dict) ->
         if model == "gpt-5-mini":
             out["usage"]["completion_tokens_details"] = {"reasoning_tokens": rt}
     return out
+
+
+def add_batch_api(app, *, reply=default_reply, expire_every: int | None = None, seed: int = 0):
+    """OpenAI's Files and Batch API on a fake's app (OpenAI's Batch guide and API reference, "Batch" and
+    "Files"; facts in /work/shared/REFERENCE.md): upload with purpose "batch", `batches.create` with
+    only a "24h" window, each retrieve moving a batch one status on: validating -> in_progress (or
+    failed, with errors.data [{code, message, param, line}] for a duplicate_custom_id or a
+    mismatched_model, one model per file) -> finalizing -> completed, or expired when lines ran out
+    of time; cancel -> cancelling -> cancelled. Output and error files in shuffled order (the guide:
+    match on custom_id), `request_counts`, and every `expire_every`-th line answered so far expiring
+    into the error file as `batch_expired`. `app.state.batch` counts files, batches and each
+    custom_id answered; a chat completion is shaped and counted as make_app's is."""
+    import random
+    from collections import Counter
+
+    from fastapi import Request
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    st = app.state.batch = type("BatchState", (), {})()
+    st.files, st.batches, st.answered, st.lines, st.rng = {}, {}, Counter(), 0, random.Random(seed)
+    st.hold = False  # True: batches stay in_progress (the 24 hours a real one may take), for a kill while waiting
+
+    def error(status, message, param=None, code=None):
+        return JSONResponse({"error": {"message": message, "type": "invalid_request_error", "param": param,
+                                       "code": code}}, status)
+
+    @app.post("/v1/files")
+    async def upload(request: Request):
+        form = await request.form()
+        up = form["file"]
+        return _new_file(st, (await up.read()).decode(), up.filename, form.get("purpose", ""))
+
+    @app.get("/v1/files/{file_id}/content")
+    async def content(file_id: str):
+        if file_id not in st.files:
+            return error(404, f"No such File object: {file_id}", "id")
+        return PlainTextResponse(st.files[file_id][1])
+
+    @app.post("/v1/batches")
+    async def create(request: Request):
+        body = await request.json()
+        if body.get("completion_window") != "24h":
+            return error(400, "Invalid value for 'completion_window': only '24h' is supported.",
+                         "completion_window", "invalid_value")
+        f = st.files.get(body.get("input_file_id"))
+        if f is None or f[0]["purpose"] != "batch":
+            return error(400, "The input file must be uploaded with purpose 'batch'.", "input_file_id")
+        b = {"id": f"batch_{len(st.batches) + 1}", "object": "batch", "endpoint": body.get("endpoint"), "errors": None,
+             "input_file_id": f[0]["id"], "completion_window": "24h", "status": "validating",
+             "output_file_id": None, "error_file_id": None, "created_at": int(time.time()),
+             "request_counts": {"total": 0, "completed": 0, "failed": 0}, "metadata": body.get("metadata")}
+        st.batches[b["id"]] = b
+        return b
+
+    @app.get("/v1/batches/{batch_id}")
+    async def retrieve(batch_id: str):
+        b = st.batches.get(batch_id)
+        if b is None:
+            return error(404, f"No batch found with id '{batch_id}'.", "batch_id")
+        lines = [json.loads(x) for x in st.files[b["input_file_id"]][1].splitlines() if x.strip()]
+        if b["status"] == "validating":
+            errors = _validate(lines)
+            b["status"] = "failed" if errors else "in_progress"
+            b["errors"] = {"object": "list", "data": errors} if errors else None
+            b["request_counts"]["total"] = len(lines)
+        elif b["status"] == "in_progress" and not st.hold:
+            _run_batch(st, b, lines, reply, expire_every)  # ends "expired" at once when lines ran out of time, else "finalizing"
+        elif b["status"] == "finalizing":
+            b["status"] = "completed"
+        elif b["status"] == "cancelling":
+            b["status"] = "cancelled"
+        return b
+
+    @app.post("/v1/batches/{batch_id}/cancel")
+    async def cancel(batch_id: str):
+        b = st.batches.get(batch_id)
+        if b is None:
+            return error(404, f"No batch found with id '{batch_id}'.", "batch_id")
+        if b["status"] in ("validating", "in_progress", "finalizing"):
+            b["status"] = "cancelling"
+        return b
+
+    @app.get("/v1/batches")
+    async def list_batches():
+        data = list(reversed(st.batches.values()))
+        return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None, "has_more": False}
+
+    return app
+
+
+def _new_file(st, content: str, name: str, purpose: str) -> dict:
+    f = {"id": f"file-{len(st.files) + 1}", "object": "file", "bytes": len(content.encode()),
+         "created_at": int(time.time()), "filename": name, "purpose": purpose, "status": "processed"}
+    st.files[f["id"]] = (f, content)
+    return f
+
+
+
+def _validate(lines: list[dict]) -> list[dict]:
+    """The Batch guide's per-line checks, as errors.data items: unique custom_ids, one model per file."""
+    errors, seen, model = [], set(), lines[0]["body"].get("model") if lines else None
+    for i, line in enumerate(lines, 1):
+        if line["custom_id"] in seen:
+            errors.append({"code": "duplicate_custom_id", "line": i, "param": "custom_id", "message":
+                           "The custom_id for this request is a duplicate of another request. The custom_id "
+                           "parameter must be unique for each request in a batch."})
+        elif line["body"].get("model") != model:
+            errors.append({"code": "mismatched_model", "line": i, "param": "body.model", "message":
+                           "The provided model in this request does not match the model of the other "
+                           "requests in the batch. Each batch may only use a single model."})
+        seen.add(line["custom_id"])
+    return errors
+
+def _run_batch(st, b: dict, lines: list[dict], reply, expire_every: int | None) -> None:
+    """Answer a batch's lines; every `expire_every`-th line so far expires instead."""
+    out, err = [], []
+    for line in lines:
+        st.lines += 1
+        if expire_every and st.lines % expire_every == 0:
+            err.append({"id": f"batch_req_{st.lines}", "custom_id": line["custom_id"], "response": None,
+                        "error": {"code": "batch_expired", "message": "This request could not be executed "
+                                  "before the completion window expired."}})
+            continue
+        st.answered[line["custom_id"]] += 1
+        out.append({"id": f"batch_req_{st.lines}", "custom_id": line["custom_id"], "error": None,
+                    "response": {"status_code": 200, "request_id": f"req_{st.lines}",
+                                 "body": chat_completion(line["body"], reply, st.lines)}})
+    for rows, key in ((out, "output_file_id"), (err, "error_file_id")):
+        st.rng.shuffle(rows)
+        if rows:
+            b[key] = _new_file(st, "".join(json.dumps(r) + "\n" for r in rows), f"{b['id']}_{key}.jsonl",
+                              "batch_output")["id"]
+    b["request_counts"] = {"total": len(lines), "completed": len(out), "failed": len(err)}
+    b["status"] = "expired" if err else "finalizing"
+
+
+def chat_completion(body: dict, reply, n: int) -> dict:
+    """The chat completion make_app answers (a word a token), for a batch line's response body, each
+    of n choices its own draw by seed (`_vary`); `reply` may be a dict of them by model name."""
+    if isinstance(reply, dict):
+        reply = reply.get(body.get("model"), default_reply)
+    texts = [_vary(reply(body["messages"]), body["messages"], body.get("seed"), i) for i in range(int(body.get("n") or 1))]
+    pt, ct = sum(len(m["content"].split()) for m in body["messages"]), sum(len(t.split()) for t in texts)
+    return {"id": f"chatcmpl-{n}", "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+                        for i, t in enumerate(texts)],
+            "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}}
 
 
 class ServerThread:

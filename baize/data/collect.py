@@ -11,8 +11,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, effort_opt, opt
-from ..runner import Ledger, Summary, run_items
+from ..config import BatchFields, EndpointFields, PlanFields, RunFields, add_dataclass_args, dataclass_from_args, effort_opt, opt
+from ..runner import Ledger, Summary, run_items, run_rounds
 from ..runner import print_summary as _print_summary
 from ..schema import JsonlAppender, read_jsonl, repair_torn_tail, sidecar
 from .filters import DialogueFilter, FilterConfig, check_config
@@ -60,7 +60,7 @@ class _CollectFields:
 
 
 @dataclass
-class CollectConfig(PlanFields, RunFields, FilterConfig, EndpointFields, _CollectFields):
+class CollectConfig(PlanFields, BatchFields, RunFields, FilterConfig, EndpointFields, _CollectFields):
     """collect's own fields, then the endpoint's (the teacher's), the filters' (--min-turns ...
     --off-topic, --judge, --min-score, which `baize data filter` shares) and the run's: dataclasses
     put base fields in reverse MRO order, so the last base's flags come first in --help."""
@@ -206,8 +206,19 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
         llm.check()  # an unreachable endpoint or a bad key fails now, in one line, not per seed
     if judge_llm is None and cfg.judge == cfg.teacher and not (cfg.judge or "").startswith("openai:"):
         judge_llm = llm  # one copy of a local model in memory
-    ledger = Ledger(cfg.max_tokens_total, {"teacher": (cfg.price_in, cfg.price_out),
-                                           "judge": (cfg.judge_price_in, cfg.judge_price_out)}, max_cost=cfg.max_cost)
+    share = cfg.batch_discount if cfg.batch_api else 1.0  # batch calls are billed at the discount
+    prices = {"teacher": (cfg.price_in * share, cfg.price_out * share),
+              "judge": (cfg.judge_price_in * share, cfg.judge_price_out * share)}
+    ledger = Ledger(cfg.max_tokens_total, prices, max_cost=cfg.max_cost)
+    batches = None
+    if cfg.batch_api:
+        from ..llm.batch import Batches
+        batches = Batches(out, poll=cfg.batch_poll, tries=cfg.batch_tries)
+        llm = batches.wrap(llm, prices["teacher"])
+        if (cfg.judge or "").startswith("openai:"):
+            from ..llm.models import load_endpoint as _load
+            judge_llm = batches.wrap(judge_llm or _load(cfg.judge, cfg, judge=True), prices["judge"])
+        batches.check()
     filt = DialogueFilter(cfg, out, ledger, judge_llm=judge_llm)
 
     def meta_of(seed) -> dict:
@@ -229,11 +240,14 @@ def collect(cfg: CollectConfig, llm=None, *, judge_llm=None, console=None) -> Su
             rec["meta"]["raw"] = raw  # kept so a template or parser problem can be diagnosed
         return filt(rec, seed.text)
 
-    try:
+    def one_round() -> Summary:
         return run_items(seeds, work, out=out, ledger=ledger, concurrency=cfg.concurrency, label="collect",
                          noun="seeds", config=cfg, retry_failed=cfg.retry_failed,
                          accept=lambda seed, rec: filt.accept(seed.id, rec), meta_of=meta_of, progress=cfg.progress,
                          console=console, throttle_on=[llm])  # a judge filter's 429s back off in its own calls
+
+    try:
+        return run_rounds(one_round, batches, ledger, out=out) if batches else one_round()
     finally:
         filt.close()
         unfinished.close()
@@ -303,6 +317,8 @@ def plan(cfg: CollectConfig, seeds=None):
         if judge is not None:
             add_prompts(judge, [agg.score_prompt(ctx, answer) for ctx, answer in judged_turns(msgs)],
                         judge_completion(cfg, agg))
+    if cfg.batch_api:
+        p.batch_api("collect", cfg.batch_discount)
     return add_reasoning(p, {"teacher": cfg.reasoning_effort, "judge": cfg.judge_reasoning_effort})
 
 

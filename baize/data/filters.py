@@ -428,13 +428,18 @@ def judged_turns(msgs: list[dict]) -> list[tuple[list[dict], str]]:
 def judge_dialogue(judge, msgs: list[dict]) -> tuple[float | None, list, dict]:
     """Score every AI turn in its context: (the lowest score, or None if one did not parse; the
     scores; the judge's usage). Every AI turn is trained on, so the weakest decides."""
+    from ..judge.modes import Waits
     usage = {"prompt_tokens": 0, "completion_tokens": 0, "calls": 0}
-    scores = []
+    scores, waits = [], Waits()  # --batch-api: every turn's score goes into the same batch
     for context, answer in judged_turns(msgs):
-        s = judge.score(context, answer)
+        with waits:
+            s = judge.score(context, answer)
+        if waits.pending:
+            continue
         for k, v in s.usage.items():  # reasoning and estimated tokens too, where the judge's endpoint has them
             usage[k] = usage.get(k, 0) + v
         scores.append(s.value)
+    waits.check()
     low = None if not scores or None in scores else min(scores)
     return low, scores, usage
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ..config import (
     BaizeError,
+    BatchFields,
     EndpointFields,
     JudgeFields,
     PlanFields,
@@ -34,7 +35,7 @@ from ..config import (
     public_dict,
     save_config,
 )
-from ..runner import Ledger, run_items, stop_if_interrupted
+from ..runner import Ledger, run_items, run_rounds, stop_if_interrupted
 from ..schema import read_jsonl
 from .nll import _NllCache, nll, reference_dialogues  # noqa: F401  (reference_dialogues: part of eval's API)
 from .questions import BUILTIN, Question, load_questions  # noqa: F401  (part of eval's API)
@@ -73,7 +74,7 @@ class _EvalFields:
 
 
 @dataclass
-class EvalConfig(PlanFields, RunFields, JudgeFields, EndpointFields, _EvalFields):
+class EvalConfig(PlanFields, BatchFields, RunFields, JudgeFields, EndpointFields, _EvalFields):
     """eval's own fields, then the endpoint's (openai: models), the judge's and the run's (config.py)."""
 
 
@@ -138,9 +139,9 @@ def loss_curve(spec: str) -> list | None:
 class _Lazy:
     """The model loads only when something is missing from the caches."""
 
-    def __init__(self, spec: str, cfg: EvalConfig):
+    def __init__(self, spec: str, cfg: EvalConfig, batches=None, price=(0.0, 0.0)):
         import threading
-        self.spec, self.cfg, self.llm = spec, cfg, None
+        self.spec, self.cfg, self.llm, self.batches, self.price = spec, cfg, None, batches, price
         self.lock = threading.Lock()  # the runner's workers ask at once: one loads, the others wait
 
     def get(self):
@@ -151,6 +152,8 @@ class _Lazy:
         if self.llm is None:
             from ..llm.models import load_endpoint
             self.llm = load_endpoint(self.spec, self.cfg, max_batch=self.cfg.concurrency)
+            if self.batches is not None and self.spec.startswith("openai:"):  # local models answer in-process
+                self.llm = self.batches.wrap(self.llm, self.price)
         return self.llm
 
     def close(self):
@@ -176,7 +179,7 @@ def turn_messages(q: Question, answers: list[str], turn: int) -> list[dict]:
 
 
 def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfig, ledger: Ledger,
-               out: Path, console=None) -> dict[str, list[str]]:
+               out: Path, console=None, batches=None) -> dict[str, list[str]]:
     """{question_id: [answer per turn]}; generates what the cache lacks for this model's key."""
     key = model_key(lazy.spec, cfg)
     path = out / "answers" / f"{name}.jsonl"
@@ -197,9 +200,7 @@ def answer_all(name: str, lazy: _Lazy, questions: list[Question], cfg: EvalConfi
                                                           "model": name, "spec": lazy.spec, "key": key, "usage": usage}}
 
     items = [_Item(f"{q.id}@{key}", q) for q in questions]
-    stop_if_interrupted(run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency,
-                                  label=f"answers {name}", noun="questions", retry_failed=cfg.retry_failed,
-                                  progress=cfg.progress, console=console))
+    _run(items, work, path, cfg, ledger, batches, f"answers {name}", "questions", console)
     got = {}
     for r in read_jsonl(path):
         if r["meta"].get("key") == key:  # answers of an older model or setting stay, unused
@@ -256,7 +257,7 @@ def score_args(item: _Item) -> tuple[str, str, str | None]:
     return (*judge_inputs(item.q, item.extra["ans"]), _reference(item.q))
 
 
-def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
+def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, console=None, batches=None) -> list[dict]:
     ledger = ledger.child()
     items = pair_items(_jid(judge), pairs, questions, answers)
 
@@ -268,7 +269,7 @@ def judge_pairs(judge, pairs, questions, answers, cfg, ledger, out: Path, consol
                 "consistent": v.consistent, "verdicts": v.verdicts, "margin": v.margin, "mode": judge.mode,
                 "raw": v.raw, "meta": {"usage": v.usage}}
 
-    return _judged(items, work, out / "verdicts.jsonl", cfg, ledger, "judge pairs", console)
+    return _judged(items, work, out / "verdicts.jsonl", cfg, ledger, "judge pairs", console, batches)
 
 
 def _jid(judge) -> str:
@@ -277,7 +278,7 @@ def _jid(judge) -> str:
     return judge.name if judge.mode == "text" else f"{judge.name}/{judge.mode}"
 
 
-def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None) -> list[dict]:
+def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, console=None, batches=None) -> list[dict]:
     ledger = ledger.child()
     items = score_items(_jid(judge), names, questions, answers)
 
@@ -287,13 +288,19 @@ def judge_scores(judge, names, questions, answers, cfg, ledger, out: Path, conso
         return {"id": item.id, "question_id": item.q.id, "category": item.q.category, "model": item.extra["model"],
                 "value": s.value, "raw": s.raw, "meta": {"usage": s.usage}}
 
-    return _judged(items, work, out / "scores.jsonl", cfg, ledger, "judge scores", console)
+    return _judged(items, work, out / "scores.jsonl", cfg, ledger, "judge scores", console, batches)
 
 
-def _judged(items, work, path: Path, cfg, ledger, label, console) -> list[dict]:
-    stop_if_interrupted(run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label,
-                                  noun="verdicts", retry_failed=cfg.retry_failed, progress=cfg.progress,
-                                  console=console))
+def _run(items, work, path: Path, cfg, ledger, batches, label: str, noun: str, console) -> None:
+    """run_items; with --batch-api, round after round until no item waits for a batch."""
+    def one_round():
+        return run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label=label, noun=noun,
+                         retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
+    stop_if_interrupted(run_rounds(one_round, batches, ledger, out=path) if batches else one_round())
+
+
+def _judged(items, work, path: Path, cfg, ledger, label, console, batches=None) -> list[dict]:
+    _run(items, work, path, cfg, ledger, batches, label, "verdicts", console)
     wanted = {it.id for it in items}
     return [r for r in read_jsonl(path) if r["id"] in wanted] if path.exists() else []
 
@@ -357,8 +364,13 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     save_config(cfg, out / "eval.config.json")
     judged = cfg.judge and cfg.judge.lower() != "none" and (cfg.pairwise or cfg.single)
     # an unreachable judge fails now, before minutes of answers
+    batches = _batches(cfg, out, models) if cfg.batch_api else None
+    prices = _prices(cfg, models, cfg.batch_discount if cfg.batch_api else 1.0)
+    if batches and judged and cfg.judge.startswith("openai:"):
+        from ..llm.models import load_endpoint
+        judge_llm = batches.wrap(judge_llm or load_endpoint(cfg.judge, cfg, judge=True), prices["judge"])
     judge = load_judge(cfg, out / "judge_cache", judge_llm) if judged else None
-    ledger = Ledger(cfg.max_tokens_total, _prices(cfg, models), max_cost=cfg.max_cost)
+    ledger = Ledger(cfg.max_tokens_total, prices, max_cost=cfg.max_cost)
     t0 = time.monotonic()
     answers, nlls = {}, {}
     nll_cache = _NllCache(out / "nll.jsonl")
@@ -369,10 +381,10 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     if refs:
         nll_sets["reference"] = refs
     for name, spec in models.items():
-        lazy = _Lazy(spec, cfg)
+        lazy = _Lazy(spec, cfg, batches, prices.get(name, (0.0, 0.0)))
         if llms and name in llms:
             lazy.llm = llms[name]
-        answers[name] = answer_all(name, lazy, questions, cfg, ledger, out, console)
+        answers[name] = answer_all(name, lazy, questions, cfg, ledger, out, console, batches)
         nlls[name] = {}
         local = not spec.startswith(("openai:", "gguf:"))
         for what, recs in nll_sets.items():
@@ -387,10 +399,10 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         from ..judge.mtbench import judge_mt
         verdicts, scores = judge_mt(judge, cfg, pairs, names, questions, answers, ledger, out, console)
     else:
-        verdicts = judge_pairs(judge, pairs, questions, answers, cfg, ledger, out, console) if judged and cfg.pairwise \
-            else []
-        scores = judge_scores(judge, names, questions, answers, cfg, ledger, out, console) if judged and cfg.single \
-            else []
+        verdicts = judge_pairs(judge, pairs, questions, answers, cfg, ledger, out, console, batches) \
+            if judged and cfg.pairwise else []
+        scores = judge_scores(judge, names, questions, answers, cfg, ledger, out, console, batches) \
+            if judged and cfg.single else []
     results = build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs)
     results["ledger"], results["seconds"] = ledger.as_dict(), round(time.monotonic() - t0, 1)
     results["stopped"] = ledger.spent_cap()  # the cap that stopped it: a rerun with more finishes the rest
@@ -495,18 +507,32 @@ def _judge_prompts(cfg: EvalConfig) -> dict | None:
     return load_judge_prompts(cfg.judge_prompts)
 
 
-def _prices(cfg: EvalConfig, models: dict[str, str]) -> dict:
+def _prices(cfg: EvalConfig, models: dict[str, str], d: float = 1.0) -> dict:
     """The ledger's prices: the judge's, and --price-in/--price-out for each openai: model answering
-    (its role in the ledger is its name)."""
-    return {"judge": (cfg.judge_price_in, cfg.judge_price_out),
-            **{n: (cfg.price_in, cfg.price_out) for n, spec in models.items() if spec.startswith("openai:")}}
+    (its role in the ledger is its name); endpoint calls at `d` of that (--batch-api's discount)."""
+    j = d if (cfg.judge or "").startswith("openai:") else 1.0
+    return {"judge": (cfg.judge_price_in * j, cfg.judge_price_out * j),
+            **{n: (cfg.price_in * d, cfg.price_out * d) for n, spec in models.items() if spec.startswith("openai:")}}
+
+
+def _batches(cfg: EvalConfig, out: Path, models: dict[str, str]):
+    from ..llm.batch import Batches
+    if not any(spec.startswith("openai:") for spec in [*models.values(), cfg.judge or ""]):
+        raise BaizeError("--batch-api: none of eval's models nor its judge is an openai: model: drop --batch-api")
+    if cfg.judge_prompts:
+        raise BaizeError("--batch-api with --judge-prompts (MT-bench's per-turn judging) is not supported yet: "
+                         "drop one of them")
+    return Batches(out, poll=cfg.batch_poll, tries=cfg.batch_tries)
 
 
 def plan(cfg: EvalConfig, questions: list[Question] | None = None):
     """The --dry-run plan (_calls), with an estimate of a reasoning model's hidden tokens per role."""
     from ..plan import add_reasoning
     efforts = {name: cfg.reasoning_effort for name in parse_models(cfg.models)}
-    return add_reasoning(_calls(cfg, questions), {**efforts, "judge": cfg.judge_reasoning_effort})
+    p = add_reasoning(_calls(cfg, questions), {**efforts, "judge": cfg.judge_reasoning_effort})
+    if cfg.batch_api:
+        p.batch_api("eval", cfg.batch_discount)
+    return p
 
 
 def _calls(cfg: EvalConfig, questions: list[Question] | None = None):

@@ -22,6 +22,7 @@ from pathlib import Path
 
 from ..config import (
     BaizeError,
+    BatchFields,
     EndpointFields,
     JudgeFields,
     PlanFields,
@@ -32,7 +33,7 @@ from ..config import (
     public_dict,
     save_config,
 )
-from ..runner import Ledger, run_items
+from ..runner import Ledger, run_items, run_rounds
 from ..schema import read_jsonl, read_jsonl_where
 from .verdicts import judge_flags
 
@@ -52,7 +53,7 @@ class _CheckFields:
 
 
 @dataclass
-class JudgeCheckConfig(PlanFields, RunFields, JudgeFields, EndpointFields, _CheckFields):
+class JudgeCheckConfig(PlanFields, BatchFields, RunFields, JudgeFields, EndpointFields, _CheckFields):
     """judge-check's own fields, then the endpoint's, the judge's and the run's (config.py)."""
 
 
@@ -137,7 +138,8 @@ def shown(item: _Item) -> tuple[list[dict], str, str]:
     return (p.context, p.chosen, p.rejected) if item.human == "a" else (p.context, p.rejected, p.chosen)
 
 
-def judge_pairs(judge, pairs: list[Pair], cfg: JudgeCheckConfig, ledger: Ledger, out: Path, console=None) -> list[dict]:
+def judge_pairs(judge, pairs: list[Pair], cfg: JudgeCheckConfig, ledger: Ledger, out: Path, console=None,
+                batches=None) -> list[dict]:
     """One record per pair: the judge's verdict on (a, b) and which of them the human chose."""
     items = check_items(judge.name, judge.mode, pairs)
 
@@ -153,8 +155,11 @@ def judge_pairs(judge, pairs: list[Pair], cfg: JudgeCheckConfig, ledger: Ledger,
                 "meta": {"usage": v.usage, "seconds": round(time.monotonic() - t0, 3), "cached": v.cached}}
 
     path = out / "verdicts.jsonl"
-    run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label="judge-check",
-              noun="pairs", retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
+
+    def one_round():
+        return run_items(items, work, out=path, ledger=ledger, concurrency=cfg.concurrency, label="judge-check",
+                         noun="pairs", retry_failed=cfg.retry_failed, progress=cfg.progress, console=console)
+    run_rounds(one_round, batches, ledger, out=path) if batches else one_round()
     by_id = {r["id"]: r for r in read_jsonl(path)} if path.exists() else {}
     return [by_id[it.id] for it in items if it.id in by_id]
 
@@ -212,17 +217,27 @@ def check(cfg: JudgeCheckConfig, *, judge_llm=None, console=None) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "judge_check.config.json")
+    share, batches = 1.0, None
+    if cfg.batch_api:  # the judge's calls into batches, billed at the discount
+        from ..llm.batch import Batches
+        from ..llm.models import load_endpoint
+        share, batches = cfg.batch_discount, Batches(out, poll=cfg.batch_poll, tries=cfg.batch_tries)
+        if cfg.judge.startswith("openai:"):
+            judge_llm = batches.wrap(judge_llm or load_endpoint(cfg.judge, cfg, judge=True),
+                                     (cfg.judge_price_in * share, cfg.judge_price_out * share))
+        batches.check()
     judge = load_judge(cfg, out / "judge_cache", judge_llm)
-    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in, cfg.judge_price_out)}, max_cost=cfg.max_cost)
+    ledger = Ledger(cfg.max_tokens_total, {"judge": (cfg.judge_price_in * share, cfg.judge_price_out * share)},
+                    max_cost=cfg.max_cost)
     t0 = time.monotonic()
     try:
-        rows = judge_pairs(judge, pairs, cfg, ledger, out, console)
+        rows = judge_pairs(judge, pairs, cfg, ledger, out, console, batches)
     finally:
         judge.close()
     m = measures(rows, cfg.bootstrap)
     usage = {k: sum(int(r["meta"]["usage"].get(k, 0)) for r in rows) for k in ("prompt_tokens", "completion_tokens",
                                                                                   "calls")}
-    cost = (usage["prompt_tokens"] * cfg.judge_price_in + usage["completion_tokens"] * cfg.judge_price_out) / 1000
+    cost = (usage["prompt_tokens"] * cfg.judge_price_in + usage["completion_tokens"] * cfg.judge_price_out) / 1000 * share
     shown = "builtin (baize/samples/hh_helpful_online.jsonl)" if cfg.pairs == "builtin" else cfg.pairs
     res = {"judge": cfg.judge, "mode": judge.mode, "pairs_file": shown, **m,
            "flags": judge_flags(m["consistency"], m["decisive_rate"], judge.mode, m["agreement"], m["decisive"],
@@ -334,6 +349,8 @@ def plan(cfg: JudgeCheckConfig):
     agg = planned_aggregator(cfg, cfg.judge)
     add_prompts(row, [m for it in check_items(cfg.judge, agg.name, pairs) for m in agg.pair_prompts(*shown(it))],
                 judge_completion(cfg, agg))
+    if cfg.batch_api:
+        p.batch_api("judge-check", cfg.batch_discount)
     return p
 
 

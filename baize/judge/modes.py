@@ -73,6 +73,28 @@ class Score:
 
 # --- arithmetic over presentations --------------------------------------------------------------------
 
+class Waits:
+    """--batch-api: every presentation is asked before one that waits for a batch stops the verdict,
+    so both orders (all of a ranking's) go into the same batch instead of one round each."""
+
+    def __init__(self):
+        self.pending = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb) -> bool:
+        from ..llm.batch import BatchPending
+        if kind is not None and issubclass(kind, BatchPending):
+            self.pending = e
+            return True
+        return False
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise self.pending
+
+
 def _presentations(k: int, n: int) -> list[list[int]]:
     """n orders of range(k), as given and reversed first, then rotations each with its reverse:
     every (order, reverse) pair puts each answer at mirrored positions, so position bias cancels."""
@@ -227,10 +249,15 @@ class TextMode:
     def pair_messages(self, ab: list[dict], ba: list[dict], parse=parse_pair) -> Verdict:
         """A pair from the caller's prompts in both orders (ab shows the first argument as A)."""
         usage, raw, verdicts, lps = new_usage(), [], [], []
+        waits = Waits()
         for msgs, swap in ((ab, False), (ba, True)):
-            v = self._ask("pair", msgs, parse, PAIR_REMINDER, usage, raw)
+            with waits:
+                v = self._ask("pair", msgs, parse, PAIR_REMINDER, usage, raw)
+            if waits.pending:
+                continue
             lps.append(logprobs_of(raw[-1]))
             verdicts.append({"A": "B", "B": "A"}.get(v, v) if swap else v)
+        waits.check()
         winner, consistent, margin = self.combine(verdicts, lps)
         return Verdict(winner, consistent, verdicts, raw, usage, usage["calls"] == 0, margin)
 
@@ -266,11 +293,16 @@ class TextMode:
         example = " > ".join(f"[[{x}]]" for x in labels[1:] + labels[:1])
         reminder = RANK_REMINDER.format(k=k, example=example)
         usage, raw, orders, presented = new_usage(), [], [], []
+        waits = Waits()
         for perm, msgs in self.rank_prompts(context, answers):
-            pos = self._ask("rank", msgs, lambda t: parse_ranking(t, k, labels), reminder, usage, raw, k)
+            with waits:
+                pos = self._ask("rank", msgs, lambda t: parse_ranking(t, k, labels), reminder, usage, raw, k)
+            if waits.pending:
+                continue
             orders.append(None if pos is None else [perm[p] for p in pos])
             lp = logprobs_of(raw[-1])
             presented.append((perm, [lp[x] for x in labels]) if lp and all(x in lp for x in labels) else None)
+        waits.check()
         parsed = [o for o in orders if o is not None]
         order, points = self.order(parsed, presented, answers)
         return Ranking(order, points, agreement(parsed, k), orders, raw, usage, usage["calls"] == 0)

@@ -45,7 +45,10 @@ class JudgeTransport:
         self._bad_in_row = 0
         self._file = None
         self.cache_path = None
-        if cache_dir is not None:
+        # an LLM that keeps its replies (--batch-api) answers a replayed verdict's calls again, each
+        # counted in the verdict that uses it; a reply cached here would be counted by none
+        self.caching = not llm.keeps_replies
+        if cache_dir is not None and self.caching:
             self.cache_path = Path(cache_dir) / self.CACHE_FILE
             self.cache_path.parent.mkdir(parents=True, exist_ok=True)
             repair_torn_tail(self.cache_path)
@@ -113,7 +116,8 @@ class JudgeTransport:
         entry = {"key": key, "text": c.text or "", "prompt_tokens": int(c.prompt_tokens or 0),
                  "completion_tokens": int(c.completion_tokens or 0)}
         with self._lock:
-            self._cache[key] = entry
+            if self.caching:
+                self._cache[key] = entry
             self._inflight.pop(key, None)
             for u in (self._usage, usage):
                 u["prompt_tokens"] += entry["prompt_tokens"]

@@ -92,7 +92,9 @@ class LLM:
       learns it from its first such reply, and SDF tops up with single calls where it is False);
     - `is_local`: a transformers model in this process: `.model`, `.tokenizer`, `.format`,
       `.system`, `.engine` (NLL, scoring on the engine thread) and `submit()` (the server's
-      streaming requests).
+      streaming requests);
+    - `keeps_replies`: answers from a store of its own that a rerun reads too (--batch-api's
+      BatchLLM): a judge's cache would only lose the cost of a reply asked again.
     """
     name: str = ""
     where: str = ""  # the endpoint its calls go to ("" in process): 429s are counted per endpoint
@@ -102,6 +104,7 @@ class LLM:
     can_count_tokens: bool = False
     honours_n: bool | None = None
     is_local: bool = False
+    keeps_replies: bool = False
 
     def check(self) -> None:
         """Fail fast, in one line, when the model cannot be reached; nothing to check by default."""
