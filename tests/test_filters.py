@@ -162,6 +162,16 @@ IPHONE_LOOP = ("The iPhone 6s and iPhone 6S, both are the iPhone 6, but there ar
                "was released in May 2021.\n\nThe iPhone 6s is the latest version of the iPhone 6 model, while the "
                "iPhone 6s Plus is the latest version of the iPhone 6 model.")
 IPHONE_66S = ("The iPhone 6S and iPhone 6S Plus are both high-end iOS 14 models with the same A9 chip and cameras.")
+GOOD += [
+    ("answer-frame-with-an-answer", "What is six times seven?", [
+        U("What is six times seven?"), A("The answer is forty-two: six sevens, or seven sixes, make 42.")], None),
+    ("human-repeats-a-phrase-twice", "Is it too late to learn piano at forty?", [
+        U("Is it too late to learn piano at forty?"),
+        A("No. Adults learn faster at first than children do, because they practise with a plan."),
+        U("Really? Not too late, not even for me? How many hours a week?"),
+        A("Three or four hours a week, spread over short daily sessions, gets most adults playing simple pieces "
+          "within a year.")], None),
+]
 BAD = [
     # the issue's examples
     ("human-repeats-the-ai", "Will Trump seek a deal with Iran to help with a failed US Afghanistan Policy?", [
@@ -192,6 +202,17 @@ BAD = [
     ("answers-with-nothing", "How safe is it to use your real name on the internet?", [
         U("How safe is it to use your real name on the internet?"),
         A("Sure! I'd be happy to help you with that question. Here is the answer you asked for.")], "non_answer", 1),
+    # the embedded teacher in the main job (2026-12-06): a frame around the question is no answer, and a
+    # human line of common words said over and over is a loop the content-word 3-grams cannot see
+    ("answer-frame-around-the-question", "Why do people love Pokemon go so much? What makes it fun?", [
+        U("Why do people love Pokemon go so much? What makes it fun?"),
+        A('The answer to this question is: "What makes it fun."')], "non_answer", 1),
+    ("human-says-the-same-words-over-and-over", "Why do people love Pokemon go so much? What makes it fun?", [
+        U("Why do people love Pokemon go so much? What makes it fun?"),
+        A("Catching creatures in the real streets around you turns a walk into a treasure hunt, and raids "
+          "make strangers team up."),
+        U("I'm not sure, I'm not sure.  I'm not sure. I'm not sure.  I'm not sure.  I'm not sure.  The next question:"),
+        A("Take your time: the game rewards short daily walks more than long sessions.")], "repetition", 2),
     # the embedded teacher in the main job (2026-12-01): a numeric loop has no 3-gram of words to repeat
     ("numbers-in-a-loop", "How long does it take to get an offer?", [
         U("How long does it take to get an offer?"),

@@ -11,6 +11,7 @@ threshold was chosen: docs/filters.md.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -230,6 +231,14 @@ def repetition(msgs: list[dict], seed: str, threshold: float, n: int = 3, min_gr
         seen |= here
         if len(grams) >= min_grams and repeated / len(grams) >= threshold:
             return i, f"{repeated / len(grams):.2f} of its {n}-grams said before"
+        # the same words over and over ("I'm not sure. I'm not sure. ..."): every word a stopword, so the
+        # count above skips them; such a phrase said three times or more in one turn is a loop too (0 of
+        # the 172,720 question and answer texts of ../shared/data/seeds reach the threshold so)
+        every = _grams(words(m["content"]), n)
+        thin = Counter(g for g in every if all(w in STOPWORDS or w.isdigit() for w in g))
+        again = sum(c - 1 for c in thin.values() if c >= 3)
+        if len(every) >= min_grams and again / len(every) >= threshold:
+            return i, f"{again / len(every):.2f} of its {n}-grams repeat a phrase of common words said three times or more"
     return None
 
 
@@ -241,6 +250,9 @@ def _question_part(text: str) -> str:
     that copies the material (a rewrite, an extraction) is doing its job; one that copies the
     request is restating it."""
     return text.strip().split("\n\n", 1)[0]
+
+
+_ANSWER_FRAME = re.compile(r"^(?:so |well )?(?:the|my) (?:answer|response|reply)(?: to (?:this|that|the|your) question)? is\b")
 
 
 def non_answer(msgs: list[dict], seed: str, threshold: float, min_content: int = 3, filler_words: int = 8):
@@ -266,6 +278,11 @@ def non_answer(msgs: list[dict], seed: str, threshold: float, min_content: int =
         for j, g in enumerate(_grams([_stem(w) for w in ws], 3)):
             if g in asked:
                 copied[j:j + 3] = [True] * 3
+        # "The answer to this question is: <the question>": the frame says nothing, so it counts as copied
+        frame = _ANSWER_FRAME.match(" ".join(ws))
+        if frame:
+            n_frame = len(frame.group().split())
+            copied[:n_frame] = [True] * n_frame
         if len(ws) >= 4 and sum(copied) >= 0.8 * len(ws):
             return i, f"{sum(copied) / len(ws):.2f} of its words copied from the question"
         if len(stems) < min_content or ws[0] in _VERDICT:
