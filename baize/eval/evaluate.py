@@ -37,7 +37,8 @@ from ..config import (
 )
 from ..runner import Ledger, run_items, run_rounds, stop_if_interrupted
 from ..schema import read_jsonl
-from .nll import _NllCache, nll, reference_dialogues  # noqa: F401  (reference_dialogues: part of eval's API)
+from .judge_free import judge_free, nll_sets, print_judge_free
+from .nll import _NllCache, mean_nll, nll, reference_dialogues  # noqa: F401  (reference_dialogues: part of eval's API)
 from .questions import BUILTIN, Question, load_questions  # noqa: F401  (part of eval's API)
 
 NEAR_CHANCE = 0.6
@@ -53,7 +54,8 @@ class _EvalFields:
     baseline: str | None = opt(None, "compare each model with this one only (default: every pair)")
     pairwise: bool = opt(True, "pairwise verdicts (both orders) and win rates")
     single: bool = opt(True, "single-answer 1-10 scores (with the reference when a question has one)")
-    nll_data: str | None = opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model")
+    nll_data: str | None = opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model "
+                                     "(default: 32 held-out human dialogues, baize/samples/nll_heldout.jsonl; none: off)")
     limit: int | None = opt(None, "use the first N questions")
     seed_field: str | None = opt(None, "field holding the question, for seed files")
     max_tokens: int = opt(512, "max new tokens per answer (a reasoning model gets room for its reasoning on top)")
@@ -372,14 +374,11 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
     judge = load_judge(cfg, out / "judge_cache", judge_llm) if judged else None
     ledger = Ledger(cfg.max_tokens_total, prices, max_cost=cfg.max_cost)
     t0 = time.monotonic()
-    answers, nlls = {}, {}
+    answers, nlls, parts = {}, {}, {}
     nll_cache = _NllCache(out / "nll.jsonl")
-    nll_sets = {}
-    if cfg.nll_data:
-        nll_sets["data"] = [r for r in read_jsonl(cfg.nll_data, validate=True)]
-    refs = reference_dialogues(questions)
-    if refs:
-        nll_sets["reference"] = refs
+    sets = {"data": list(read_jsonl(path, validate=True))} if (path := nll_sets(cfg.nll_data)) else {}
+    if (refs := reference_dialogues(questions)):
+        sets["reference"] = refs
     for name, spec in models.items():
         lazy = _Lazy(spec, cfg, batches, prices.get(name, (0.0, 0.0)))
         if llms and name in llms:
@@ -387,10 +386,11 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         answers[name] = answer_all(name, lazy, questions, cfg, ledger, out, console, batches)
         nlls[name] = {}
         local = not spec.startswith(("openai:", "gguf:"))
-        for what, recs in nll_sets.items():
-            key = (model_key(spec, cfg), what, _h(recs))
-            if local and (value := nll_cache.get(key, lambda lazy=lazy, recs=recs: nll(lazy, recs))) is not None:
-                nlls[name][what] = value
+        for what, recs in sets.items():  # per dialogue, so that judge_free's interval can resample them
+            key = (model_key(spec, cfg), what, "parts", _h(recs))
+            if local and (p := nll_cache.get(key, lambda lazy=lazy, recs=recs: nll(lazy, recs))) is not None:
+                nlls[name][what] = mean_nll(p)
+                parts.update({name: p} if what == "data" else {})
         if not (llms and name in llms):
             lazy.close()
     names = list(models)
@@ -404,6 +404,9 @@ def evaluate(cfg: EvalConfig, *, llms: dict | None = None, judge_llm=None, conso
         scores = judge_scores(judge, names, questions, answers, cfg, ledger, out, console, batches) \
             if judged and cfg.single else []
     results = build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs)
+    free, results["judge_free_pairs"] = judge_free(questions, answers, parts, pairs, cfg.bootstrap)
+    for name, jf in free.items():
+        results["models"][name]["judge_free"] = jf
     results["ledger"], results["seconds"] = ledger.as_dict(), round(time.monotonic() - t0, 1)
     results["stopped"] = ledger.spent_cap()  # the cap that stopped it: a rerun with more finishes the rest
     (out / "results.json").write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n")
@@ -469,6 +472,7 @@ def print_results(res: dict, console=None) -> None:
                 f" [{r['lc_ci'][0]:.2f}, {r['lc_ci'][1]:.2f}]" if r.get("lc_ci") else "")
             p.add_row(f"{r['a']} vs {r['b']}", f"{r['win']} / {r['tie']} / {r['loss']}", wr, lc)
         console.print(p)
+    print_judge_free(res, console)
     from .report import judge_lines
     for line in judge_lines(res.get("judge")):
         console.print(line, soft_wrap=True)

@@ -8,8 +8,9 @@ from pathlib import Path
 from ..schema import read_jsonl
 
 
-def nll(lazy, records: list[dict]) -> float | None:
-    """Mean negative log-likelihood per assistant token, in the model's own chat format."""
+def nll(lazy, records: list[dict]) -> list | None:
+    """[total negative log-likelihood, assistant tokens] of each record (None where it has none), in the
+    model's own chat format: the mean is mean_nll's, and its interval resamples the records (judge_free)."""
     import torch
 
     from ..train.packing import IGNORE, tokenize
@@ -19,20 +20,28 @@ def nll(lazy, records: list[dict]) -> float | None:
     samples = tokenize(records, llm.format, llm.tokenizer, max_length=llm.context_length, system=llm.system)
 
     def score():
-        total = count = 0.0
+        parts = []
         with torch.inference_mode():
             for s in samples:
                 labels = torch.tensor([s["labels"]])
                 if (labels != IGNORE).sum() < 1:
+                    parts.append(None)
                     continue
                 ids = torch.tensor([s["input_ids"]], device=llm.model.device)
                 logits = llm.model(input_ids=ids).logits[0, :-1].float()
                 tgt = labels[0, 1:].to(logits.device)
-                total += float(torch.nn.functional.cross_entropy(logits, tgt, ignore_index=IGNORE, reduction="sum"))
-                count += int((tgt != IGNORE).sum())
-        return round(total / count, 4) if count else None
+                total = float(torch.nn.functional.cross_entropy(logits, tgt, ignore_index=IGNORE, reduction="sum"))
+                parts.append([round(total, 4), int((tgt != IGNORE).sum())])
+        return parts
     # on the engine's thread: never concurrent with the model's generation for other requests
     return llm.engine.call(score)
+
+
+def mean_nll(parts: list | None) -> float | None:
+    """Nats per assistant token over every record: a long dialogue weighs by its tokens."""
+    parts = [p for p in parts or [] if p]
+    count = sum(c for _, c in parts)
+    return round(sum(t for t, _ in parts) / count, 4) if count else None
 
 
 def reference_dialogues(questions: list) -> list[dict]:
