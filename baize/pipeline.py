@@ -430,6 +430,11 @@ def _eval_step(ctx: Context) -> Result:
     stop = _budget_stop(ctx, res.get("stopped") or "done")
     if stop:
         return stop
+    from .eval.judge_free import summaries
+    if (lines := summaries(res)):  # the evidence that does not rest on a judge, as the last word on the loop
+        console.rule("[bold]did the loop help? (no judge)")
+        for line in lines:
+            console.print(line, soft_wrap=True)
     console.rule("[bold]next")
     console.print(usage_hint(str(out / "v2"), compare={"base": cfg.base, "v1": str(out / "v1")}), soft_wrap=True)
     console.print(f"report: {res['paths']['html']}", soft_wrap=True)

@@ -91,7 +91,8 @@ def _view(res: dict) -> dict:
             "n_questions": res.get("n_questions"), "questions_file": res.get("questions_file"),
             "models": models, "judge": judge or None, "consistency": cons, "near_chance": near, "flags": flags,
             "length": _d(res.get("length_control")),
-            "pairwise": pairs, "questions": qs, "config": _d(res.get("config")),
+            "pairwise": pairs, "questions": qs, "judge_free_pairs": [p for p in res.get("judge_free_pairs") or []
+                                                                  if isinstance(p, dict)], "config": _d(res.get("config")),
             "ledger": _d(res.get("ledger")), "seconds": _num(res.get("seconds"))}
 
 
@@ -275,6 +276,7 @@ def _verdict_text(vd: dict) -> str:
 
 
 def render_md(v: dict) -> str:
+    from . import judge_free_report as jf
     out = [f"# {_md(v['title'])}", ""]
     meta = [f"created {_md(v['created'])}" if v["created"] else "",
             f"{_int(v['n_questions'])} questions" if _num(v["n_questions"]) is not None else "",
@@ -285,6 +287,9 @@ def render_md(v: dict) -> str:
     out += ["## Models", "", _md_table(*_models_table(v)) or "No models.", ""]
     if (note := _models_note(v)):
         out += [note, ""]
+    if (t := jf.models_table(v))[1]:
+        out += ["## Judge-free evidence", "", _md(jf.NOTE), "", _md_table(*t), _md_table(*jf.pairs_table(v)),
+                *(f"- {_md(s)}" for s in jf.summaries(v)), "", _md(jf.PAIR_NOTE), ""]
     if v["pairwise"]:
         out += ["## Pairwise win rates", "", "Win rate of a over b, ties count half; 95% bootstrap interval.", "",
                 _md_table(*_pairs_table(v))]
@@ -412,6 +417,11 @@ def _draw_lengths(v):
     return "Answer lengths", draw, (max(3.4, 1.0 * len(names) + 1.4), 2.5)
 
 
+def _draw_words(v):
+    from .judge_free_report import draw_word_counts
+    return draw_word_counts(v, _label)
+
+
 def _draw_loss(v):
     curves = {}
     for i, (n, m) in enumerate(v["models"].items()):
@@ -481,7 +491,7 @@ def _plots(v: dict) -> dict:
     """name -> (title, data URI, width, height) or (title, None, why): a plot that fails loses only itself."""
     out = {}
     for key, make in (("winrates", _draw_winrates), ("consistency", _draw_consistency), ("scores", _draw_scores),
-                      ("lengths", _draw_lengths), ("loss", _draw_loss)):
+                      ("lengths", _draw_lengths), ("words", _draw_words), ("loss", _draw_loss)):
         try:
             spec = make(v)
             if spec:
@@ -505,6 +515,7 @@ def _fig(plots, key) -> str:
 
 
 def render_html(v: dict, plots: dict | None = None) -> str:
+    from . import judge_free_report as jf
     plots = plots if plots is not None else _plots(v)
     meta = [f"created {v['created']}" if v["created"] else "",
             f"{_int(v['n_questions'])} questions" if _num(v["n_questions"]) is not None else "",
@@ -517,6 +528,10 @@ def render_html(v: dict, plots: dict | None = None) -> str:
     note = _models_note(v)
     body.append(f"<section><h2>Models</h2>{_html_table(*_models_table(v)) or '<p>No models.</p>'}"
                 + (f'<p class="note">{_e(note)}</p>' if note else "") + f"{_fig(plots, 'lengths')}</section>")
+    if (t := jf.models_table(v))[1]:
+        body.append(f'<section><h2>Judge-free evidence</h2><p class="note">{_e(jf.NOTE)}</p>{_html_table(*t)}'
+                    f'{_html_table(*jf.pairs_table(v))}' + "".join(f"<p>{_e(s)}</p>" for s in jf.summaries(v))
+                    + f'<p class="note">{_e(jf.PAIR_NOTE)}</p>{_fig(plots, "words")}</section>')
     if v["pairwise"]:
         cats = _html_table(*_pair_cats_table(v))
         body.append('<section><h2>Pairwise win rates</h2><p class="note">Win rate of a over b, ties count half; '
