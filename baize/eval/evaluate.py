@@ -55,7 +55,7 @@ class _EvalFields:
     pairwise: bool = opt(True, "pairwise verdicts (both orders) and win rates")
     single: bool = opt(True, "single-answer 1-10 scores (with the reference when a question has one)")
     nll_data: str | None = opt(None, "dialogue JSONL: mean NLL of its assistant tokens under each local model "
-                                     "(default: 32 held-out human dialogues, baize/samples/nll_heldout.jsonl; none: off)")
+                                     "(default: 24 held-out human dialogues, baize/samples/nll_heldout.jsonl; none: off)")
     limit: int | None = opt(None, "use the first N questions")
     seed_field: str | None = opt(None, "field holding the question, for seed files")
     max_tokens: int = opt(512, "max new tokens per answer (a reasoning model gets room for its reasoning on top)")
