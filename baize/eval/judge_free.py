@@ -168,16 +168,19 @@ def print_judge_free(res: dict, console) -> None:
     models = {n: m["judge_free"] for n, m in res["models"].items() if m.get("judge_free")}
     if not models:
         return
-    t = Table(title="judge-free (95% CI)")
-    for col in ("model", "degenerate", "distinct-2", "distinct-3", "loops", "mean words", "held-out NLL"):
+    t = Table(title="judge-free: share degenerate (the collection's filters), distinct n-grams, share looping, "
+                    "words, held-out NLL (95% CI)")
+    cols = [("degenerate", "degenerate", 2), ("distinct_2", "distinct-2", 2), ("distinct_3", "distinct-3", 2),
+            ("loop", "loops", 2), ("mean_words", "words", 1), ("nll", "NLL", 3)]
+    cols = [c for c in cols if any(jf.get(c[0]) for jf in models.values())]  # no local model: no NLL
+    for col in ("model", *(c[1] for c in cols)):
         t.add_column(col)
 
     def cell(m, nd=2):
         return "-" if not m or m["value"] is None else f"{m['value']:.{nd}f} " + (
             f"[{m['ci'][0]:.{nd}f}, {m['ci'][1]:.{nd}f}]" if m["ci"] else "")
     for name, jf in models.items():
-        t.add_row(name, *(cell(jf.get(k)) for k in ("degenerate", "distinct_2", "distinct_3", "loop")),
-                  cell(jf.get("mean_words"), 1), cell(jf.get("nll"), 3))
+        t.add_row(name, *(cell(jf.get(k), nd) for k, _, nd in cols))
     console.print(t)
     for line in summaries(res):
         console.print(line, soft_wrap=True)

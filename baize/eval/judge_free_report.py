@@ -81,9 +81,13 @@ def draw_word_counts(v, label):
         return None
 
     def draw(fig, ax):
-        ax.boxplot([data[n] for n in names], showmeans=True)
+        # each model in its colour of the bar chart above; the triangle is the mean that chart shows
+        box = ax.boxplot([data[n] for n in names], showmeans=True, patch_artist=True,
+                         medianprops={"color": "black"}, meanprops={"markerfacecolor": "white", "markeredgecolor": "black"})
+        for patch, n in zip(box["boxes"], names):
+            patch.set(facecolor=f"C{list(v['models']).index(n)}", alpha=0.6)
         ax.set_xticks(range(1, len(names) + 1), [label(n, 16) for n in names])
-        ax.set_ylabel("words per answer")
+        ax.set_ylabel("words per answer (△: mean)")
         ax.set_ylim(bottom=0)
         ax.grid(axis="y", alpha=0.3)
     return "Answer length distribution", draw, (max(3.4, 1.0 * len(names) + 1.4), 2.5)
