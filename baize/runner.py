@@ -263,10 +263,15 @@ def run_rounds(run_round: Callable[[], Summary], batches, ledger: Ledger, *, out
     --max-cost is checked before each submission: a batch that could pass the cap is not sent."""
     path = sidecar(out, "summary.json")
     before = path.read_text() if path.exists() else None
+    from .llm.batch import changed_requests
+    waited = False  # a stage of several runs (eval) shares its Batches: judge only a round after this run's wait
     while True:
+        batches.asked.clear()
         s = run_round()  # its totals: the runs before this one's, plus the ledger of every round so far
         if s.stopped or not batches.pending():
             return s
+        if waited and (why := changed_requests(batches)) is not None:
+            raise BaizeError(why)
         root = ledger
         while root.parent is not None:  # a part's ledger (eval's answers of one model) shares the stage's cap
             root = root.parent
@@ -275,6 +280,7 @@ def run_rounds(run_round: Callable[[], Summary], batches, ledger: Ledger, *, out
         else:
             batches.submit()
             if batches.wait():
+                waited = True
                 if before is None:  # the ledger is the whole invocation's: the next round's totals add it once
                     path.unlink()
                 else:

@@ -411,3 +411,29 @@ def test_kill_9_while_waiting_then_rerun(tmp_path):
     assert len(app.state.batch.batches) == 2 and set(app.state.batch.answered.values()) == {1}
     assert app.state.requests == 0
     assert "batch batch_1: expired, 28/30 completed, 2 failed" in rerun.stdout
+
+
+def test_requests_that_change_on_every_replay_stop_instead_of_batching_without_end(tmp_path, monkeypatch):
+    """A request body that differs on each replay of its item (here a nonce, as a random seed or a clock in a
+    prompt would) never finds its answer in the store: each round would send a new batch, each paid for. The run
+    stops with one line after the first replay that asks for none of the answers the last wait brought."""
+    import itertools
+
+    nonce = itertools.count()
+    real_body = B.BatchLLM.body
+    monkeypatch.setattr(B.BatchLLM, "body", lambda self, messages, **kw: {
+        **real_body(self, messages, **kw), "user": f"nonce-{next(nonce)}"})
+    real_submit, sent = B.Batches.submit, []
+
+    def submit(self):
+        sent.append(1)
+        assert len(sent) <= 4, "rounds without end"  # without the guard the run would batch forever
+        return real_submit(self)
+    monkeypatch.setattr(B.Batches, "submit", submit)
+    app = add_batch_api(make_app())
+    with ServerThread(app) as url:
+        with pytest.raises(BaizeError, match=r"^--batch-api: the items replayed after the last batches asked for none "
+                                             r"of their 3 answers and made 3 new requests"):
+            collect(_cfg(tmp_path, url, limit=3, mode="oneshot"))
+    assert len(sent) == 1  # one batch paid for, not one per round
+    assert len(list(read_jsonl(tmp_path / "d.batch" / "results.jsonl"))) == 3  # its answers kept

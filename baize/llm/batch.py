@@ -62,6 +62,19 @@ def split(lines: list[dict], max_lines: int, max_bytes: int):
         yield chunk
 
 
+def _read_results(path: Path) -> dict[str, dict]:
+    """custom_id -> its output line, as stored by earlier runs."""
+    out = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                r = json.loads(line)
+                out[r["custom_id"]] = r
+            except (ValueError, KeyError, TypeError):
+                pass  # a run killed mid-write leaves half a line: that request is asked again
+    return out
+
+
 class Batches:
     """The run's batches: what was sent, what came back, what is still to send."""
 
@@ -78,17 +91,12 @@ class Batches:
         self.lock = threading.Lock()
         self.state_path, self.results_path = self.folder / "state.json", self.folder / "results.jsonl"
         self.state = json.loads(self.state_path.read_text()) if self.state_path.exists() else {"batches": []}
-        self.results: dict[str, dict] = {}
-        if self.results_path.exists():
-            for line in self.results_path.read_text(encoding="utf-8").splitlines():
-                try:
-                    r = json.loads(line)
-                    self.results[r["custom_id"]] = r
-                except (ValueError, KeyError, TypeError):
-                    pass  # a run killed mid-write leaves half a line: that request is asked again
+        self.results: dict[str, dict] = _read_results(self.results_path)
         self.wanted: dict[str, dict] = {}  # custom_id -> request line, this round
         self.costs: dict[str, float] = {}  # custom_id -> its most cost at the batch price (for --max-cost)
         self.failures: dict[str, list[str]] = {}  # custom_id -> why each try came back unanswered, this run
+        self.fresh: set[str] = set()  # custom_ids the last wait answered
+        self.asked: set[str] = set()  # custom_ids answered from the store in this round
         self.clients: dict[str, object] = {}  # model -> the openai client that sends it
         self.shown: dict[str, tuple] = {}  # batch id -> (status and counts last said, when)
 
@@ -113,6 +121,8 @@ class Batches:
     def answer(self, cid: str) -> dict | None:
         """The stored output line; raises when this run gave the line up."""
         if cid in self.results:
+            with self.lock:
+                self.asked.add(cid)
             return self.results[cid]
         reasons = self.failures.get(cid, [])
         if len(reasons) >= self.tries:
@@ -199,6 +209,7 @@ class Batches:
         """Poll every live batch until each has ended, storing its results; False on Ctrl-C (the
         batches keep running; the rerun of the same command picks them up)."""
         self.adopt()
+        self.fresh = set()
         start = time.monotonic()
         try:
             while True:
@@ -255,11 +266,24 @@ class Batches:
                 line = got.get(cid)
                 if line and line.get("response") and not line.get("error"):
                     self.results[cid] = line
+                    self.fresh.add(cid)
                     f.write(json.dumps(line, ensure_ascii=False) + "\n")
                 else:
                     err = (line or {}).get("error") or {}
                     why = f"{err.get('code')}: {err.get('message')}" if err else f"no result line (batch {status})"
                     self.failures.setdefault(cid, []).append(why)
+
+
+def changed_requests(b: Batches) -> str | None:
+    """Why the run must stop, when the items replayed after a wait asked for none of the answers it
+    brought but made new requests instead: a request body that differs on each replay (a random
+    seed, a clock in a prompt) would otherwise send batches without end, each paid for."""
+    if not b.fresh or b.fresh & b.asked or not b.to_send():
+        return None
+    return (f"--batch-api: the items replayed after the last batches asked for none of their {len(b.fresh):,} "
+            f"answers and made {len(b.to_send()):,} new requests instead: a request that differs on each replay "
+            f"(a random seed or a clock in a prompt?) would send batches without end; the answers are kept in "
+            f"{b.results_path}; run this stage without --batch-api")
 
 
 class BatchLLM(LLM):
