@@ -484,6 +484,11 @@ def _eval_step(ctx: Context) -> Result:
         console.rule("[bold]did the loop help? (no judge)")
         for line in lines:
             console.print(line, soft_wrap=True)
+    if cfg.rounds > 1:  # one round has no trend; its results.json stays as eval wrote it
+        from .eval.trend import add_trend, trend_lines
+        console.rule("[bold]trend across rounds")
+        for line in trend_lines(add_trend(res, out / "eval" / "results.json")):
+            console.print(line, soft_wrap=True)
     console.rule("[bold]next")
     newest = cfg.rounds + 1
     console.print(usage_hint(str(out / f"v{newest}"), compare={"base": cfg.base, f"v{newest - 1}":

@@ -57,6 +57,12 @@ def test_rounds_two_trains_v3_from_v2_on_fresh_prompts_and_survives_a_kill_betwe
     # every version meets the base and the version before it
     assert {(q["a"], q["b"]) for q in res["pairwise"]} >= {("v2", "base"), ("v3", "base"), ("v2", "v1"), ("v3", "v2")}
     assert "v3" in (out / "eval" / "report.html").read_text()
+    # the trend: every version by the judge against the base and by each judge-free measure, with intervals
+    t = res["trend"]
+    assert t["versions"] == ["v1", "v2", "v3"]
+    assert all(set(r["judge_vs_base"]) >= {"value", "ci"} and set(r["degenerate"]) == {"value", "ci"}
+               for r in t["rows"])
+    assert "trendacrossrounds" in flat and "judgewinratevsbase:v1" in flat and "->v3" in flat
     assert f"baizechat{out / 'v3'}".replace(" ", "") in flat
 
 
@@ -91,6 +97,7 @@ def test_rounds_one_writes_what_the_pipeline_wrote_without_the_flag(tiny_model_d
             (outs[1] / name).read_text().replace(str(outs[1]), "OUT")
     res = [json.loads((o / "eval" / "results.json").read_text()) for o in outs]
     assert list(res[0]["models"]) == list(res[1]["models"]) == ["base", "v1", "v2"]
+    assert set(res[0]) == set(res[1]) and "trend" not in res[1]
 
 
 def test_dry_run_plans_every_round_and_the_caps_count_every_round(tmp_path, capsys):
@@ -124,3 +131,20 @@ def test_rounds_refuses_what_it_cannot_run_before_any_work(tmp_path):
     with pytest.raises(BaizeError, match="drop --sdf-policy or use --rounds 1"):
         run(PipelineConfig(out=str(tmp_path / "demo"), rounds=2, sdf_policy="openai:v1"))
     assert not (tmp_path / "demo").exists()
+
+
+def test_trend_reads_each_version_against_the_base_with_intervals():
+    from baize.eval.trend import trend, trend_lines
+    jf = lambda d: {"degenerate": {"value": d, "ci": [0.0, d * 2], "n": 4}}  # noqa: E731
+    res = {"models": {"base": {"judge_free": jf(0.5)}, "v1": {"judge_free": jf(0.25)}, "v2": {"judge_free": jf(0.1)},
+                      "v3": {"judge_free": {}}},
+           "pairwise": [{"a": "v2", "b": "v1", "win_rate": 0.9, "ci": [0.8, 1.0], "n": 4},
+                        {"a": "v1", "b": "base", "win_rate": 0.5, "ci": [0.2, 0.8], "n": 4},
+                        {"a": "v2", "b": "base", "win_rate": 0.75, "ci": [0.5, 1.0], "n": 4}]}
+    t = trend(res)
+    assert t["versions"] == ["v1", "v2", "v3"]
+    assert [r["judge_vs_base"] and r["judge_vs_base"]["value"] for r in t["rows"]] == [0.5, 0.75, None]
+    assert [r["degenerate"] for r in t["rows"]] == [{"value": 0.25, "ci": [0.0, 0.5]}, {"value": 0.1, "ci": [0.0, 0.2]},
+                                                    None]
+    assert trend_lines(t) == ["judge win rate vs base: v1 0.50 [0.20, 0.80] -> v2 0.75 [0.50, 1.00] -> v3 –",
+                              "degenerate rate: v1 0.25 [0.00, 0.50] -> v2 0.10 [0.00, 0.20] -> v3 –"]
