@@ -51,6 +51,8 @@ class PipelineConfig:
     sdf_max_tokens: int = opt(96, "max new tokens per SDF candidate")
     v2_steps: int = opt(4, "training steps for v2 (SFT from v1 on the SDF best answers)")
     dpo: bool = opt(False, "also train v2-dpo from v1 on the SDF preference pairs (TRL's DPOTrainer)")
+    rounds: int = opt(1, "SDF rounds: round k (k >= 2) samples the newest version v{k} on the next --sdf-prompts "
+                         "fresh seeds into round{k}/ and trains v{k+1} from v{k} (with --dpo also v{k+1}-dpo)")
     eval_questions: str = opt("builtin", "questions for eval (see `baize eval --help`)")
     eval_limit: int | None = opt(6, "eval questions used (builtin has 12, two turns each)")
     eval_max_tokens: int = opt(128, "max new tokens per eval answer")
@@ -115,25 +117,31 @@ def _check_trained_on(run: Path, recorded: list | None, paths: list[str]) -> Non
                      f"{said(now)}: delete {run} (and the stages after it) to train on this data, or restore the file")
 
 
-def _inputs(cfg: PipelineConfig, planning: bool = False) -> tuple[list, list, list, list[str]]:
+def _inputs(cfg: PipelineConfig, planning: bool = False) -> tuple[list, list, list, list[str], list[list]]:
     """The seeds to collect on, the SDF prompts (the seeds after those: SDF asks v1 questions it was not
-    trained on), the eval questions, and a line for each limit that asks for more than there is (and,
-    planning, for what this machine lacks)."""
+    trained on), the eval questions, a line for each limit that asks for more than there is (and,
+    planning, for what this machine lacks), and rounds 2..N's prompts (each the next --sdf-prompts seeds:
+    a round never asks what an earlier version was trained on)."""
     from .data.seeds import load_seeds
     from .eval.questions import load_questions
     from .plan import limit_warning
-    seeds = load_seeds(cfg.seeds, limit=cfg.limit + cfg.sdf_prompts)
+    seeds = load_seeds(cfg.seeds, limit=cfg.limit + cfg.sdf_prompts * max(cfg.rounds, 1))
     questions = load_questions(cfg.eval_questions)
-    collected, prompts = seeds[:cfg.limit], seeds[cfg.limit:]
+    collected, prompts = seeds[:cfg.limit], seeds[cfg.limit:cfg.limit + cfg.sdf_prompts]
+    later = [seeds[cfg.limit + (k - 1) * cfg.sdf_prompts:cfg.limit + k * cfg.sdf_prompts]
+             for k in range(2, cfg.rounds + 1)]
     warnings = [limit_warning("--limit", cfg.limit, len(collected), f"{cfg.seeds} has"),
                 limit_warning("--sdf-prompts", cfg.sdf_prompts, len(prompts),
                               f"{cfg.seeds} has {len(seeds)} seeds, {cfg.limit} for collection, so SDF prompts:"),
                 limit_warning("--eval-limit", cfg.eval_limit, len(questions), f"{cfg.eval_questions} has")]
-    warnings += _refuse(cfg, len(collected), prompts, planning)
-    return collected, prompts, questions[:cfg.eval_limit or None], [w for w in warnings if w]
+    warnings += [limit_warning("--rounds", cfg.sdf_prompts, len(ps), f"{cfg.seeds} has {len(seeds)} seeds, so round "
+                               f"{k}'s SDF prompts:") for k, ps in enumerate(later, 2)]
+    warnings += _refuse(cfg, len(collected), prompts, planning, later)
+    return collected, prompts, questions[:cfg.eval_limit or None], [w for w in warnings if w], later
 
 
-def _refuse(cfg: PipelineConfig, collected: int, prompts: list, planning: bool = False) -> list[str]:
+def _refuse(cfg: PipelineConfig, collected: int, prompts: list, planning: bool = False,
+            later: list[list] = ()) -> list[str]:
     """What a stage would refuse after the earlier ones ran, refused before any work, and by --dry-run
     alike: a plan of a run that cannot happen is no plan. What this machine lacks (a GPU) is refused
     by the run but only said by the plan: pricing a GPU run on a laptop first is a real use."""
@@ -143,6 +151,15 @@ def _refuse(cfg: PipelineConfig, collected: int, prompts: list, planning: bool =
     if not prompts:
         raise BaizeError(f"--limit {cfg.limit} takes every seed of {cfg.seeds} ({collected}): SDF has no prompt left; "
                          f"lower --limit or give more seeds")
+    if cfg.rounds < 1:
+        raise BaizeError(f"--rounds {cfg.rounds}: at least 1 (the paper's one SDF round)")
+    if cfg.rounds > 1 and cfg.sdf_policy:  # an endpoint serves v1; round k samples v{k}, which is trained here
+        raise BaizeError(f"--rounds {cfg.rounds} with --sdf-policy: rounds 2.. sample the versions they train "
+                         f"in-process; drop --sdf-policy or use --rounds 1")
+    if (empty := next((k for k, ps in enumerate(later, 2) if not ps), None)):
+        raise BaizeError(f"--rounds {cfg.rounds}: {cfg.seeds} has no seed left for round {empty}'s SDF prompts "
+                         f"(--limit {cfg.limit}, --sdf-prompts {cfg.sdf_prompts} per round); lower --rounds or "
+                         f"--sdf-prompts, or give more seeds")
     if cfg.n < 2:  # sdf.py's refusal, which would come after collect and v1
         raise BaizeError(f"--n {cfg.n}: SDF needs at least 2 candidates per prompt to rank")
     if cfg.quantize:  # train/common.py's refusal, which would come after collect
@@ -169,10 +186,16 @@ def _batch(cfg: PipelineConfig) -> dict:
     return {"batch_api": cfg.batch_api, "batch_poll": cfg.batch_poll, "batch_discount": cfg.batch_discount}
 
 
-def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = None):
+def _round_dir(out: Path, k: int) -> Path:
+    """Where round k's SDF writes: round 1 (the paper's) in --out itself, as before rounds existed."""
+    return out if k == 1 else out / f"round{k}"
+
+
+def _sdf_cfg(cfg: PipelineConfig, out: Path, budget: dict, system: str | None = None, k: int = 1):
     from .sdf import SDFConfig
-    return SDFConfig(policy=cfg.sdf_policy or str(out / "v1"), base_url=cfg.sdf_base_url, judge=cfg.judge,
-                     prompts=str(out / "sdf_prompts.jsonl"), out=str(out / "sdf.jsonl"), n=cfg.n,
+    d = _round_dir(out, k)
+    return SDFConfig(policy=(cfg.sdf_policy if k == 1 else None) or str(out / f"v{k}"), base_url=cfg.sdf_base_url,
+                     judge=cfg.judge, prompts=str(d / "sdf_prompts.jsonl"), out=str(d / "sdf.jsonl"), n=cfg.n,
                      max_tokens=cfg.sdf_max_tokens, concurrency=cfg.concurrency, temperature=cfg.temperature,
                      judge_base_url=cfg.base_url, system=system, price_in=cfg.policy_price_in,
                      price_out=cfg.policy_price_out, judge_price_in=cfg.judge_price_in,
@@ -192,8 +215,14 @@ def _eval_cfg(cfg: PipelineConfig, out: Path, compared: dict, n: int, budget: di
 
 
 def _compared(cfg: PipelineConfig, out: Path) -> dict:
-    return {"base": cfg.base, "v1": str(out / "v1"), "v2": str(out / "v2"),
-            **({"v2-dpo": str(out / "v2-dpo")} if cfg.dpo else {})}
+    """base, v1, then each round's version (and its -dpo one): eval pairs every two, so each version
+    meets the base and the version before it."""
+    compared = {"base": cfg.base, "v1": str(out / "v1")}
+    for v in range(2, cfg.rounds + 2):
+        compared[f"v{v}"] = str(out / f"v{v}")
+        if cfg.dpo:
+            compared[f"v{v}-dpo"] = str(out / f"v{v}-dpo")
+    return compared
 
 
 def plan(cfg: PipelineConfig):
@@ -203,10 +232,16 @@ def plan(cfg: PipelineConfig):
     from .sdf import Prompt
     from .sdf import plan as sdf_plan
     out = Path(cfg.out)
-    collected, prompts, questions, warnings = _inputs(cfg, planning=True)
+    collected, prompts, questions, warnings, later = _inputs(cfg, planning=True)
     p = collect_plan(_collect_cfg(cfg, out, len(collected), {}), collected)
-    p.extend(sdf_plan(_sdf_cfg(cfg, out, {}), [Prompt(s.id, [{"role": "user", "content": s.text}], s.source)
-                                               for s in prompts]))
+    for k, ps in enumerate([prompts, *later], 1):
+        q = sdf_plan(_sdf_cfg(cfg, out, {}, k=k), [Prompt(s.id, [{"role": "user", "content": s.text}], s.source)
+                                                   for s in ps])
+        if k > 1:  # each round its own rows: the plan says what every round adds
+            for r in q.rows:
+                r.stage = f"sdf{k}"
+            q.items = {f"sdf{k}": q.items["sdf"]}
+        p.extend(q)
     compared = _compared(cfg, out)
     p.extend(eval_plan(_eval_cfg(cfg, out, compared, len(questions), {}), questions))
     p.warnings = warnings + p.warnings
@@ -219,8 +254,8 @@ def plan(cfg: PipelineConfig):
 def _summaries(out: Path) -> list[Path]:
     """Where the stages write what they spent (each summary's `total` counts every resumed run)."""
     ev = out / "eval"
-    return [out / "dialogues.summary.json", out / "sdf.summary.json", *(sorted(ev.rglob("*.summary.json"))
-                                                                         if ev.is_dir() else [])]
+    return [out / "dialogues.summary.json", out / "sdf.summary.json", *sorted(out.glob("round*/sdf.summary.json")),
+            *(sorted(ev.rglob("*.summary.json")) if ev.is_dir() else [])]
 
 
 def _budget(cfg: PipelineConfig, out: Path) -> dict | None:
@@ -276,10 +311,11 @@ class Context:
     console: object
     cfg: PipelineConfig
     out: Path
-    steps: int                       # how many numbered steps the run shows (7 with --dpo)
+    steps: int                       # how many numbered steps the run shows (7 with --dpo, more with --rounds)
     collected: list                  # seeds to collect dialogues on
     prompts: list                    # SDF prompts: the seeds after those
     questions: list                  # eval questions
+    later: list = field(default_factory=list)  # rounds 2..N's SDF prompts, each the seeds after the last's
 
 
 @dataclass(frozen=True)
@@ -359,57 +395,72 @@ def _v1_step(ctx: Context) -> Result:
     return Result.done(run=out / "v1")
 
 
-def _sdf_step(ctx: Context) -> Result:
+def _number(ctx: Context, k: int, i: int) -> int:
+    """Round k's i-th step's number (1 SDF, 2 train, 3 DPO): round 1's are 3, 4, 5; later rounds follow."""
+    dpo = int(ctx.cfg.dpo)
+    return 2 + i if k == 1 else 4 + dpo + (k - 2) * (2 + dpo) + i
+
+
+def _sdf_step(ctx: Context, k: int = 1) -> Result:
     import json
 
     from .llm.models import read_run
     from .runner import print_summary
     from .sdf import prefs_line, sdf
-    cfg, out = ctx.cfg, ctx.out
+    cfg, out, d = ctx.cfg, ctx.out, _round_dir(ctx.out, k)
+    prompts = ctx.prompts if k == 1 else ctx.later[k - 2]
     budget, stop = _budget_or_stop(ctx)
     if stop:
         return stop
-    _step(ctx.console, f"3/{ctx.steps} SDF: v1 samples {cfg.n} answers to each of {len(ctx.prompts)} new prompts, "
-                       f"judge {cfg.judge} ranks them")
-    (out / "sdf_prompts.jsonl").write_text("".join(json.dumps({"seed": s.text, "source": s.source}) + "\n"
-                                                   for s in ctx.prompts))
+    _step(ctx.console, f"{_number(ctx, k, 1)}/{ctx.steps} SDF{f' round {k}' if k > 1 else ''}: v{k} samples {cfg.n} "
+                       f"answers to each of {len(prompts)} new prompts, judge {cfg.judge} ranks them")
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "sdf_prompts.jsonl").write_text("".join(json.dumps({"seed": s.text, "source": s.source}) + "\n"
+                                                 for s in prompts))
     # an endpoint serving v1 needs v1's system prompt from us; in-process v1 adds its own
-    scfg = _sdf_cfg(cfg, out, budget, (read_run(out / "v1") or {}).get("system") if cfg.sdf_policy else None)
+    scfg = _sdf_cfg(cfg, out, budget, (read_run(out / "v1") or {}).get("system") if cfg.sdf_policy and k == 1
+                    else None, k=k)
     s, prefs = sdf(scfg)
     print_summary(s, f"sdf -> {scfg.out}", ctx.console, unit="prompts")
     ctx.console.print(prefs_line(prefs), soft_wrap=True)
     return _budget_stop(ctx, s.stopped or "done") or Result.done(prefs=prefs)
 
 
-def _v2_step(ctx: Context, sdf: Result) -> Result:
+def _v2_step(ctx: Context, sdf: Result, k: int = 1) -> Result:
+    """Round k's SFT: v{k+1} continues v{k}'s adapter on round k's best answers (round 1: v2 from v1)."""
     from .train.common import TrainConfig
-    cfg, out, prefs = ctx.cfg, ctx.out, sdf.outputs["prefs"]
-    _step(ctx.console, f"4/{ctx.steps} train v2: v1's adapter continued on the SDF best answers (the paper), "
+    cfg, out, prefs, d = ctx.cfg, ctx.out, sdf.outputs["prefs"], _round_dir(ctx.out, k)
+    new, old = f"v{k + 1}", f"v{k}"
+    what = "the SDF best answers (the paper)" if k == 1 else f"round {k}'s SDF best answers"
+    _step(ctx.console, f"{_number(ctx, k, 2)}/{ctx.steps} train {new}: {old}'s adapter continued on {what}, "
                        f"{cfg.v2_steps} steps")
     if prefs["prompts"] == 0:
-        raise BaizeError(f"SDF kept no prompt (see {sidecar(out / 'sdf.jsonl', 'rejected')}): use a stronger --judge "
+        raise BaizeError(f"SDF kept no prompt (see {sidecar(d / 'sdf.jsonl', 'rejected')}): use a stronger --judge "
                          f"or more --sdf-prompts")
-    _train_once(ctx.console, out / "v2", TrainConfig(from_run=str(out / "v1"), data=str(out / "sdf.jsonl"),
-                                                     out=str(out / "v2"), max_steps=cfg.v2_steps,
-                                                     batch_size=min(cfg.batch_size, prefs["prompts"]),
-                                                     quantize=cfg.quantize))
-    return Result.done(run=out / "v2")
+    _train_once(ctx.console, out / new, TrainConfig(from_run=str(out / old), data=str(d / "sdf.jsonl"),
+                                                    out=str(out / new), max_steps=cfg.v2_steps,
+                                                    batch_size=min(cfg.batch_size, prefs["prompts"]),
+                                                    quantize=cfg.quantize))
+    return Result.done(run=out / new)
 
 
-def _dpo_step(ctx: Context, sdf: Result) -> Result:
+def _dpo_step(ctx: Context, sdf: Result, k: int = 1) -> Result:
+    """Round k's DPO: v{k+1}-dpo from v{k} on round k's pairs (the SFT line, not this one, feeds the next round)."""
     from .train.common import TrainConfig
     cfg, out, prefs = ctx.cfg, ctx.out, sdf.outputs["prefs"]
+    new, old = f"v{k + 1}-dpo", f"v{k}"
     if not cfg.dpo:
         return Result.skipped("no --dpo")
-    _step(ctx.console, f"5/{ctx.steps} train v2-dpo: DPO from v1 on the SDF preference pairs, {cfg.v2_steps} steps")
+    what = "the SDF preference pairs" if k == 1 else f"round {k}'s SDF preference pairs"
+    _step(ctx.console, f"{_number(ctx, k, 3)}/{ctx.steps} train {new}: DPO from {old} on {what}, {cfg.v2_steps} steps")
     if not prefs["pairs"]:
-        ctx.console.print("no preference pairs (the judge preferred no candidate): v2-dpo skipped")
+        ctx.console.print(f"no preference pairs (the judge preferred no candidate): {new} skipped")
         return Result.done()  # a step that ran and found nothing to train: timed like the others
-    _train_once(ctx.console, out / "v2-dpo", TrainConfig(from_run=str(out / "v1"), method="dpo", data=prefs["prefs"],
-                                                         out=str(out / "v2-dpo"), max_steps=cfg.v2_steps,
-                                                         batch_size=min(cfg.batch_size, prefs["pairs"]),
-                                                         quantize=cfg.quantize))
-    return Result.done(run=out / "v2-dpo")
+    _train_once(ctx.console, out / new, TrainConfig(from_run=str(out / old), method="dpo", data=prefs["prefs"],
+                                                    out=str(out / new), max_steps=cfg.v2_steps,
+                                                    batch_size=min(cfg.batch_size, prefs["pairs"]),
+                                                    quantize=cfg.quantize))
+    return Result.done(run=out / new)
 
 
 def _eval_step(ctx: Context) -> Result:
@@ -419,9 +470,7 @@ def _eval_step(ctx: Context) -> Result:
     budget, stop = _budget_or_stop(ctx)
     if stop:
         return stop
-    compared = _compared(cfg, out)
-    if cfg.dpo and not (out / "v2-dpo").is_dir():
-        del compared["v2-dpo"]
+    compared = {k: v for k, v in _compared(cfg, out).items() if not k.endswith("-dpo") or Path(v).is_dir()}
     _step(console, f"{ctx.steps - 1}/{ctx.steps} eval: {', '.join(compared)} on {cfg.eval_questions} questions, "
                    f"judge {cfg.judge}")
     res = evaluate(_eval_cfg(cfg, out, compared, len(ctx.questions), budget))
@@ -435,8 +484,15 @@ def _eval_step(ctx: Context) -> Result:
         console.rule("[bold]did the loop help? (no judge)")
         for line in lines:
             console.print(line, soft_wrap=True)
+    if cfg.rounds > 1:  # one round has no trend; its results.json stays as eval wrote it
+        from .eval.trend import add_trend, trend_lines
+        console.rule("[bold]trend across rounds")
+        for line in trend_lines(add_trend(res, out / "eval" / "results.json")):
+            console.print(line, soft_wrap=True)
     console.rule("[bold]next")
-    console.print(usage_hint(str(out / "v2"), compare={"base": cfg.base, "v1": str(out / "v1")}), soft_wrap=True)
+    newest = cfg.rounds + 1
+    console.print(usage_hint(str(out / f"v{newest}"), compare={"base": cfg.base, f"v{newest - 1}":
+                                                               str(out / f"v{newest - 1}")}), soft_wrap=True)
     console.print(f"report: {res['paths']['html']}", soft_wrap=True)
     return Result.done(report=res["paths"]["html"])
 
@@ -444,6 +500,18 @@ def _eval_step(ctx: Context) -> Result:
 STEPS = (Step("collect", _collect_step), Step("train_v1", _v1_step), Step("sdf", _sdf_step),
          Step("train_v2", _v2_step, needs=("sdf",)), Step("train_v2_dpo", _dpo_step, needs=("sdf",)),
          Step("eval", _eval_step))
+
+
+def _steps(cfg: PipelineConfig) -> tuple[Step, ...]:
+    """STEPS, with rounds 2..N (SDF, SFT, DPO each) between round 1's and eval."""
+    from functools import partial
+    rounds = [s for k in range(2, cfg.rounds + 1)
+              for s in (Step(f"sdf_round{k}", partial(_sdf_step, k=k)),
+                        Step(f"train_v{k + 1}", partial(_v2_step, k=k), needs=(f"sdf_round{k}",)),
+                        Step(f"train_v{k + 1}_dpo", partial(_dpo_step, k=k), needs=(f"sdf_round{k}",)))]
+    return (*STEPS[:-1], *rounds, *STEPS[-1:]) if rounds else STEPS
+
+
 # --stop-after names a stage by what it makes
 _STOP_AFTER = {"collect": "collect", "train_v1": "v1", "sdf": "sdf", "train_v2": "v2"}
 
@@ -460,15 +528,16 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     if cfg.dry_run:  # plan() reads the inputs, and refuses what the run refuses (_refuse)
         dry_run(plan(cfg), cfg, console, spent=spent(_summaries(out)))
         return {}
-    collected, prompts, questions, warnings = _inputs(cfg)
+    collected, prompts, questions, warnings, later = _inputs(cfg)
     for w in warnings:
         warn(w)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "pipeline.config.json")
-    ctx = Context(console, cfg, out, 7 if cfg.dpo else 6, collected, prompts, questions)
+    ctx = Context(console, cfg, out, (7 if cfg.dpo else 6) + (cfg.rounds - 1) * (3 if cfg.dpo else 2), collected,
+                  prompts, questions, later)
     results: dict[str, Result] = {}
     times: dict[str, float] = {}
-    for step in STEPS:
+    for step in _steps(cfg):
         t = time.monotonic()
         try:
             r = results[step.name] = step.run(ctx, *(results[n] for n in step.needs))
