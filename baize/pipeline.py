@@ -475,7 +475,7 @@ def _eval_step(ctx: Context) -> Result:
                    f"judge {cfg.judge}")
     res = evaluate(_eval_cfg(cfg, out, compared, len(ctx.questions), budget))
     _step(console, f"{ctx.steps}/{ctx.steps} report")
-    print_results(res, console)
+    print_results(res, console, pair_lines=False)  # said once, last, under 'did the loop help?'
     stop = _budget_stop(ctx, res.get("stopped") or "done")
     if stop:
         return stop

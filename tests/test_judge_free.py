@@ -117,7 +117,7 @@ def test_the_pipelines_closing_lines_quote_the_summary(tmp_path, monkeypatch):
     res = {"judge_free_pairs": [{"a": "v2", "b": "base", "summary": line}], "stopped": None,
            "paths": {"html": str(tmp_path / "eval" / "report.html"), "md": str(tmp_path / "eval" / "report.md")}}
     monkeypatch.setattr(ev, "evaluate", lambda cfg: res)
-    monkeypatch.setattr(ev, "print_results", lambda r, console: console.print("THE TABLES"))
+    monkeypatch.setattr(ev, "print_results", lambda r, console, **kw: console.print("THE TABLES"))
     monkeypatch.setattr(pl, "_budget_or_stop", lambda ctx: ({}, None))
     console = Console(file=io.StringIO(), width=100)
     ctx = pl.Context(console, pl.PipelineConfig(out=str(tmp_path)), tmp_path, 6, [], [], [])

@@ -450,7 +450,8 @@ def build_results(cfg, models, questions, answers, verdicts, scores, nlls, pairs
     return res
 
 
-def print_results(res: dict, console=None) -> None:
+def print_results(res: dict, console=None, *, pair_lines: bool = True) -> None:
+    """pair_lines: the judge-free line per pair under its table (the pipeline says them last instead)."""
     from rich.console import Console
     from rich.table import Table
     console = console or Console()
@@ -472,7 +473,7 @@ def print_results(res: dict, console=None) -> None:
                 f" [{r['lc_ci'][0]:.2f}, {r['lc_ci'][1]:.2f}]" if r.get("lc_ci") else "")
             p.add_row(f"{r['a']} vs {r['b']}", f"{r['win']} / {r['tie']} / {r['loss']}", wr, lc)
         console.print(p)
-    print_judge_free(res, console)
+    print_judge_free(res, console, pair_lines)
     from .report import judge_lines
     for line in judge_lines(res.get("judge")):
         console.print(line, soft_wrap=True)

@@ -163,7 +163,7 @@ def judge_free(questions, answers: dict, nll_parts: dict, pairs, n_boot: int) ->
     return per_model, [pair_measures(a, b, rows, nll_parts, n_boot) for a, b in pairs]
 
 
-def print_judge_free(res: dict, console) -> None:
+def print_judge_free(res: dict, console, pair_lines: bool = True) -> None:
     from rich.table import Table
     models = {n: m["judge_free"] for n, m in res["models"].items() if m.get("judge_free")}
     if not models:
@@ -182,7 +182,7 @@ def print_judge_free(res: dict, console) -> None:
     for name, jf in models.items():
         t.add_row(name, *(cell(jf.get(k), nd) for k, _, nd in cols))
     console.print(t)
-    for line in summaries(res):
+    for line in summaries(res) if pair_lines else []:
         console.print(line, soft_wrap=True)
 
 
