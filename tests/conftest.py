@@ -37,3 +37,26 @@ def tok(tiny_model_dir):
     """The tiny model's tokenizer (the embedded model's real one)."""
     from transformers import AutoTokenizer
     return AutoTokenizer.from_pretrained(tiny_model_dir)
+
+
+@pytest.fixture
+def sigkill_when():
+    """run(args, ready, cwd=, env=) starts a command and SIGKILLs it once the file `ready` exists (or after
+    `timeout` s): a kill at a known point of a pipeline. Returns (whether it was still running, its stderr)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    def run(args, ready, *, cwd, env, timeout: float = 240) -> tuple[bool, str]:
+        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd, env=env)
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline and proc.poll() is None and not ready.exists():
+                time.sleep(0.05)
+            alive = proc.poll() is None
+            os.kill(proc.pid, signal.SIGKILL)
+        finally:
+            proc.wait(timeout=10)
+        return alive, proc.stderr.read().decode(errors="replace")[-3000:]
+    return run

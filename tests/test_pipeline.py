@@ -16,7 +16,7 @@ from baize.testing import ServerThread, make_app
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path):
+def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path, sigkill_when):
     out = tmp_path / "demo"
     app = make_app(latency=0.05)  # counts its chat requests: the teacher's and the judge's
     with ServerThread(app) as url:
@@ -26,16 +26,7 @@ def test_pipeline_closes_the_loop_killed_and_resumed(tiny_model_dir, tmp_path):
                 "--eval-limit", "3", "--eval-max-tokens", "8", "--sdf-max-tokens", "8", "--dpo"]
         env = {**os.environ, "OPENAI_API_KEY": "x"}
         # killed once v1 is trained, while SDF samples
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
-        try:
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and proc.poll() is None:
-                if (out / "v1" / "baize_run.json").exists():
-                    break
-                time.sleep(0.05)
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=10)
+        sigkill_when(args, out / "v1" / "baize_run.json", cwd=ROOT, env=env)
         assert (out / "v1" / "baize_run.json").exists() and not (out / "eval" / "report.html").exists()
         p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
         assert p.returncode == 0, p.stderr[-3000:]

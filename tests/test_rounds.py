@@ -4,10 +4,8 @@ round{k}/ and trains v{k+1}; every round resumes after a kill; --rounds 1 is the
 which copies the OpenAI chat completions API), a tiny base."""
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from baize.schema import read_jsonl
@@ -18,7 +16,8 @@ SMALL = ["--limit", "2", "--max-steps", "1", "--batch-size", "2", "--sdf-prompts
          "--n", "2", "--eval-limit", "1", "--eval-max-tokens", "4", "--sdf-max-tokens", "4", "--max-turns", "1"]
 
 
-def test_rounds_two_trains_v3_from_v2_on_fresh_prompts_and_survives_a_kill_between_rounds(tiny_model_dir, tmp_path):
+def test_rounds_two_trains_v3_from_v2_on_fresh_prompts_and_survives_a_kill_between_rounds(tiny_model_dir, tmp_path,
+                                                                                          sigkill_when):
     out = tmp_path / "demo"
     app = make_app()
     with ServerThread(app) as url:
@@ -27,17 +26,8 @@ def test_rounds_two_trains_v3_from_v2_on_fresh_prompts_and_survives_a_kill_betwe
                 "--rounds", "2"]
         env = {**os.environ, "OPENAI_API_KEY": "x"}
         # killed between the rounds: v2 trained, round 2 not yet done
-        proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=ROOT, env=env)
-        try:
-            deadline = time.monotonic() + 240
-            while time.monotonic() < deadline and proc.poll() is None:
-                if (out / "v2" / "baize_run.json").exists():
-                    break
-                time.sleep(0.05)
-            assert proc.poll() is None, proc.stderr.read().decode()[-3000:]
-            os.kill(proc.pid, signal.SIGKILL)
-        finally:
-            proc.wait(timeout=10)
+        alive, err = sigkill_when(args, out / "v2" / "baize_run.json", cwd=ROOT, env=env)
+        assert alive, err
         assert (out / "v2" / "baize_run.json").exists() and not (out / "v3" / "baize_run.json").exists()
         p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
