@@ -485,10 +485,12 @@ def _eval_step(ctx: Context) -> Result:
         for line in lines:
             console.print(line, soft_wrap=True)
     if cfg.rounds > 1:  # one round has no trend; its results.json stays as eval wrote it
+        from .eval.report import write_report
         from .eval.trend import add_trend, trend_lines
         console.rule("[bold]trend across rounds")
         for line in trend_lines(add_trend(res, out / "eval" / "results.json")):
             console.print(line, soft_wrap=True)
+        write_report(res, out / "eval")  # eval wrote it before the trend was known; the same paths, now with it
     console.rule("[bold]next")
     newest = cfg.rounds + 1
     console.print(usage_hint(str(out / f"v{newest}"), compare={"base": cfg.base, f"v{newest - 1}":

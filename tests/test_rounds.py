@@ -46,7 +46,12 @@ def test_rounds_two_trains_v3_from_v2_on_fresh_prompts_and_survives_a_kill_betwe
     assert list(res["models"]) == ["base", "v1", "v2", "v3"]
     # every version meets the base and the version before it
     assert {(q["a"], q["b"]) for q in res["pairwise"]} >= {("v2", "base"), ("v3", "base"), ("v2", "v1"), ("v3", "v2")}
-    assert "v3" in (out / "eval" / "report.html").read_text()
+    # the report (both files) shows the three versions and the trend across them
+    md, html = (out / "eval" / "report.md").read_text(), (out / "eval" / "report.html").read_text()
+    assert "## Trend across rounds" in md and "| figure | better | v1 | v2 | v3 |" in md
+    assert "| judge win rate vs base | higher |" in md and "| degenerate rate | lower |" in md
+    assert "<h2>Trend across rounds</h2>" in html and "<th>v1</th><th>v2</th><th>v3</th>" in html
+    assert 'alt="Trend across rounds"' in html
     # the trend: every version by the judge against the base and by each judge-free measure, with intervals
     t = res["trend"]
     assert t["versions"] == ["v1", "v2", "v3"]
@@ -138,3 +143,35 @@ def test_trend_reads_each_version_against_the_base_with_intervals():
                                                     None]
     assert trend_lines(t) == ["judge win rate vs base: v1 0.50 [0.20, 0.80] -> v2 0.75 [0.50, 1.00] -> v3 –",
                               "degenerate rate: v1 0.25 [0.00, 0.50] -> v2 0.10 [0.00, 0.20] -> v3 –"]
+
+
+def _three_versions() -> dict:
+    jf = lambda d, w: {"degenerate": {"value": d, "ci": [0.0, d * 2], "n": 4},  # noqa: E731
+                       "mean_words": {"value": w, "ci": [w - 2, w + 2], "n": 4}}
+    return {"models": {"base": {"judge_free": jf(0.5, 9)}, "v1": {"judge_free": jf(0.25, 12)},
+                       "v2": {"judge_free": jf(0.125, 14)}, "v2-dpo": {"judge_free": jf(0.25, 10)},
+                       "v<b>3": {"judge_free": {}}},
+            "pairwise": [{"a": "v1", "b": "base", "win_rate": 0.5, "ci": [0.2, 0.8], "n": 4},
+                         {"a": "v2", "b": "base", "win_rate": 0.75, "ci": [0.5, 1.0], "n": 4},
+                         {"a": "v2-dpo", "b": "base", "win_rate": 0.625, "ci": [0.25, 1.0], "n": 4}]}
+
+
+def test_the_report_shows_the_trend_when_the_results_carry_one(tmp_path):
+    from baize.eval.report import write_report
+    from baize.eval.trend import trend
+    res = _three_versions()
+    plain = write_report(res, tmp_path / "plain")
+    res["trend"] = trend(res)
+    paths = write_report(res, tmp_path / "trend")
+    md, html = paths["md"].read_text(), paths["html"].read_text()
+    # one row per figure, the versions left to right in the order the rounds made them
+    assert "## Trend across rounds" in md
+    assert "| figure | better | v1 | v2 | v2-dpo | v\\<b\\>3 |" in md
+    assert "| judge win rate vs base | higher | 0.50 [0.20, 0.80] | 0.75 [0.50, 1.00] | 0.62 [0.25, 1.00] | – |" in md
+    assert "| degenerate rate | lower | 0.25 [0.00, 0.50] | 0.12 [0.00, 0.25] | 0.25 [0.00, 0.50] | – |" in md
+    assert "| mean words | – | 12.0 [10.0, 14.0] | 14.0 [12.0, 16.0] | 10.0 [8.0, 12.0] | – |" in md
+    assert "distinct-2" not in md.split("## Trend across rounds")[1].split("##")[0]  # no version has it
+    assert "<h2>Trend across rounds</h2>" in html and "<th>v&lt;b&gt;3</th>" in html and "<b>3" not in html
+    assert '<img src="data:image/png;base64,' in html.split("<h2>Trend across rounds</h2>")[1].split("</section>")[0]
+    # results without a trend (eval alone, --rounds 1) show none
+    assert "Trend" not in plain["md"].read_text() and "Trend" not in plain["html"].read_text()

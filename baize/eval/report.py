@@ -215,6 +215,7 @@ def _verdict_text(vd: dict) -> str:
 
 def render_md(v: dict) -> str:
     from . import judge_free_report as jf
+    from . import trend as tr
     out = [f"# {_md(v['title'])}", ""]
     meta = [f"created {_md(v['created'])}" if v["created"] else "",
             f"{_int(v['n_questions'])} questions" if _num(v["n_questions"]) is not None else "",
@@ -225,6 +226,8 @@ def render_md(v: dict) -> str:
     out += ["## Models", "", _md_table(*_models_table(v)) or "No models.", ""]
     if (note := _models_note(v)):
         out += [note, ""]
+    if (t := tr.table(v["trend"]))[1]:
+        out += ["## Trend across rounds", "", _md(tr.NOTE), "", _md_table(*t)]
     if (t := jf.models_table(v))[1]:
         out += ["## Judge-free evidence", "", _md(jf.NOTE), "", _md_table(*t), _md_table(*jf.pairs_table(v)),
                 *(f"- {_md(s)}" for s in jf.summaries(v)), "", _md(jf.PAIR_NOTE), ""]
@@ -360,6 +363,11 @@ def _draw_words(v):
     return draw_word_counts(v, _label)
 
 
+def _draw_trend(v):
+    from .trend import draw
+    return draw(v["trend"], _label)
+
+
 def _draw_loss(v):
     curves = {}
     for i, (n, m) in enumerate(v["models"].items()):
@@ -429,7 +437,8 @@ def _plots(v: dict) -> dict:
     """name -> (title, data URI, width, height) or (title, None, why): a plot that fails loses only itself."""
     out = {}
     for key, make in (("winrates", _draw_winrates), ("consistency", _draw_consistency), ("scores", _draw_scores),
-                      ("lengths", _draw_lengths), ("words", _draw_words), ("loss", _draw_loss)):
+                      ("lengths", _draw_lengths), ("words", _draw_words), ("loss", _draw_loss),
+                      ("trend", _draw_trend)):
         try:
             spec = make(v)
             if spec:
@@ -454,6 +463,7 @@ def _fig(plots, key) -> str:
 
 def render_html(v: dict, plots: dict | None = None) -> str:
     from . import judge_free_report as jf
+    from . import trend as tr
     plots = plots if plots is not None else _plots(v)
     meta = [f"created {v['created']}" if v["created"] else "",
             f"{_int(v['n_questions'])} questions" if _num(v["n_questions"]) is not None else "",
@@ -466,6 +476,9 @@ def render_html(v: dict, plots: dict | None = None) -> str:
     note = _models_note(v)
     body.append(f"<section><h2>Models</h2>{_html_table(*_models_table(v)) or '<p>No models.</p>'}"
                 + (f'<p class="note">{_e(note)}</p>' if note else "") + f"{_fig(plots, 'lengths')}</section>")
+    if (t := tr.table(v["trend"]))[1]:
+        body.append(f'<section><h2>Trend across rounds</h2><p class="note">{_e(tr.NOTE)}</p>'
+                    f'<div class="row">{_html_table(*t)}{_fig(plots, "trend")}</div></section>')
     if (t := jf.models_table(v))[1]:
         body.append(f'<section><h2>Judge-free evidence</h2><p class="note">{_e(jf.NOTE)}</p>{_html_table(*t)}'
                     f'{_html_table(*jf.pairs_table(v))}' + "".join(f"<p>{_e(s)}</p>" for s in jf.summaries(v))

@@ -66,4 +66,5 @@ def _view(res: dict) -> dict:
             "length": _d(res.get("length_control")),
             "pairwise": pairs, "questions": qs, "judge_free_pairs": [p for p in res.get("judge_free_pairs") or []
                                                                   if isinstance(p, dict)], "config": _d(res.get("config")),
-            "ledger": _d(res.get("ledger")), "seconds": _num(res.get("seconds"))}
+            "ledger": _d(res.get("ledger")), "seconds": _num(res.get("seconds")),
+            "trend": _d(res.get("trend"))}
