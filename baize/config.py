@@ -24,7 +24,7 @@ class BaizeError(Exception):
 
 def opt(default=None, help: str = "", *, secret: bool = False, **meta):
     """A config field: `help` for --help, `secret` (masked when saved), `cli=False` (no flag),
-    `choices`, `flags`. A list default is copied per instance."""
+    `choices`, `flags`, `metavar`. A list default is copied per instance."""
     meta = {"help": help, **({"secret": True} if secret else {}), **meta}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=lambda d=default: type(d)(d), metadata=meta)
@@ -130,6 +130,8 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, *, skip: tuple[str,
             kw["type"] = base
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
+        if "metavar" in f.metadata:  # a value checked later (its choices depend on other flags) still reads well
+            kw["metavar"] = f.metadata["metavar"]
         parser.add_argument(*f.metadata.get("flags", (_flag(f.name),)), **kw)
 
 

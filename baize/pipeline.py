@@ -8,6 +8,7 @@ its last checkpoint). --teacher and --judge openai:... swap in real models with 
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,9 @@ class PipelineConfig:
     sdf_policy: str | None = opt(None, "sample SDF candidates from this spec instead of v1 in-process, e.g. "
                                        "openai:v1 with vLLM serving the base and runs/.../v1 as a LoRA module")
     sdf_base_url: str | None = opt(None, "base URL of an openai: --sdf-policy (e.g. http://127.0.0.1:8000/v1)")
-    stop_after: str | None = opt(None, "stop after this stage (then start vLLM on v1 and rerun with --sdf-policy)",
-                                 choices=["collect", "v1", "sdf", "v2"])
+    stop_after: str | None = opt(None, "stop after this stage: collect, v1, sdf, v2; with --rounds N also round k's "
+                                       "sdf{k} and v{k+1} (sdf2, v3, ...). E.g. v1, then start vLLM on v1 and rerun "
+                                       "with --sdf-policy", metavar="STAGE")
     n: int = opt(4, "SDF candidates per prompt (the paper: 4)")
     sdf_max_tokens: int = opt(96, "max new tokens per SDF candidate")
     v2_steps: int = opt(4, "training steps for v2 (SFT from v1 on the SDF best answers)")
@@ -156,6 +158,10 @@ def _refuse(cfg: PipelineConfig, collected: int, prompts: list, planning: bool =
     if cfg.rounds > 1 and cfg.sdf_policy:  # an endpoint serves v1; round k samples v{k}, which is trained here
         raise BaizeError(f"--rounds {cfg.rounds} with --sdf-policy: rounds 2.. sample the versions they train "
                          f"in-process; drop --sdf-policy or use --rounds 1")
+    if cfg.stop_after is not None and cfg.stop_after not in (stages := _stop_after(cfg.rounds).values()):
+        raise BaizeError(f"--stop-after {cfg.stop_after}: no such stage with --rounds {cfg.rounds}; use one of "
+                         f"{', '.join(stages)}" + (" (or raise --rounds)" if re.fullmatch(r"(sdf|v)\d+", cfg.stop_after)
+                                                   else ""))
     if (empty := next((k for k, ps in enumerate(later, 2) if not ps), None)):
         raise BaizeError(f"--rounds {cfg.rounds}: {cfg.seeds} has no seed left for round {empty}'s SDF prompts "
                          f"(--limit {cfg.limit}, --sdf-prompts {cfg.sdf_prompts} per round); lower --rounds or "
@@ -514,8 +520,13 @@ def _steps(cfg: PipelineConfig) -> tuple[Step, ...]:
     return (*STEPS[:-1], *rounds, *STEPS[-1:]) if rounds else STEPS
 
 
-# --stop-after names a stage by what it makes
-_STOP_AFTER = {"collect": "collect", "train_v1": "v1", "sdf": "sdf", "train_v2": "v2"}
+def _stop_after(rounds: int) -> dict[str, str]:
+    """Step name -> the --stop-after word naming it, by what the step makes: round k's SDF is sdf{k}
+    (round 1's plain sdf, as before rounds), its SFT model v{k+1}."""
+    words = {"collect": "collect", "train_v1": "v1", "sdf": "sdf", "train_v2": "v2"}
+    for k in range(2, rounds + 1):
+        words.update({f"sdf_round{k}": f"sdf{k}", f"train_v{k + 1}": f"v{k + 1}"})
+    return words
 
 
 def run(cfg: PipelineConfig) -> dict[str, Result]:
@@ -539,6 +550,7 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
                   prompts, questions, later)
     results: dict[str, Result] = {}
     times: dict[str, float] = {}
+    stop_after = _stop_after(cfg.rounds)
     for step in _steps(cfg):
         t = time.monotonic()
         try:
@@ -547,7 +559,7 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
             r = results[step.name] = _interrupted(ctx)
         if r.status != "skipped":
             times[step.name] = time.monotonic() - t
-        if r.status == "stopped" or (cfg.stop_after and cfg.stop_after == _STOP_AFTER.get(step.name)):
+        if r.status == "stopped" or (cfg.stop_after and cfg.stop_after == stop_after.get(step.name)):
             return results
     console.print("step times (s): " + ", ".join(f"{k} {v:.1f}" for k, v in times.items()))
     return results

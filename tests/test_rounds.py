@@ -18,6 +18,7 @@ SMALL = ["--limit", "2", "--max-steps", "1", "--batch-size", "2", "--sdf-prompts
 
 def test_rounds_two_trains_v3_from_v2_on_fresh_prompts_and_survives_a_kill_between_rounds(tiny_model_dir, tmp_path,
                                                                                           sigkill_when):
+    """Killed after v2, stopped after round 2's SDF (--stop-after sdf2), then run to the end."""
     out = tmp_path / "demo"
     app = make_app()
     with ServerThread(app) as url:
@@ -29,11 +30,22 @@ def test_rounds_two_trains_v3_from_v2_on_fresh_prompts_and_survives_a_kill_betwe
         alive, err = sigkill_when(args, out / "v2" / "baize_run.json", cwd=ROOT, env=env)
         assert alive, err
         assert (out / "v2" / "baize_run.json").exists() and not (out / "v3" / "baize_run.json").exists()
+        # --stop-after names a later round's stage too: round 2's SDF written, then no v3 and no eval
+        p = subprocess.run([*args, "--stop-after", "sdf2"], capture_output=True, text=True, timeout=600, cwd=ROOT,
+                           env=env)
+        assert p.returncode == 0, p.stderr[-3000:]
+        flat = "".join(p.stdout.split())
+        assert "v2alreadytrained" in flat and "5/8SDFround2:v2samples" in flat and "6/8" not in flat
+        assert len(list(read_jsonl(out / "round2" / "sdf.jsonl", validate=True))) == 2
+        assert not (out / "v3").exists() and not (out / "eval").exists()
+        sdf2 = (out / "round2" / "sdf.jsonl").read_text()
+        # the rerun without it goes on from there: round 2's SDF kept as it was, v3 trained on it
         p = subprocess.run(args, capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
     assert p.returncode == 0, p.stderr[-3000:]
     flat = "".join(p.stdout.split())
     assert "v1alreadytrained" in flat and "v2alreadytrained" in flat
     assert "5/8SDFround2:v2samples" in flat and "6/8trainv3" in flat and "7/8eval" in flat
+    assert (out / "round2" / "sdf.jsonl").read_text() == sdf2
     # round 2 asked the seeds after round 1's, none of them twice
     first = [json.loads(line)["seed"] for line in (out / "sdf_prompts.jsonl").read_text().splitlines()]
     second = [json.loads(line)["seed"] for line in (out / "round2" / "sdf_prompts.jsonl").read_text().splitlines()]
@@ -125,6 +137,15 @@ def test_rounds_refuses_what_it_cannot_run_before_any_work(tmp_path):
                            rounds=10**6))
     with pytest.raises(BaizeError, match="drop --sdf-policy or use --rounds 1"):
         run(PipelineConfig(out=str(tmp_path / "demo"), rounds=2, sdf_policy="openai:v1"))
+    # --stop-after: round k's stages exist for k <= --rounds only; the line names every stage there is
+    with pytest.raises(BaizeError, match=r"^--stop-after sdf3: no such stage with --rounds 2; use one of collect, "
+                                         r"v1, sdf, v2, sdf2, v3 \(or raise --rounds\)$"):
+        run(PipelineConfig(out=str(tmp_path / "demo"), rounds=2, stop_after="sdf3"))
+    with pytest.raises(BaizeError, match=r"^--stop-after v3: no such stage with --rounds 1; use one of collect, v1, "
+                                         r"sdf, v2 \(or raise --rounds\)$"):
+        run(PipelineConfig(out=str(tmp_path / "demo"), stop_after="v3"))
+    with pytest.raises(BaizeError, match=r"use one of collect, v1, sdf, v2$"):
+        run(PipelineConfig(out=str(tmp_path / "demo"), stop_after="train"))
     assert not (tmp_path / "demo").exists()
 
 
