@@ -338,7 +338,7 @@ def test_packed_linears_agree_with_plain_ones_and_step_aside_for_training(tiny_m
     import torch
     from transformers import AutoModelForCausalLM
 
-    from baize.llm.packing import _Packed, unpack_linears
+    from baize.llm.packing import _Packed, pack_linears, unpack_linears
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # its own: packing mutates it
     torch.manual_seed(0)
     ids = torch.randint(5, 500, (3, 11))
@@ -359,6 +359,12 @@ def test_packed_linears_agree_with_plain_ones_and_step_aside_for_training(tiny_m
         torch.testing.assert_close(proj(x), torch.nn.functional.linear(x, proj.weight, proj.bias))
     unpack_linears(model)
     assert not any("forward" in m.__dict__ for m in linears)
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 weights are packed too where the CPU has bf16
+        model.bfloat16()
+        with torch.inference_mode():
+            plain = model(input_ids=ids).logits
+            assert pack_linears(model) == len(linears)
+            torch.testing.assert_close(model(input_ids=ids).logits, plain)
 
 
 def test_greedy_engine_tokens_are_those_of_generate(tiny):
