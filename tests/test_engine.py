@@ -329,3 +329,59 @@ def test_merged_and_pruned_rows_see_the_logits_of_a_plain_cache(tiny, monkeypatc
     assert len(plain) == len(grown) > 150
     for a, b in zip(plain, grown):
         torch.testing.assert_close(a, b)
+
+
+def test_packed_linears_agree_with_plain_ones_and_step_aside_for_training(tiny_model_dir, tiny):
+    """The engine runs its model's linears on prepacked oneDNN weights (llm/packing.py): the logits
+    agree with plain F.linear to float rounding, training (grad enabled) gets plain F.linear and its
+    gradients, and a weight changed in place is packed again, not served stale."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from baize.llm.packing import _Packed, pack_linears, unpack_linears
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()  # its own: packing mutates it
+    torch.manual_seed(0)
+    ids = torch.randint(5, 500, (3, 11))
+    with torch.inference_mode():
+        plain = model(input_ids=ids).logits
+    eng = BatchEngine(model, tiny[1], eos_ids=())
+    eng.close()
+    linears = [m for m in model.modules() if type(m) is torch.nn.Linear]
+    assert linears and all(isinstance(m.__dict__.get("forward"), _Packed) for m in linears)
+    with torch.inference_mode():
+        packed = model(input_ids=ids).logits
+    torch.testing.assert_close(packed, plain, rtol=1e-4, atol=1e-5)
+    assert model(input_ids=ids).logits.requires_grad  # grad enabled: the plain path, differentiable
+    proj = linears[0]
+    with torch.no_grad():
+        proj.weight.mul_(2)
+        x = torch.randn(4, proj.in_features)
+        torch.testing.assert_close(proj(x), torch.nn.functional.linear(x, proj.weight, proj.bias))
+    unpack_linears(model)
+    assert not any("forward" in m.__dict__ for m in linears)
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():  # bf16 weights are packed too where the CPU has bf16
+        model.bfloat16()
+        with torch.inference_mode():
+            plain = model(input_ids=ids).logits
+            assert pack_linears(model) == len(linears)
+            torch.testing.assert_close(model(input_ids=ids).logits, plain)
+
+
+def test_greedy_engine_tokens_are_those_of_generate(tiny):
+    """Greedy decoding through the engine (prompts of different lengths batched, left padding, the
+    packed linears, the in-place cache) gives model.generate's tokens for each prompt alone."""
+    import torch
+    model, tok = tiny
+    prompts = [ids(tok, t) for t in ("Tell me about the sea.", "Hi", "Why is the sky blue? Explain it to a child.")]
+    eng = BatchEngine(model, tok, max_batch=8, wait_s=0.05, eos_ids=())
+    try:
+        reqs = [eng.submit(p, GenParams(max_tokens=24, **GREEDY)) for p in prompts]
+        got = [r.result() and r.tokens for r in reqs]
+    finally:
+        eng.close()
+    assert eng.max_batch_seen == 3
+    for p, toks in zip(prompts, got):
+        with torch.no_grad():
+            out = model.generate(torch.tensor([p]), max_new_tokens=24, min_new_tokens=24, do_sample=False,
+                                 pad_token_id=tok.pad_token_id)
+        assert toks == out[0, len(p):].tolist()

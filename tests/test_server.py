@@ -385,6 +385,28 @@ def test_serve_and_ui_commands():
     assert public_dict(u)["api_key"] == "***"  # never written out
 
 
+def test_no_pack_weights_leaves_the_linears_plain(tiny_model_dir, models):
+    """`baize serve --no-pack-weights` keeps F.linear (and no second copy of the weights); the default
+    packs them (llm/packing.py)."""
+    import torch
+
+    from baize.cli import build_parser
+    from baize.config import dataclass_from_args
+    from baize.llm.packing import _Packed
+    cfg = dataclass_from_args(ServeConfig, build_parser().parse_args(["serve", "tiny", "--no-pack-weights"]))
+    assert cfg.pack_weights is False and ServeConfig().pack_weights is True
+
+    def packed(llm):
+        return [isinstance(m.__dict__.get("forward"), _Packed) for m in llm.model.modules()
+                if type(m) is torch.nn.Linear]
+    plain = load_models({"tiny": f"hf:{tiny_model_dir}"}, cfg)["tiny"]
+    try:
+        assert packed(plain) and not any(packed(plain))
+    finally:
+        plain.close()
+    assert all(packed(models["tiny"]))
+
+
 def test_serve_command(tiny_model_dir):
     """`baize serve` as a user runs it: binds 127.0.0.1, needs the key, answers the openai client."""
     import socket

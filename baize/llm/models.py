@@ -179,7 +179,7 @@ class HFLLM(LLM):
 
     def __init__(self, spec: str, *, format: str | None = None, system: str | None = None,
                  device: str | None = None, dtype: str | None = None, quantize: str | None = None,
-                 max_batch: int = 16, model=None, tokenizer=None):
+                 max_batch: int = 16, model=None, tokenizer=None, pack_weights: bool = True):
         from .chat_format import get_format
         self.name = spec
         self.ref = resolve(spec) if model is None else ModelRef(spec)
@@ -197,7 +197,7 @@ class HFLLM(LLM):
             if isinstance(tid, int) and tid != tokenizer.unk_token_id:
                 eos.add(tid)
         from .engine import BatchEngine
-        self.engine = BatchEngine(model, tokenizer, max_batch=max_batch, eos_ids=eos)
+        self.engine = BatchEngine(model, tokenizer, max_batch=max_batch, eos_ids=eos, pack_weights=pack_weights)
         self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
 
     def close(self) -> None:

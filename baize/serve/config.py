@@ -25,3 +25,5 @@ class ServeConfig:
                              choices=["baize", "template"])
     device: str | None = opt(None, "cpu | cuda (default: cuda when available)")
     dtype: str | None = opt(None, "float32 | bfloat16 | float16")
+    pack_weights: bool = opt(True, "run the linears on prepacked oneDNN weights (CPU: faster decode steps, "
+                             "a second copy of the linear weights in memory)")

@@ -101,7 +101,7 @@ def _load_group(base, entries, cfg, out, guardrail):
         views.append(v)
     eos = set().union(*(v.engine.eos_ids for v in views))
     engine = BatchEngine(served, tok, max_batch=cfg.max_batch, wait_s=cfg.batch_wait_ms / 1000,
-                         eos_ids=eos, select_adapter=_adapter_selector(peft_model))
+                         eos_ids=eos, select_adapter=_adapter_selector(peft_model), pack_weights=cfg.pack_weights)
     for v in views:
         v.engine = engine
 
@@ -153,4 +153,4 @@ def _adapter_selector(peft_model):
 def _view(spec, model, tok, ref, cfg, guardrail) -> ServedLLM:
     system = cfg.system if cfg.system is not None else (ref.system if ref.system is not None else guardrail)
     return ServedLLM(spec, model=model, tokenizer=tok, format=ref.format or cfg.format, system=system,
-                     max_batch=cfg.max_batch)
+                     max_batch=cfg.max_batch, pack_weights=cfg.pack_weights)
