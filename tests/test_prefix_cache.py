@@ -123,3 +123,35 @@ def test_lookup_keeps_a_token_to_compute_and_copies():
     assert len(off) == 0 and off.lookup([1, 2, 3]) == (None, 0)
     with pytest.raises(ValueError):
         PrefixCache(-1)
+
+
+def test_n_samples_of_one_prompt_are_prefilled_once(judges):
+    """SDF asks n candidates of one prompt: one prefill row, copied into n rows that sample apart."""
+    from baize.llm.base import GenParams
+    from baize.llm.engine import BatchEngine
+    on, _ = judges
+    prompt = on.prompt_ids([{"role": "user", "content": "Name three rivers."}])
+    params = GenParams(1.0, 1.0, 6, [], None)
+
+    def engine(prefills):
+        eng = BatchEngine(on.model, on.tokenizer, max_batch=8, wait_s=0.5, eos_ids=())  # one burst, one batch
+        forward = eng._forward
+
+        def counted(adapter, cache, **kw):
+            if kw["input_ids"].shape[1] > 1:
+                prefills.append(tuple(kw["input_ids"].shape))
+            return forward(adapter, cache, **kw)
+        eng._forward = counted
+        return eng
+
+    prefills = []
+    eng = engine(prefills)
+    together = [r.result().text for r in [eng.submit(prompt, params, 7 + i) for i in range(4)]]
+    eng.close()
+    assert prefills == [(1, len(prompt))]
+    alone = []
+    for i in range(4):  # each seeded row alone: the copied rows sample as a row of their own would
+        eng = engine([])
+        alone.append(eng.submit(prompt, params, 7 + i).result().text)
+        eng.close()
+    assert together == alone and len(set(together)) > 1
