@@ -129,12 +129,14 @@ def compare(name: str, asks, llm, a) -> dict:
         for rx, ry in zip(x["raw"], y["raw"]):
             lx, ly = logprobs_of(rx), logprobs_of(ry)
             worst = max([worst] + [abs(lx[k] - ly[k]) for k in lx])
+    # the judge's record rounds each log-prob to 4 decimals: 1e-4 here is one rounding step
     res = {"items": len(asks), "off": off, "on": on, "speedup": round(off["seconds"] / max(on["seconds"], 1e-9), 2),
-           "max_logprob_diff": worst, "verdicts_changed": changed}
+           "max_logprob_diff": round(worst, 6), "verdicts_changed": changed}
     print(f"{name}: {len(asks)} items, {on['reads']} reads ({on['mode']}); prompt tokens read {on['prompt_tokens']:,}, "
           f"computed {off['computed']:,} off / {on['computed']:,} on ({on['saved']:.1%} reused); "
           f"{off['seconds']} s off / {on['seconds']} s on = {res['speedup']}x; lookups {on['lookup_s']} s; "
-          f"largest log-prob difference {worst:.2e}, verdicts changed {changed} of {len(asks)}", flush=True)
+          f"largest log-prob difference {worst:.2e} (the record keeps 4 decimals), "
+          f"verdicts changed {changed} of {len(asks)}", flush=True)
     return res
 
 
