@@ -494,12 +494,16 @@ class BatchEngine:
         self.batches_run += 1
         self.max_batch_seen = max(self.max_batch_seen, len(batch))
         dev = self.model.device
-        width = max(len(r.prompt_ids) for r in batch)
-        ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        for i, r in enumerate(batch):
-            ids[i, width - len(r.prompt_ids):] = torch.tensor(r.prompt_ids)
-            mask[i, width - len(r.prompt_ids):] = 1
+        # the same prompt n times (SDF's n candidates) is prefilled once; its row is then copied
+        prompts: dict = {}
+        row_of = [prompts.setdefault(tuple(r.prompt_ids), len(prompts)) for r in batch]
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            mask[i, width - len(p):] = 1
+        for r in batch:
             r.gen = torch.Generator()
             r.gen.manual_seed(r.row_seed if r.row_seed is not None else random.getrandbits(63))
         mask = mask.to(dev)
@@ -507,7 +511,12 @@ class BatchEngine:
         cache = growing_cache()
         out = self._forward(batch[0].adapter, cache, input_ids=ids.to(dev), attention_mask=mask,
                             position_ids=pos)
-        choice = RowSampler([r.params for r in batch], [r.gen for r in batch], dev)(out.logits[:, -1])
+        logits = out.logits[:, -1]
+        if len(prompts) < len(batch):
+            idx = torch.tensor(row_of, device=dev)
+            cache.batch_select_indices(idx)
+            mask, logits = mask[idx], logits[idx]
+        choice = RowSampler([r.params for r in batch], [r.gen for r in batch], dev)(logits)
         g = self._groups.get(batch[0].adapter)
         if g is None or not g.rows:
             g = self._groups[batch[0].adapter] = _Group(batch[0].adapter, list(batch), cache, mask, choice)

@@ -179,8 +179,10 @@ class HFLLM(LLM):
 
     def __init__(self, spec: str, *, format: str | None = None, system: str | None = None,
                  device: str | None = None, dtype: str | None = None, quantize: str | None = None,
-                 max_batch: int = 16, model=None, tokenizer=None, pack_weights: bool = True):
+                 max_batch: int = 16, model=None, tokenizer=None, pack_weights: bool = True,
+                 prefix_cache_mb: float | None = None):
         from .chat_format import get_format
+        from .prefix_cache import DEFAULT_MB, PrefixCache
         self.name = spec
         self.ref = resolve(spec) if model is None else ModelRef(spec)
         if model is None:
@@ -199,6 +201,8 @@ class HFLLM(LLM):
         from .engine import BatchEngine
         self.engine = BatchEngine(model, tokenizer, max_batch=max_batch, eos_ids=eos, pack_weights=pack_weights)
         self.context_length = getattr(model.config, "max_position_embeddings", None) or 2048
+        # option_logprobs' reads reuse the K/V of a shared token prefix (0: off, every read computes it all)
+        self.prefix_cache = PrefixCache(DEFAULT_MB if prefix_cache_mb is None else prefix_cache_mb)
 
     def close(self) -> None:
         self.engine.close()
@@ -231,8 +235,12 @@ class HFLLM(LLM):
         ctx = self.format.encode(prompt)
         dev = self.model.device
         with torch.inference_mode():
-            cache, kw = DynamicCache(), cache_kwarg(self.model)
-            out = self.model(input_ids=torch.tensor([ctx], device=dev), use_cache=True, logits_to_keep=1, **{kw: cache})
+            kw = cache_kwarg(self.model)
+            cache, done = self.prefix_cache.lookup(ctx)
+            cache = cache if cache is not None else DynamicCache()
+            out = self.model(input_ids=torch.tensor([ctx[done:]], device=dev), use_cache=True, logits_to_keep=1,
+                             **{kw: cache})
+            self.prefix_cache.store(ctx, cache)  # before the options extend it
             first = torch.log_softmax(out.logits[0, -1].float(), dim=-1)
             scores = []
             for opt in options:
@@ -306,4 +314,4 @@ def load_llm(spec: str, *, base_url: str | None = None, api_key: str | None = No
             return LlamaCppLLM(str(default_gguf_path()))
         return LlamaCppLLM(spec[len("gguf:"):])
     return HFLLM(spec, **{k: v for k, v in kw.items() if k in ("format", "system", "device", "dtype",
-                                                                "quantize", "max_batch")})
+                                                                "quantize", "max_batch", "prefix_cache_mb")})
