@@ -338,6 +338,18 @@ class _Inbox:
         return True
 
 
+def _left_padded(prompts: list, pad_id: int):
+    """Token ids and attention mask of prompts padded on the left to the longest (decoding appends on the right)."""
+    import torch
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
 class BatchEngine:
     """`select_adapter(adapter)` (optional) returns a context manager that makes a request's adapter the
     active one for a forward pass; a forward pass only ever holds rows of one adapter, because a peft
@@ -497,12 +509,7 @@ class BatchEngine:
         # the same prompt n times (SDF's n candidates) is prefilled once; its row is then copied
         prompts: dict = {}
         row_of = [prompts.setdefault(tuple(r.prompt_ids), len(prompts)) for r in batch]
-        width = max(len(p) for p in prompts)
-        ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, p in enumerate(prompts):
-            ids[i, width - len(p):] = torch.tensor(p)
-            mask[i, width - len(p):] = 1
+        ids, mask = _left_padded(list(prompts), self.pad_id)
         for r in batch:
             r.gen = torch.Generator()
             r.gen.manual_seed(r.row_seed if r.row_seed is not None else random.getrandbits(63))
