@@ -147,13 +147,15 @@ def llama_server(binary, gguf, args):
            "-np", str(args.clients), "-c", str(args.clients * args.slot_ctx),
            "--threads", str(args.threads), "--threads-batch", str(args.threads)]
     print("# " + shlex.join(cmd), flush=True)
-    with serving(cmd, port) as url:
+    # its own account of the slots and of the CPU features it was built with
+    with serving(cmd, port, show=("n_ctx_slot", "system_info", "build:", "file type")) as url:
         yield url, "m"
 
 
 @contextlib.contextmanager
-def serving(cmd, port):
-    """Runs CMD (a server on PORT) until /health answers 200; stops it on the way out."""
+def serving(cmd, port, show=()):
+    """Runs CMD (a server on PORT) until /health answers 200, then prints its log lines containing
+    any of SHOW; stops it on the way out."""
     import httpx
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=Path(__file__).resolve().parent.parent)
@@ -171,6 +173,9 @@ def serving(cmd, port):
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise SystemExit("the server did not start:\n" + "".join(log[-20:]))
             time.sleep(0.5)
+        for line in list(log):
+            if any(s in line for s in show):
+                print("# " + line.rstrip(), flush=True)
         yield url
     finally:
         proc.terminate()
