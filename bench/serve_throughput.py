@@ -147,8 +147,8 @@ def llama_server(binary, gguf, args):
            "-np", str(args.clients), "-c", str(args.clients * args.slot_ctx),
            "--threads", str(args.threads), "--threads-batch", str(args.threads)]
     print("# " + shlex.join(cmd), flush=True)
-    # its own account of the slots and of the CPU features it was built with
-    with serving(cmd, port, show=("n_ctx_slot", "system_info", "build:", "file type")) as url:
+    # its own account of its threads and slots (its default log level says no more)
+    with serving(cmd, port, show=("n_ctx_slot", "n_threads")) as url:
         yield url, "m"
 
 
@@ -217,6 +217,20 @@ def report(title, seq, conc, ratio, target, pf):
           f"{pf['prompt_tokens_per_s']} prompt tokens/s (one request, timed by the client)")
 
 
+def gguf_quant(path) -> str:
+    """The GGUF's file type and its tensors' types, read by the gguf package (llama.cpp's own)."""
+    try:
+        import gguf
+    except ImportError:
+        return "file type unknown (pip install gguf to read it)"
+    from collections import Counter
+    reader = gguf.GGUFReader(path)
+    field = reader.fields["general.file_type"]
+    kind = gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name
+    tensors = Counter(t.tensor_type.name for t in reader.tensors)
+    return f"{kind}, tensors " + ", ".join(f"{n} {k}" for k, n in tensors.most_common())
+
+
 def peer(args, cpu, results) -> dict:
     """llama-server -np N on the embedded GGUF, and `baize serve`'s tokens/s at N clients over it."""
     from baize.llm.models import default_gguf_path
@@ -224,12 +238,14 @@ def peer(args, cpu, results) -> dict:
     version = subprocess.run([binary, "--version"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                              text=True).stdout.strip()
     build_info = (Path(binary).parent / "BUILD_INFO").read_text().strip()
+    quant = gguf_quant(gguf)
+    print(f"# {Path(gguf).name}: {quant}", flush=True)
     seq, conc, ratio, pf = bench(None, args, llama_server(binary, gguf, args), LLAMA_SERVER_SAMPLING)
     title = f"llama.cpp's llama-server -np {args.clients} ({Path(gguf).name}, {args.threads} threads)"
     report(title, seq, conc, ratio, args.target, pf)
     row = {"model": Path(gguf).name, "engine": f"llama-server -np {args.clients}", "cpu": cpu,
            "llama_server": {"binary": binary, "version": version, "build": build_info,
-                            "threads": args.threads, "ctx": args.clients * args.slot_ctx,
+                            "quantization": quant, "threads": args.threads, "ctx": args.clients * args.slot_ctx,
                             "sampling_extra": LLAMA_SERVER_SAMPLING},
            "sequential": seq, "concurrent": conc, "ratio": round(ratio, 2), "prefill": pf,
            "load_average_end": round(os.getloadavg()[0], 2)}
