@@ -13,7 +13,7 @@ embedded GGUF served through it by `baize serve`.
 The real peer (issue 30.3): llama.cpp's own `llama-server -np 8` (parallel slots, continuous
 batching) on the embedded GGUF, built once by bench/llama_server.sh, measured by the same client
 code, questions, max_tokens and sampling; printed last, with `baize serve`'s aggregate tokens/s at
-N clients over its (target: >= 1.0x).
+N clients over llama-server's (target: >= 1.0x).
 
     python bench/serve_throughput.py --no-gguf --repeat 3 --json bench/results/serve_throughput.json
 
