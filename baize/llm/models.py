@@ -144,9 +144,10 @@ def load_model(ref: ModelRef | str, *, device: str | None = None, dtype: str | N
     """Load tokenizer and model (+ adapters). Returns (model, tokenizer).
 
     dtype None: the checkpoint's own on CPU (float32 for the embedded model). "auto": for inference on
-    a CPU with native bf16, bfloat16: 1.4-2x the prefill tokens/s of float32 on judge prompts, within
-    the NLL bound of tests/test_cpu_dtype.py (bench/weights_speed.py); elsewhere as None (bf16
-    without the instructions is emulated, 2.6x slower: docs/engine.md)."""
+    a CPU with native bf16, bfloat16 with a float32 head (float32_head): about 1.5x the prefill
+    tokens/s of float32 on judge prompts, within the NLL bound of tests/test_cpu_dtype.py
+    (bench/weights_speed.py); elsewhere as None (bf16 without the instructions is emulated, 2.6x
+    slower: docs/engine.md)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if isinstance(ref, str):
@@ -155,7 +156,8 @@ def load_model(ref: ModelRef | str, *, device: str | None = None, dtype: str | N
     if quantize and device != "cuda":
         raise BaizeError(f"--quantize {quantize} needs a CUDA GPU (bitsandbytes); drop the flag on CPU")
     kw: dict = {}
-    if dtype == "auto" and device == "cpu" and not trainable and native_bf16():
+    cpu_bf16 = dtype == "auto" and device == "cpu" and not trainable and native_bf16()
+    if cpu_bf16:
         dtype = "bfloat16"
     if dtype and dtype != "auto":
         kw["dtype"] = getattr(torch, dtype)
@@ -187,7 +189,22 @@ def load_model(ref: ModelRef | str, *, device: str | None = None, dtype: str | N
             model = model.merge_and_unload()
     if not trainable:
         model.eval()
+    if cpu_bf16:
+        float32_head(model)
     return model, tok
+
+
+def float32_head(model) -> None:
+    """The LM head in float32 on a bfloat16 model. bf16 logits keep 8 bits: a logit near 20 moves in
+    steps of 0.125, and so did the judge's option log-probs, which flipped verdicts near its tie band
+    (bench/weights_speed.py). The head reads the last hidden states cast up; with logits_to_keep=1 (the
+    judge's prefill, each decode step) that is one row per sequence. Its weight is untied from the
+    bf16 embedding (a float32 copy, 113 MB for the embedded model)."""
+    import torch
+    head = model.get_output_embeddings()
+    head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+    # cast to the weight's dtype, whatever it is then (a later resize may tie it back to the embedding)
+    head.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
 
 
 # --- the local backend and the one spec loader ------------------------------------------------
