@@ -144,11 +144,11 @@ def load_model(ref: ModelRef | str, *, device: str | None = None, dtype: str | N
     """Load tokenizer and model (+ adapters). Returns (model, tokenizer).
 
     dtype None: the checkpoint's own on CPU (float32 for the embedded model). "auto": for inference on
-    a CPU with native bf16, bfloat16 with a float32 head (float32_head): 1.5-2x the prefill tokens/s
-    of float32 on judge prompts (what eval, SDF and judge-check spend their time on), the same judge
-    verdicts and NLL within the bound of tests/test_cpu_dtype.py, but slower decoding one sequence
-    at a time (bench/results/weights_speed-*.json; --dtype float32 keeps it); elsewhere as None (bf16
-    without the instructions is emulated, 2.6x slower: docs/engine.md)."""
+    a CPU with native bf16, bfloat16 with a float32 head (float32_head): 1.6x the prefill tokens/s of
+    float32 on judge prompts (what eval, SDF and judge-check spend their time on) and 1.3x its decode,
+    the same judge verdicts and an NLL within the bound of tests/test_cpu_dtype.py (bench/
+    weights_speed.py); elsewhere as None (bf16 without the instructions is emulated, 2.6x slower:
+    docs/engine.md). --dtype float32 keeps float32."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     if isinstance(ref, str):
