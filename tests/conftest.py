@@ -60,3 +60,13 @@ def sigkill_when():
             proc.wait(timeout=10)
         return alive, proc.stderr.read().decode(errors="replace")[-3000:]
     return run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def float32_on_cpu():
+    """Local models load with dtype "auto": bfloat16 on a CPU with native bf16 (baize/llm/models.py). The
+    tests compare log-probs across code paths to 1e-4, float32's precision, so in this process they load
+    float32 on every CPU; tests/test_cpu_dtype.py tests the bf16 choice itself."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("baize.llm.models.native_bf16", lambda: False)
+        yield

@@ -24,6 +24,8 @@ class ServeConfig:
     format: str | None = opt(None, "chat format override for models without a run record: baize | template",
                              choices=["baize", "template"])
     device: str | None = opt(None, "cpu | cuda (default: cuda when available)")
-    dtype: str | None = opt(None, "float32 | bfloat16 | float16")
+    dtype: str | None = opt("auto", "auto: bfloat16 on a CPU with native bf16 (AVX512-BF16, AMX), else the "
+                            "checkpoint's own (on CUDA: bf16 or fp16) | float32 | bfloat16 | float16",
+                            choices=["auto", "float32", "bfloat16", "float16"])
     pack_weights: bool = opt(True, "run the linears on prepacked oneDNN weights (CPU: faster decode steps, "
                              "a second copy of the linear weights in memory)")
