@@ -5,37 +5,27 @@ N requests one at a time and at once for each, the best round of each kept.
     python bench/serve_packing.py --clients 8 --max-tokens 32 --repeat 2
 """
 import argparse
+import contextlib
 import json
 import os
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import serve_throughput as S  # noqa: E402
 
 
+@contextlib.contextmanager
 def serve(extra):
-    import httpx
+    """A `baize serve` of the embedded default (EXTRA: more flags), through the serve bench's own start-and-wait."""
     import openai
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "baize", "serve", "m=default", "--port", str(port), "--max-batch", "16",
-                             *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parent.parent)
-    url = f"http://127.0.0.1:{port}"
-    while True:
-        try:
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit("the server did not start")
-        time.sleep(0.5)
-    return proc, openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
+    cmd = [sys.executable, "-m", "baize", "serve", "m=default", "--port", str(port), "--max-batch", "16", *extra]
+    with S.serving(cmd, port) as url:
+        yield openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=900)
 
 
 def main(argv=None) -> int:
@@ -49,8 +39,7 @@ def main(argv=None) -> int:
     best = {}
     for _ in range(args.repeat):
         for label, extra in (("plain", ["--no-pack-weights"]), ("packed", [])):
-            proc, client = serve(extra)
-            try:
+            with serve(extra) as client:
                 S.one(client, "m", 0, 8)
                 for conc in (False, True):
                     r = S.run(client, "m", args.clients, args.max_tokens, conc)
@@ -59,9 +48,6 @@ def main(argv=None) -> int:
                           f"load {os.getloadavg()[0]:.1f}", flush=True)
                     if key not in best or r["tokens_per_s"] > best[key]["tokens_per_s"]:
                         best[key] = r
-            finally:
-                proc.terminate()
-                proc.wait(30)
     t = {k: v["tokens_per_s"] for k, v in best.items()}
     print(json.dumps({"packed/plain concurrent": round(t["packed concurrent"] / t["plain concurrent"], 2),
                       "ratio plain": round(t["plain concurrent"] / t["plain sequential"], 2),
