@@ -535,6 +535,7 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     from rich.console import Console
 
     from .plan import check_plan_out, dry_run, spent, warn
+    from .runner import sigints, watch_sigints
     console = Console()
     out = Path(cfg.out)
     check_plan_out(cfg)
@@ -551,11 +552,15 @@ def run(cfg: PipelineConfig) -> dict[str, Result]:
     results: dict[str, Result] = {}
     times: dict[str, float] = {}
     stop_after = _stop_after(cfg.rounds)
+    watch_sigints()
+    seen = sigints()
     for step in _steps(cfg):
         t = time.monotonic()
         try:
             r = results[step.name] = step.run(ctx, *(results[n] for n in step.needs))
         except KeyboardInterrupt:  # outside run_items' loop (loading, training, a report): stop here too
+            r = results[step.name] = _interrupted(ctx)
+        if sigints() > seen and r.status != "stopped":  # a Ctrl-C whose KeyboardInterrupt got lost in the step
             r = results[step.name] = _interrupted(ctx)
         if r.status != "skipped":
             times[step.name] = time.monotonic() - t

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import json
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -290,6 +291,30 @@ def run_rounds(run_round: Callable[[], Summary], batches, ledger: Ledger, *, out
         # the round's summary said nothing of the stop
         atomic_write_text(path, json.dumps({**json.loads(path.read_text()), "stopped": s.stopped}, indent=2) + "\n")
         return s
+
+
+_sigints = 0
+
+
+def _count_sigint(signum, frame):
+    global _sigints
+    _sigints += 1
+    signal.default_int_handler(signum, frame)
+
+
+def sigints() -> int:
+    """SIGINTs (Ctrl-C) this process has received since watch_sigints(). Python raises a Ctrl-C as
+    KeyboardInterrupt wherever the main thread is; one raised inside a finalizer or a library's broad
+    handler is lost ("Exception ignored in ..."), so a caller that must not go on after a Ctrl-C also
+    checks this count."""
+    return _sigints
+
+
+def watch_sigints() -> None:
+    """Count SIGINTs from now on, still raising KeyboardInterrupt (main thread, default handler only)."""
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _count_sigint)
 
 
 def stop_if_interrupted(summary: Summary) -> Summary:

@@ -149,6 +149,36 @@ def test_no_step_starts_after_ctrl_c_in_one(tmp_path, monkeypatch, capsys):
     assert f"resumewith:baizepipeline--out{tmp_path / 'demo'}--limit3--max-steps5".replace(" ", "") in out
 
 
+def test_a_ctrl_c_lost_inside_a_step_still_stops_the_pipeline(tmp_path, monkeypatch, capsys):
+    """CPython drops a KeyboardInterrupt raised inside a finalizer ("Exception ignored in ..."), and a
+    library may catch it: a step can then finish as if no Ctrl-C came. The pipeline counts SIGINTs
+    itself, so no later step starts and the exit status is still 130."""
+    import baize.pipeline as pl
+    ran = []
+
+    def step(name, interrupt=False):
+        def run(ctx, *needs):
+            ran.append(name)
+            if interrupt:
+                try:  # a real SIGINT to this process, its KeyboardInterrupt swallowed on the way
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(1)
+                except KeyboardInterrupt:
+                    pass
+            return pl.Result.done()
+        return pl.Step(name, run)
+
+    monkeypatch.setattr(pl, "STEPS", (step("collect", interrupt=True), step("train_v1"), step("eval")))
+    before = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a terminal's Python, whatever pytest installed
+    try:
+        results = pl.run(pl.PipelineConfig(out=str(tmp_path / "demo"), limit=3, max_steps=5))
+    finally:
+        signal.signal(signal.SIGINT, before)
+    assert ran == ["collect"] and pl.exit_status(results) == 130
+    assert "resume with: baize pipeline" in capsys.readouterr().out
+
+
 def test_a_trained_stage_is_not_reused_on_other_data(tiny_model_dir, tmp_path, capsys):
     """v1's record keeps its data's line count and hash; a rerun whose dialogues changed (here a larger
     --limit collected more) stops with the fix in one line instead of reusing v1 trained on fewer."""
