@@ -12,6 +12,7 @@ Specs (one string everywhere in the CLI):
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import json
 import os
@@ -127,16 +128,22 @@ def pick_device(device: str | None = None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch may use it (not under
-    ONEDNN_MAX_CPU_ISA=AVX2, the AVX2 emulation of bench/weights_speed.py)."""
+@functools.cache
+def cpu_flags() -> frozenset:
+    """The CPU's feature flags (avx2, avx512f, avx512_bf16, amx_bf16, ...) from /proc/cpuinfo; empty elsewhere."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return False
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+        return frozenset()
+    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX) and torch may use it (not under
+    ONEDNN_MAX_CPU_ISA=AVX2, the AVX2 emulation of bench/weights_speed.py)."""
     capped = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper().startswith(("AVX2", "SSE", "AVX_"))
-    return bool({"avx512_bf16", "amx_bf16"} & set(line.partition(":")[2].split())) and not capped
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags()) and not capped
 
 
 def load_model(ref: ModelRef | str, *, device: str | None = None, dtype: str | None = None,

@@ -14,6 +14,8 @@ import os
 import threading
 from pathlib import Path
 
+from ..llm.models import cpu_flags
+
 NOTED_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}  # what decides CPU training speed
 CE_CHUNK = 64  # rows of logits per chunk: 64 x 49K fp32 is 12 MB, inside a server CPU's cache
 
@@ -85,17 +87,6 @@ def _chunked_ce():
 
 
 HEAD_CHUNK = 256  # rows of logits at a time in head_in_loss: 256 x 49K fp32 is a 50 MB buffer, reused
-
-
-@functools.cache
-def cpu_flags() -> frozenset:
-    """The CPU's feature flags (avx2, avx512f, avx512_bf16, amx_bf16, ...) from /proc/cpuinfo; empty elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith(("flags", "Features"))), "")
-    return frozenset(line.partition(":")[2].split())
 
 
 def cpu_info() -> dict:
