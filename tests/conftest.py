@@ -70,3 +70,16 @@ def float32_on_cpu():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr("baize.llm.models.native_bf16", lambda: False)
         yield
+
+
+@pytest.fixture
+def fake_throttle(monkeypatch):
+    """make(start) -> (Throttle(64, cooldown 1 s), clock, hits) on a clock the test moves: clock[0] is
+    the time in seconds, hits[0] the 429s counted so far."""
+    from baize.runner import Throttle
+
+    def make(start: float = 0.0):
+        clock, hits = [start], [0]
+        monkeypatch.setattr("baize.runner.time.monotonic", lambda: clock[0])
+        return Throttle(64, lambda: hits[0], cooldown=1.0), clock, hits
+    return make

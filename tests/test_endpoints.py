@@ -14,7 +14,6 @@ import pytest
 from baize.data.collect import CollectConfig, collect
 from baize.llm.base import EmptyReplyError, OpenAILLM
 from baize.llm.endpoints import refusal
-from baize.runner import Throttle
 from baize.schema import read_jsonl, sidecar, write_jsonl
 from baize.sdf import SDFConfig, sdf
 from baize.testing import REASONING_TOKENS, ServerThread, make_endpoint_app
@@ -83,11 +82,8 @@ def test_refusal_reads_each_runtimes_error_body():
     assert refusal({"message": "'temperature' must be between 0 and 2", "param": "temperature"}, "", sent) is None
 
 
-def test_throttle_halves_on_a_streak_and_widens_when_it_stops(monkeypatch):
-    clock = [100.0]
-    monkeypatch.setattr("baize.runner.time.monotonic", lambda: clock[0])
-    hits = [0]
-    t = Throttle(64, lambda: hits[0], cooldown=1.0)
+def test_throttle_halves_on_a_streak_and_widens_when_it_stops(fake_throttle):
+    t, clock, hits = fake_throttle(100.0)
     hits[0] = 1
     t.update(0)
     assert t.width == 64  # one 429 is no streak

@@ -150,14 +150,10 @@ def test_ledger_children_share_the_budget_and_count_their_own_part():
     assert parent.as_dict()["judge"]["cost"] == pytest.approx(0.1)
 
 
-def test_the_throttle_grows_by_one_per_quiet_interval_not_by_one_per_item(monkeypatch):
+def test_the_throttle_grows_by_one_per_quiet_interval_not_by_one_per_item(fake_throttle):
     # AIMD as TCP's congestion avoidance: +1 per round trip without loss; +1 per finished item would
     # double a width whose items all finish within the interval, and be right back at the 429s
-    from baize.runner import Throttle
-    clock = [0.0]
-    monkeypatch.setattr("baize.runner.time.monotonic", lambda: clock[0])
-    hits = [0]
-    t = Throttle(64, lambda: hits[0], cooldown=1.0)
+    t, clock, hits = fake_throttle(0.0)
     hits[0] = 2
     t.update(0)
     assert t.width == 32
