@@ -20,6 +20,7 @@ import threading
 import time
 
 from .base import Completion, GenParams
+from .omp import release_threads
 from .sampling import RowSampler, _draw  # noqa: F401  (_draw: tests import it from here)
 
 
@@ -308,6 +309,7 @@ class _Inbox:
         """Move arrived items to their lines. Idle: block for the first one, then gather what arrives
         within wait_s of it (so a burst starts as one batch); busy: take what is there."""
         if not busy and not self.waiting and not self.jobs:
+            release_threads()  # idle: our OpenMP team would slow whichever thread uses torch next (llm/omp.py)
             first = self.queue.get()
             if not self._take(first):
                 return
@@ -378,6 +380,7 @@ class BatchEngine:
         self._turn = 0  # round-robin position over the groups
         self.batches_run = 0
         self.max_batch_seen = 0
+        release_threads()  # the loading thread's team, which a server's main thread would keep idle
 
     def submit(self, prompt_ids: list[int], params: GenParams, row_seed: int | None = None,
                adapter=None) -> Request:
@@ -398,6 +401,9 @@ class BatchEngine:
         return job.value
 
     def _put(self, item) -> None:
+        # the caller (the thread that loaded or trained the model) waits while the engine works: its
+        # OpenMP team, left alive, would halve the speed of the engine's parallel ops (llm/omp.py)
+        release_threads()
         with self._lock:
             if self._thread is None:
                 self._inbox.closing = False
