@@ -27,6 +27,7 @@ def test_auto_is_bf16_for_inference_on_a_bf16_cpu_only(tiny_model_dir, cpu_bf16)
     llm = HFLLM(str(tiny_model_dir))  # what eval, sdf and judge-check load: auto by default
     try:
         assert llm.model.dtype == torch.bfloat16
+        assert llm.weights == "bfloat16"  # a judge's cache keeps its verdicts apart from float32's
         assert all(type(m) is torch.nn.Linear for m in (llm.model.model.layers[0].self_attn.q_proj, llm.model.lm_head))
         # the head stays float32: bf16 logits would move option log-probs in steps of 0.125
         assert llm.model.lm_head.weight.dtype == torch.float32
@@ -41,6 +42,9 @@ def test_auto_is_bf16_for_inference_on_a_bf16_cpu_only(tiny_model_dir, cpu_bf16)
     assert load_model(str(tiny_model_dir), device="cpu", dtype="float32")[0].dtype == torch.float32
     cpu_bf16(False)  # AVX2 and plain AVX-512: bf16 would be emulated, slower than float32
     assert load_model(str(tiny_model_dir), device="cpu", dtype="auto")[0].dtype == torch.float32
+    llm = HFLLM(str(tiny_model_dir))
+    assert llm.weights is None  # float32: the judge cache's keys of every earlier release
+    llm.close()
 
 
 def test_native_bf16_follows_the_cpu_flags_and_the_isa_cap(monkeypatch):

@@ -463,3 +463,17 @@ def test_the_cache_keeps_each_mode_apart(tmp_path):
     v = Judge(llm, cache_dir=tmp_path, mode="debiased").pair("Q?", "meh", "GOOD answer")
     assert not v.cached and len(llm.asked) == n + 2 and v.margin is not None
     assert Judge(llm, cache_dir=tmp_path, mode="debiased").pair("Q?", "meh", "GOOD answer").cached
+
+
+def test_the_cache_keeps_a_judges_bf16_verdicts_apart_from_its_float32_ones(tmp_path):
+    """dtype auto loads a local judge in bf16 where the CPU has it: an eval resumed across that change
+    asks again instead of mixing both dtypes' verdicts; float32 (weights None) keeps the old keys."""
+    fp32 = FakeLLM(fair, name="j")
+    assert not Judge(fp32, cache_dir=tmp_path).pair("Q?", "GOOD", "bad").cached
+    old_keys = {json.loads(line)["key"] for line in (tmp_path / "judge_cache.jsonl").open()}
+    blob = json.dumps(["j", "pair", fp32.calls[0], 0.0, 512], ensure_ascii=False, sort_keys=True)
+    assert hashlib.sha256(blob.encode()).hexdigest() in old_keys  # the key every older cache used
+    bf16 = FakeLLM(fair, name="j")
+    bf16.weights = "bfloat16"
+    assert not Judge(bf16, cache_dir=tmp_path).pair("Q?", "GOOD", "bad").cached and bf16.calls
+    assert Judge(FakeLLM(fair, name="j"), cache_dir=tmp_path).pair("Q?", "GOOD", "bad").cached

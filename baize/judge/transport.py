@@ -76,7 +76,11 @@ class JudgeTransport:
         # a reply read from log-probs is another reply than a written one for the same prompt, and each
         # mode keeps its own (text and choice keep the keys they always had, so older caches still answer)
         tag = self.mode if self.mode not in (None, "text") else "choice" if read else None
-        blob = json.dumps([self.name, kind + (f"/{tag}" if tag else ""), messages, self.temperature,
+        # a judge in bf16 may read another verdict than the same judge in float32 (within the bound
+        # of tests/test_cpu_dtype.py): an eval resumed across a dtype change asks again; float32
+        # keeps the key it always had
+        name = self.name if not getattr(self.llm, "weights", None) else f"{self.name}@{self.llm.weights}"
+        blob = json.dumps([name, kind + (f"/{tag}" if tag else ""), messages, self.temperature,
                            self.max_tokens],
                           ensure_ascii=False, sort_keys=True)
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()

@@ -95,6 +95,9 @@ class LLM:
       streaming requests);
     - `keeps_replies`: answers from a store of its own that a rerun reads too (--batch-api's
       BatchLLM): a judge's cache would only lose the cost of a reply asked again.
+
+    `weights` names what the same spec runs in when that is not its checkpoint's own float32 (a
+    local model loaded in bfloat16): its replies may differ, so a judge's cache keeps them apart.
     """
     name: str = ""
     where: str = ""  # the endpoint its calls go to ("" in process): 429s are counted per endpoint
@@ -105,6 +108,7 @@ class LLM:
     honours_n: bool | None = None
     is_local: bool = False
     keeps_replies: bool = False
+    weights: str | None = None
 
     def check(self) -> None:
         """Fail fast, in one line, when the model cannot be reached; nothing to check by default."""

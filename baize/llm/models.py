@@ -232,6 +232,8 @@ class HFLLM(LLM):
         if model is None:
             model, tokenizer = load_model(self.ref, device=device, dtype=dtype, quantize=quantize)
         self.model, self.tokenizer = model, tokenizer
+        body = getattr(model, "dtype", None)
+        self.weights = None if body is None or str(body) == "torch.float32" else str(body).removeprefix("torch.")
         fmt = format or self.ref.format or ("template" if getattr(tokenizer, "chat_template", None) else "baize")
         self.format = get_format(fmt, tokenizer)
         self.system = system if system is not None else self.ref.system
@@ -336,13 +338,15 @@ def load_endpoint(spec: str, cfg, *, judge: bool = False, max_batch: int = 16) -
     judge's own --judge-base-url/--judge-api-key first) and checked: an unreachable endpoint or a
     refused key fails now, in one line, not once per item."""
     base_url, api_key = cfg.base_url, cfg.api_key
+    local: dict = {}
     if judge:
         base_url, api_key = cfg.judge_base_url or base_url, cfg.judge_api_key or api_key
         effort, flags = cfg.judge_reasoning_effort, ("--judge-max-tokens", "--judge-reasoning-effort")
+        local["prefix_cache_mb"] = cfg.judge_prefix_cache_mb
     else:  # the stage's own model: collect's teacher, SDF's policy, eval's models
         effort, flags = cfg.reasoning_effort, ("--max-tokens", "--reasoning-effort")
     llm = load_llm(spec, base_url=base_url, api_key=api_key, max_retries=cfg.request_retries,
-                   timeout=cfg.timeout, max_batch=max(1, max_batch), reasoning_effort=effort, flags=flags)
+                   timeout=cfg.timeout, max_batch=max(1, max_batch), reasoning_effort=effort, flags=flags, **local)
     llm.check()
     return llm
 
