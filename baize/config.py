@@ -64,6 +64,9 @@ class JudgeFields:
                           "orders summed, so a position prior cancels; auto: debiased for local judges, text "
                           "for endpoints", choices=JUDGE_MODES)
     max_unparseable: int = opt(8, "stop after this many unparseable judge verdicts in a row")
+    judge_prefix_cache_mb: float = opt(512.0, "a local judge keeps the K/V of recent prompts within this many MB "
+                                              "and computes only what a new prompt adds to the longest shared "
+                                              "prefix (0: off)")
     judge_cache: str | None = opt(None, "verdict cache directory (default: beside the output; 'none': off)")
     judge_base_url: str | None = opt(None, "base URL of an openai: judge (default: --base-url / OPENAI_BASE_URL)")
     judge_api_key: str | None = opt(None, "API key of the judge endpoint (default: --api-key); never saved",

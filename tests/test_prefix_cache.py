@@ -155,3 +155,18 @@ def test_n_samples_of_one_prompt_are_prefilled_once(judges):
         alone.append(eng.submit(prompt, params, 7 + i).result().text)
         eng.close()
     assert together == alone and len(set(together)) > 1
+
+
+def test_the_judge_prefix_cache_flag_sizes_a_local_judges_cache(tiny_model_dir):
+    """--judge-prefix-cache-mb (every stage with a judge) reaches the local judge: 0 stores nothing."""
+    from baize.eval.evaluate import EvalConfig
+    from baize.llm.models import load_endpoint
+    for mb, stored in ((0, 0), (64, 1)):
+        cfg = EvalConfig(judge=str(tiny_model_dir), judge_prefix_cache_mb=mb)
+        llm = load_endpoint(cfg.judge, cfg, judge=True)
+        try:
+            assert llm.prefix_cache.max_bytes == mb * 2 ** 20
+            llm.option_logprobs([{"role": "user", "content": "Rate this."}], "Rating: [[", ["1", "10"])
+            assert len(llm.prefix_cache) == stored
+        finally:
+            llm.close()
