@@ -14,6 +14,9 @@ version counter moves). With grad enabled (training) the layer runs as before.
 """
 from __future__ import annotations
 
+import functools
+import itertools
+
 
 def pack_linears(model, rows: int = 16) -> int:
     """Make every plain float32 (and, where the CPU has native bf16, bfloat16) CPU nn.Linear of
@@ -70,17 +73,18 @@ def lean_lora(model) -> int:
     """Make every peft LoRA Linear of model run its adapters in fewer, cheaper ops when no gradient is
     wanted; returns how many. peft's forward (cast, dropout, two Linear modules, a scale, an add, a
     cast) is a dispatch each: on a CPU decode step of a few rows that made an 8-row step of
-    SmolLM2-135M with a rank-8 adapter on all 7 projections 1.66x the base's (bench/lora_speed.py).
+    SmolLM2-135M with a rank-8 adapter on all 7 projections 1.70x the base's; lean, 1.33x
+    (bench/lora_speed.py, bench/results/lora_speed-avx512-bf16.json).
 
     Where the base layer is packed (llm/packing, CPU): one packed product of x with the base weight
     and every adapter's A stacked under it ([W; A_x; A_y]: r more output columns, ~7% more time at
     rank 8 than W alone), then each active adapter's low-rank columns @ (scale * B)^T in float32,
     added in place. Elsewhere: x @ A^T @ (scale * B)^T in float32 added in place. A bf16 model gets
-    x @ A^T rounded to bf16 (a relative error of ~0.4% of the adapter's own delta; peft computes it
-    in float32); the rest is peft's arithmetic (it too adds the float32 delta to the output and
+    A and x @ A^T rounded to bf16 (an error of ~1% of the adapter's own effect on the logits, tested; peft
+    computes them in float32); the rest is peft's arithmetic (it too adds the float32 delta to the output and
     rounds the sum to its dtype). Not a merge: merged into bf16 weights, W + dW would be rounded to
     W's precision and most of a small dW lost. Anything else (training, dropout in train mode, a
-    merged or disabled adapter, DoRA and other variants, peft's per-row adapter_names) takes peft's
+    merged adapter, DoRA and other variants, peft's per-row adapter_names) takes peft's
     own forward."""
     n = 0
     for mod in model.modules():
@@ -92,59 +96,96 @@ def lean_lora(model) -> int:
 
 
 class _LeanLora:
-    """A peft LoRA Linear's forward without gradient: see lean_lora."""
+    """A peft LoRA Linear's forward without gradient: see lean_lora. What a call needs for one set of
+    active adapters is a plan, built once and checked each call for a changed or replaced weight (a
+    tensor's version counter and identity) or scale: the checks read module dicts directly, because
+    at ~1 us per nn.Module attribute lookup, peft-style lookups cost a decode step more than the
+    adapter's products (an 8-row step of the embedded model: ~9 ms of ~55 ms; bench/lora_speed.py)."""
 
     def __init__(self, mod):
         self.mod = mod
-        self.factors: dict = {}  # adapter -> (key, A^T, (scale * B)^T), float32 and contiguous
-        self.joint = None  # (key, packed [W; A...], bias or None, {adapter: first column})
-
-    def _factors(self, adapter: str):
-        A, B = self.mod.lora_A[adapter].weight, self.mod.lora_B[adapter].weight
-        key = (A.data_ptr(), A._version, B.data_ptr(), B._version, self.mod.scaling[adapter])
-        got = self.factors.get(adapter)
-        if got is None or got[0] != key:
-            got = self.factors[adapter] = (key, A.detach().float().t().contiguous(),
-                                           (B.detach().float() * self.mod.scaling[adapter]).t().contiguous())
-        return got[1], got[2]
-
-    def _joint(self, packed: _Packed):
-        import torch
-        base, lora_A = self.mod.base_layer, self.mod.lora_A
-        w = base.weight
-        key = (w.data_ptr(), w._version, *((a, lora_A[a].weight.data_ptr(), lora_A[a].weight._version)
-                                           for a in lora_A))
-        if self.joint is None or self.joint[0] != key:
-            cols, At = {}, [w.detach()]
-            for a in lora_A:
-                cols[a] = sum(t.shape[0] for t in At)
-                At.append(lora_A[a].weight.detach().to(w.dtype))
-            stacked = torch.cat(At)
-            bias = None if base.bias is None else torch.cat([base.bias.detach(),
-                                                            base.bias.new_zeros(stacked.shape[0] - w.shape[0])])
-            self.joint = (key, torch.ops.mkldnn._reorder_linear_weight(stacked, packed.rows), bias, cols)
-            packed.key = packed.packed = None  # the joint product serves the base too: free its copy
-        return self.joint[1:]
+        self.joint = None  # (key, packed [W; every adapter's A], bias or None, {adapter: first column})
+        self.plans: dict = {}  # active adapters -> _Plan
 
     def __call__(self, x, *args, **kwargs):
         import torch
         mod = self.mod
-        if (torch.is_grad_enabled() or args or kwargs or mod.training or mod.merged
-                or any(a in mod.lora_variant for a in mod.active_adapters)):
+        if args or kwargs or torch.is_grad_enabled() or mod.training or mod.merged:
             return type(mod).forward(mod, x, *args, **kwargs)
-        active = [] if mod.disable_adapters else [a for a in mod.active_adapters if a in mod.lora_A]
+        active = () if mod.disable_adapters else tuple(a for a in mod.active_adapters if a in mod.lora_A)
+        plan = self.plans.get(active)
+        if plan is None or not plan.fresh(mod, x):
+            if any(a in mod.lora_variant for a in active):  # DoRA and other variants: peft's own
+                return type(mod).forward(mod, x, *args, **kwargs)
+            plan = self.plans[active] = self._plan(active, x)
+        return plan.run(x)
+
+    def _plan(self, active: tuple, x) -> _Plan:
+        import torch
+        mod = self.mod
         base = mod.base_layer
+        w = base.weight
         packed = base.__dict__.get("forward")
-        if isinstance(packed, _Packed) and x.dtype == base.weight.dtype and x.device.type == "cpu":
-            w, bias, cols = self._joint(packed)
-            out = torch.ops.mkldnn._linear_pointwise(x, w, bias, "none", [], "")
-            result = out[..., :base.weight.shape[0]]
-            for a in active:
-                low = out[..., cols[a]:cols[a] + mod.lora_A[a].weight.shape[0]]
-                result.add_(torch.matmul(low.float(), self._factors(a)[1]))
-            return result.contiguous()
-        result = base(x)
-        for a in active:
-            At, Bt = self._factors(a)
-            result.add_(torch.matmul(torch.matmul(x.float(), At), Bt))
-        return result
+        adapters = [(a, mod.lora_A[a].weight, mod.lora_B[a].weight, mod.scaling[a]) for a in active]
+        lows = [(B.detach().float() * scale).t().contiguous() for _, _, B, scale in adapters]
+        if isinstance(packed, _Packed) and x.dtype == w.dtype and x.device.type == "cpu":
+            names = tuple(mod.lora_A)
+            every = [mod.lora_A[a].weight for a in names]
+            key = (w, w._version, *(t for A in every for t in (A, A._version)))
+            if self.joint is None or len(self.joint[0]) != len(key) or \
+                    any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(self.joint[0], key)):
+                stacked = torch.cat([w.detach(), *(A.detach().to(w.dtype) for A in every)])
+                bias = None if base.bias is None else torch.cat(
+                    [base.bias.detach(), base.bias.new_zeros(stacked.shape[0] - w.shape[0])])
+                cols = dict(zip(names, itertools.accumulate((A.shape[0] for A in every[:-1]), initial=w.shape[0])))
+                self.joint = (key, torch.ops.mkldnn._reorder_linear_weight(stacked, packed.rows), bias, cols)
+                packed.key = packed.packed = None  # the joint product serves the base too: free its copy
+                self.plans = {}  # plans of other adapter sets held the old joint
+            _, joint, bias, cols = self.joint
+            spans = [(cols[a], cols[a] + A.shape[0], low) for (a, A, _, _), low in zip(adapters, lows)]
+            run = functools.partial(_joint_run, joint, bias, w.shape[0], spans)
+        else:
+            factors = [(A.detach().float().t().contiguous(), low) for (_, A, _, _), low in zip(adapters, lows)]
+            run = functools.partial(_plain_run, base, factors)
+        tensors = [w, *(t for _, A, B, _ in adapters for t in (A, B))]
+        return _Plan(run, tensors, [(a, scale) for a, _, _, scale in adapters], x.dtype, x.device)
+
+
+class _Plan:
+    def __init__(self, run, tensors, scales, dtype, device):
+        self.run, self.scales, self.dtype, self.device = run, scales, dtype, device
+        self.tensors = [(t, t._version) for t in tensors]
+
+    def fresh(self, mod, x) -> bool:
+        if x.dtype != self.dtype or x.device != self.device:
+            return False
+        for t, version in self.tensors:
+            if t._version != version:
+                return False
+        m = mod._modules
+        if m["base_layer"]._parameters["weight"] is not self.tensors[0][0]:
+            return False
+        lora_A, lora_B, scaling = m["lora_A"]._modules, m["lora_B"]._modules, mod.scaling
+        for i, (a, scale) in enumerate(self.scales):
+            if (a not in lora_A or lora_A[a]._parameters["weight"] is not self.tensors[1 + 2 * i][0]
+                    or lora_B[a]._parameters["weight"] is not self.tensors[2 + 2 * i][0] or scaling[a] != scale):
+                return False
+        return True
+
+
+def _joint_run(joint, bias, n: int, spans: list, x):
+    """One packed product of x with [W; A...]; each active adapter's columns @ (scale*B)^T added."""
+    import torch
+    out = torch.ops.mkldnn._linear_pointwise(x, joint, bias, "none", [], "")
+    result = out[..., :n]
+    for c0, c1, low in spans:
+        result.add_(torch.matmul(out[..., c0:c1].float(), low))
+    return result.contiguous()
+
+
+def _plain_run(base, factors: list, x):
+    import torch
+    result = base(x)
+    for At, low in factors:
+        result.add_(torch.matmul(torch.matmul(x.float(), At), low))
+    return result
