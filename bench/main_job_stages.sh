@@ -20,12 +20,17 @@ for rev in "$@"; do
   log="bench/results/main_job-$sha.log"
   echo "== $rev ($sha): $(uptime)"
   start=$(date +%s)
-  (cd "$work/$sha/main" && PYTHONPATH="$work/$sha/main" python3 -m baize pipeline) > "$log" 2>&1
+  rc=0
+  (cd "$work/$sha/main" && PYTHONPATH="$work/$sha/main" python3 -m baize pipeline) > "$log" 2>&1 || rc=$?
+  if [ $rc -ne 0 ]; then  # the tiny default's SDF can keep no prompt by chance: say so, go on
+    echo "$rev ($sha) failed with exit $rc: $(grep 'error:' "$log" | tail -1)" | tee -a "$log"
+    continue
+  fi
   line=$(grep 'step times' "$log" | tail -1)
   echo "$line; $(( $(date +%s) - start )) s in all" | tee -a "$log"
   steps[$sha]=$line
 done
-if [ $# -eq 2 ]; then
+if [ $# -eq 2 ] && [ -n "${steps[$(git rev-parse --short "$1")]:-}" ] && [ -n "${steps[$(git rev-parse --short "$2")]:-}" ]; then
   python3 - "${steps[$(git rev-parse --short "$1")]}" "${steps[$(git rev-parse --short "$2")]}" <<'PY'
 import re, sys
 before, after = ({k: float(v) for k, v in re.findall(r"(\w+) ([\d.]+)", s.split(":", 1)[1])} for s in sys.argv[1:3])
