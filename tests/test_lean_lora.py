@@ -89,3 +89,17 @@ def test_on_a_bf16_model_the_error_is_a_small_part_of_the_adapters_own_effect(tw
     got = logits(model, ids).float()
     effect, error = (want - base).abs().mean(), (got - want).abs().mean()
     assert error < 0.02 * effect  # measured 0.9% on an AVX-512-bf16 EPYC, (float(error), float(effect))
+
+
+def test_an_unpacked_base_layer_gets_the_same_logits(two_adapters):
+    """A base layer that is not packed (CUDA, bf16 on a CPU without native bf16, pack_weights off)
+    takes the two float32 products around peft's own base layer."""
+    from baize.llm.packing import lean_lora
+    model = two_adapters
+    model.base_model.set_adapter(["x", "y"], inference_mode=True)
+    ids = torch.randint(5, 500, (2, 7), generator=torch.Generator().manual_seed(0))
+    want = logits(model, ids)
+    assert lean_lora(model) == 2 * 7  # no BatchEngine: the linears stay unpacked
+    torch.testing.assert_close(logits(model, ids), want, rtol=1e-4, atol=1e-5)
+    assert all(type(plan.run.func).__name__ == "function" and plan.run.func.__name__ == "_plain_run"
+               for m in model.modules() if "forward" in m.__dict__ for plan in m.__dict__["forward"].plans.values())
