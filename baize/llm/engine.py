@@ -402,9 +402,7 @@ class BatchEngine:
         return job.value
 
     def _put(self, item) -> None:
-        # the caller (the thread that loaded or trained the model) waits while the engine works: its
-        # OpenMP team, left alive, would halve the speed of the engine's parallel ops (llm/omp.py)
-        release_threads()
+        release_threads()  # the caller waits while the engine works: its OpenMP team would slow ours (llm/omp.py)
         with self._lock:
             if self._thread is None:
                 self._inbox.closing = False
