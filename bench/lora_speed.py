@@ -15,10 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-QUESTIONS = ["How do I start learning to play the guitar?", "Why is the sky blue?", "How can I improve my sleep?",
-             "Explain what a hash table is.", "What are good habits for saving money?",
-             "How do vaccines train the immune system?", "What should I pack for a weekend hiking trip?",
-             "What is the difference between a list and a tuple in Python?"]
+from serve_throughput import QUESTIONS  # noqa: E402  (bench/ is this script's folder)
 
 
 def main():
@@ -34,8 +31,9 @@ def main():
     from baize.llm.engine import BatchEngine, Request
     from baize.llm.models import cpu_flags, load_model
     from baize.llm.packing import _LeanLora
+    from baize.train.speedups import NOTED_FLAGS
 
-    flags = sorted(f for f in cpu_flags() if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    flags = sorted(NOTED_FLAGS & cpu_flags())  # the flags train logs too
     model, tok = load_model("default", dtype="auto")
     torch.manual_seed(0)
     peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",

@@ -19,10 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-QUESTIONS = ["How do I start learning to play the guitar?", "Why is the sky blue?", "How can I improve my sleep?",
-             "Explain what a hash table is.", "What are good habits for saving money?",
-             "How do vaccines train the immune system?", "What should I pack for a weekend hiking trip?",
-             "What is the difference between a list and a tuple in Python?"]
+from serve_throughput import QUESTIONS  # noqa: E402  (bench/ is this script's folder)
 
 
 def in_thread(fn):
@@ -58,8 +55,9 @@ def main():
     from baize.llm.base import GenParams
     from baize.llm.models import cpu_flags, load_model, native_bf16
     from baize.llm.omp import release_threads
+    from baize.train.speedups import NOTED_FLAGS
 
-    flags = sorted(f for f in cpu_flags() if f in {"avx2", "avx512f", "avx512_bf16", "amx_bf16"})
+    flags = sorted(NOTED_FLAGS & cpu_flags())  # the flags train logs too
     dtype = torch.bfloat16 if native_bf16() else torch.float32
     print(f"CPU flags {' '.join(flags)}; {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load average {os.getloadavg()[0]:.1f}")
