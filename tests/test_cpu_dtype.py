@@ -34,7 +34,17 @@ def test_auto_is_bf16_for_inference_on_a_bf16_cpu_only(tiny_model_dir, cpu_bf16)
         assert llm.model.model.embed_tokens.weight.dtype == torch.bfloat16
         out = llm.model(input_ids=torch.tensor([llm.prompt_ids([{"role": "user", "content": "Hi"}])]))
         assert out.logits.dtype == torch.float32
-        assert llm.option_logprobs([{"role": "user", "content": "Rate this."}], "Rating: [[", ["1", "10"])
+        read = llm.option_logprobs([{"role": "user", "content": "Rate this."}], "Rating: [[", ["1", "10"])
+        assert read
+        # the engine's sampled logits come from a bf16 copy of the head; log-probs stay float32
+        from baize.llm.packing import sampled_logits
+        head = llm.model.lm_head.__dict__["forward"]
+        assert head.sample_packed is None
+        assert llm.chat([{"role": "user", "content": "Hi"}], max_tokens=3, seed=0)[0].completion_tokens
+        assert head.sample_packed is not None  # the engine sampled with it
+        with torch.inference_mode(), sampled_logits():
+            assert llm.model(input_ids=torch.tensor([[5, 6, 7]])).logits.dtype == torch.bfloat16
+        assert llm.option_logprobs([{"role": "user", "content": "Rate this."}], "Rating: [[", ["1", "10"]) == pytest.approx(read, abs=0.02)
     finally:
         llm.close()
     # training keeps float32 (its own --precision autocasts); an explicit dtype wins

@@ -21,6 +21,7 @@ import time
 
 from .base import Completion, GenParams
 from .omp import release_threads
+from .packing import sampled_logits
 from .sampling import RowSampler, _draw  # noqa: F401  (_draw: tests import it from here)
 
 
@@ -500,7 +501,7 @@ class BatchEngine:
     def _forward(self, adapter, cache, **kw):
         import torch
         ctx = self.select_adapter(adapter) if self.select_adapter is not None else contextlib.nullcontext()
-        with ctx, torch.inference_mode():
+        with ctx, torch.inference_mode(), sampled_logits():  # only sampled from (llm/packing.py)
             # the cache object is updated in place, so the output's copy of it is not needed
             return self.model(use_cache=True, logits_to_keep=1, **{cache_kwarg(self.model): cache}, **kw)
 

@@ -211,6 +211,7 @@ def float32_head(model) -> None:
     import torch
     head = model.get_output_embeddings()
     head.weight = torch.nn.Parameter(head.weight.detach().float(), requires_grad=False)
+    head.samples_in_bf16 = native_bf16()  # the engine's sampled logits may use a bf16 copy (llm/packing.py)
     # cast to the weight's dtype, whatever it is then (a later resize may tie it back to the embedding)
     head.register_forward_pre_hook(lambda m, args: (args[0].to(m.weight.dtype), *args[1:]))
 
