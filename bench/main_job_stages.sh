@@ -5,23 +5,16 @@
 # kept as bench/results/main_job-<commit>.log, and the last lines compare SDF's and eval's seconds.
 #
 #   bash bench/main_job_stages.sh 67baf83 HEAD      # before, after
-set -euo pipefail
-cd "$(dirname "$0")/.."
-repo=$(pwd)
-shared=$(realpath ../shared)
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-echo "CPU flags: $(grep -m1 '^flags' /proc/cpuinfo | tr ' ' '\n' | grep -E '^(avx2|avx512f|avx512_bf16|amx_bf16)$' | tr '\n' ' ')"
+source "$(dirname "$0")/at_commit.sh"
 declare -A steps
 for rev in "$@"; do
   sha=$(git rev-parse --short "$rev")
-  mkdir -p "$work/$sha" && git clone -q "$repo" "$work/$sha/main" && ln -s "$shared" "$work/$sha/shared"
-  git -C "$work/$sha/main" checkout -q "$sha"
+  dir=$(at_commit "$rev")
   log="bench/results/main_job-$sha.log"
   echo "== $rev ($sha): $(uptime)"
   start=$(date +%s)
   rc=0
-  (cd "$work/$sha/main" && PYTHONPATH="$work/$sha/main" python3 -m baize pipeline) > "$log" 2>&1 || rc=$?
+  (cd "$dir" && PYTHONPATH="$dir" python3 -m baize pipeline) > "$log" 2>&1 || rc=$?
   if [ $rc -ne 0 ]; then  # the tiny default's SDF can keep no prompt by chance: say so, go on
     echo "$rev ($sha) failed with exit $rc: $(grep 'error:' "$log" | tail -1)" | tee -a "$log"
     continue
