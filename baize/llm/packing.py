@@ -75,23 +75,23 @@ class _Packed:
         self.sample_key = self.sample_packed = None  # the bf16 copy a float32 head samples with
         self.weight()  # now, not in the first request's time
 
-    def weight(self):
+    def _repack(self, slot: str, dtype=None):
+        """The weight packed (cast to dtype first, if given), made again when the weight changed."""
         import torch
         w = self.mod.weight
         key = (w.data_ptr(), w._version, tuple(w.shape))
-        if key != self.key:
-            self.packed = torch.ops.mkldnn._reorder_linear_weight(w.detach(), self.rows)
-            self.key = key
-        return self.packed
+        if key != getattr(self, slot + "key"):
+            src = w.detach() if dtype is None else w.detach().to(dtype)
+            setattr(self, slot + "packed", torch.ops.mkldnn._reorder_linear_weight(src, self.rows))
+            setattr(self, slot + "key", key)
+        return getattr(self, slot + "packed")
+
+    def weight(self):
+        return self._repack("")
 
     def sample_weight(self):
         import torch
-        w = self.mod.weight
-        key = (w.data_ptr(), w._version, tuple(w.shape))
-        if key != self.sample_key:
-            self.sample_packed = torch.ops.mkldnn._reorder_linear_weight(w.detach().bfloat16(), self.rows)
-            self.sample_key = key
-        return self.sample_packed
+        return self._repack("sample_", torch.bfloat16)
 
     def __call__(self, x):
         import torch
@@ -166,9 +166,8 @@ class _LeanLora:
         if isinstance(packed, _Packed) and x.dtype == w.dtype and x.device.type == "cpu":
             names = tuple(mod.lora_A)
             every = [mod.lora_A[a].weight for a in names]
-            key = (w, w._version, *(t for A in every for t in (A, A._version)))
-            if self.joint is None or len(self.joint[0]) != len(key) or \
-                    any(a is not b if isinstance(a, torch.Tensor) else a != b for a, b in zip(self.joint[0], key)):
+            key = (names, *((t.data_ptr(), t._version) for t in (w, *every)))  # as _Packed keys its weight
+            if self.joint is None or self.joint[0] != key:
                 stacked = torch.cat([w.detach(), *(A.detach().to(w.dtype) for A in every)])
                 bias = None if base.bias is None else torch.cat(
                     [base.bias.detach(), base.bias.new_zeros(stacked.shape[0] - w.shape[0])])
